@@ -1,0 +1,3 @@
+from mnnq.cli import main
+
+raise SystemExit(main())

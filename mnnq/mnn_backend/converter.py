@@ -1,0 +1,125 @@
+"""MNN's converter, called as ``_tools.mnnconvert`` in a child process.
+
+Success is judged from the written file and the printed lines, never from the return value:
+the converter returns True even when it wrote nothing or ignored a malformed params file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from mnnq.errors import BadInput, NativeFailure
+from mnnq.mnn_backend.native import NativeRun, run_tool
+
+# Lines the converter prints when it ignored the compression params file and wrote a float model.
+PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse compress")
+
+
+def _check_written(run: NativeRun, dst: Path, what: str) -> None:
+    if run.crashed:
+        raise NativeFailure(
+            f"MNN converter crashed ({run.crash_text()}) while {what}; see the converter output below",
+            tail=run.tail(),
+        )
+    if not dst.is_file() or dst.stat().st_size == 0:
+        raise NativeFailure(f"MNN converter wrote no model while {what}", tail=run.tail())
+
+
+def convert(
+    src: Path,
+    dst: Path,
+    source_format: str = "MNN",
+    extra: Sequence[str] = (),
+    what: str = "converting",
+    timeout: Optional[float] = None,
+) -> NativeRun:
+    """Convert ``src`` into ``dst`` (written inside a temporary folder, then moved)."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_file():
+        raise BadInput(f"model not found: {src}")
+    with tempfile.TemporaryDirectory(prefix="mnnq-convert-") as work:
+        out = Path(work) / "out.mnn"
+        argv = ["mnnconvert", "-f", source_format, "--modelFile", str(src), "--MNNModel", str(out),
+                "--bizCode", "mnnq", *extra]
+        run = run_tool("mnnconvert", argv, cwd=work, timeout=timeout)
+        _check_written(run, out, what)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
+        shutil.copyfile(out, tmp_dst)
+        os.replace(tmp_dst, dst)
+    return run
+
+
+def check_float_model(src: Path) -> NativeRun:
+    """Make sure ``src`` is a model the converter can read; raise BadInput if not."""
+    src = Path(src)
+    if not src.exists():
+        raise BadInput(f"model not found: {src} (give the float .mnn model with --model)")
+    if src.is_dir() or src.stat().st_size == 0:
+        raise BadInput(f"model file is empty or not a file: {src}")
+    with tempfile.TemporaryDirectory(prefix="mnnq-check-") as work:
+        out = Path(work) / "probe.mnn"
+        try:
+            return convert(src, out, what=f"reading {src}")
+        except NativeFailure as exc:
+            raise BadInput(f"not a readable MNN model: {src} ({exc}); re-export it with MNNConvert") from None
+
+
+def params_template(src: Path) -> dict:
+    """The compression params template the converter writes for ``src`` (one entry per
+    weight-quantizable layer)."""
+    with tempfile.TemporaryDirectory(prefix="mnnq-template-") as work:
+        params = Path(work) / "template.json"
+        out = Path(work) / "out.mnn"
+        run = run_tool(
+            "mnnconvert",
+            ["mnnconvert", "-f", "MNN", "--modelFile", str(Path(src).resolve()), "--MNNModel", str(out),
+             "--bizCode", "mnnq", "--compressionParamsFile", str(params)],
+            cwd=work,
+        )
+        _check_written(run, out, f"listing the layers of {src}")
+        if not params.is_file():
+            raise NativeFailure(f"MNN converter wrote no params template for {src}", tail=run.tail())
+        return json.loads(params.read_text())
+
+
+def weight_quantize(
+    src: Path,
+    dst: Path,
+    params: dict,
+    hqq: bool,
+    asymmetric: bool,
+    extra: Sequence[str] = (),
+) -> NativeRun:
+    """Write a weight-quantized ``dst`` from float ``src`` with a compression params dict.
+
+    Flags follow auto_quant.py: ``--weightQuantBits 8`` as the default for listed layers,
+    ``--alignDenormalizedValue 0``; ``--hqq`` when asked.
+    """
+    with tempfile.TemporaryDirectory(prefix="mnnq-params-") as work:
+        pfile = Path(work) / "params.json"
+        pfile.write_text(json.dumps(params, indent=1))
+        argv: List[str] = [
+            "--weightQuantBits", "8",
+            "--weightQuantAsymmetric", "1" if asymmetric else "0",
+            "--compressionParamsFile", str(pfile),
+            "--alignDenormalizedValue", "0",
+        ]
+        if hqq:
+            argv.append("--hqq")
+        run = convert(src, dst, "MNN", [*argv, *extra], what="writing the weight-quantized model")
+    lowered = run.output.lower()
+    if any(marker.lower() in lowered for marker in PARAMS_REJECTED_MARKERS):
+        Path(dst).unlink(missing_ok=True)
+        raise BadInput("MNN converter rejected the compression params (it would write a float model): "
+                       + run.tail(3).replace("\n", " "))
+    return run
+
+
+def trainable_copy(src: Path, dst: Path) -> NativeRun:
+    """Re-save ``src`` with ``--forTraining`` so conv weights become swappable parameters."""
+    return convert(src, dst, "MNN", ["--forTraining"], what="preparing the in-process model")

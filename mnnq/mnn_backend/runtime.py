@@ -1,0 +1,116 @@
+"""Run MNN models in-process with the pip runtime.
+
+Inputs are numpy arrays in NCHW (as MNN test dirs store them); outputs come back as NCHW
+float64/int arrays keyed by output name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from mnnq.errors import BadInput
+
+MEMORY_MODES = ("normal", "low", "high")
+
+
+def _mnn():
+    # Imported lazily: importing MNN prints a CPU-feature line and costs ~0.2 s.
+    import MNN.expr as F  # noqa: N812
+    import MNN.nn as nn
+
+    return F, nn
+
+
+def _memory_mode(F, name: str):
+    return {"normal": F.MemoryMode.Normal, "low": F.MemoryMode.Low, "high": F.MemoryMode.High}[name]
+
+
+def numpy_dtype_of(F, dtype) -> np.dtype:
+    text = str(dtype).rsplit(".", 1)[-1]
+    return {"float": np.float32, "double": np.float64, "int": np.int32, "int64": np.int64,
+            "uint8": np.uint8, "int8": np.int8}.get(text, np.float32)
+
+
+def to_input_var(F, array: np.ndarray, like) -> object:
+    """A const Var holding ``array`` (NCHW) in the dtype and layout that input ``like`` wants."""
+    want = numpy_dtype_of(F, like.dtype)
+    arr = np.ascontiguousarray(array.astype(want, copy=False))
+    mnn_dtype = F.float if np.issubdtype(want, np.floating) else F.int
+    if want == np.int64:
+        arr = arr.astype(np.int32)
+    var = F.const(arr, list(arr.shape), F.NCHW, mnn_dtype)
+    fmt = like.data_format
+    if arr.ndim == 4 and fmt != F.NCHW:
+        var = F.convert(var, fmt)
+    return var
+
+
+def read_output(F, var) -> np.ndarray:
+    if var.data_format != F.NCHW and len(var.shape) == 4:
+        var = F.convert(var, F.NCHW)
+    return np.array(var.read(), copy=True)
+
+
+class LoadedModel:
+    """An MNN model file loaded for inference.
+
+    ``run(inputs)`` takes ``{input_name: array}`` and returns ``{output_name: array}``.
+    """
+
+    def __init__(self, path: Path, input_names: Sequence[str], output_names: Sequence[str],
+                 memory_mode: str = "normal", threads: int = 1):
+        F, nn = _mnn()
+        self.path = Path(path)
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        if not self.path.is_file():
+            raise BadInput(f"model not found: {self.path}")
+        self._module = nn.load_module_from_file(
+            str(self.path), self.input_names, self.output_names,
+            memory_mode=_memory_mode(F, memory_mode), thread_num=threads,
+        )
+        if self._module is None:
+            raise BadInput(f"MNN runtime could not load {self.path}; check the file is an MNN model")
+        self._inputs = list(self._module.get_info()["inputs"])
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        F, _ = _mnn()
+        feeds: List[object] = []
+        for i, name in enumerate(self.input_names):
+            if name not in inputs:
+                raise BadInput(f"no data for model input '{name}'")
+            feeds.append(to_input_var(F, np.asarray(inputs[name]), self._inputs[i]))
+        outs = self._module.forward(feeds)
+        if not isinstance(outs, (list, tuple)):
+            outs = [outs]
+        return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
+
+
+def model_io_names(path: Path) -> tuple:
+    """(input names, output names) the model file declares."""
+    F, nn = _mnn()
+    module = nn.load_module_from_file(str(path), [], [])
+    info = module.get_info()
+    return list(info.get("inputNames", [])), list(info.get("outputNames", []))
+
+
+def quiet_native_stdout():
+    """Context manager that silences what MNN prints on fd 1 (e.g. at import)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _quiet():
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(devnull)
+            os.close(saved)
+
+    return _quiet()

@@ -1,0 +1,160 @@
+"""Test sets in MNN's test-dir format, single or multi-sample.
+
+A test dir holds ``input.json`` = ``{"inputs": [{"name", "shape"} | {"name", "value"}],
+"outputs": [names]}`` and one whitespace-separated text file per tensor. An input is read
+from ``<name>.txt`` (or ``input<i>.txt`` / ``input_<i>.txt`` / ``input.txt``, the names MNN's
+docs use); an output from ``<name>.txt``, then ``<index>.txt``, then ``output<i>.txt`` /
+``output.txt``. A *multi-sample* set is a folder whose sub-folders are each such a test dir
+(the layout quantized.out's ``input_type: sequence`` uses); they must agree on the names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mnnq.errors import BadInput
+
+INPUT_JSON = "input.json"
+
+
+@dataclass
+class Sample:
+    """One test case: input arrays (shaped when the test dir gives a shape, else flat)
+    and flat reference arrays keyed by output name."""
+
+    name: str
+    directory: Path
+    inputs: Dict[str, np.ndarray]
+    references: Dict[str, np.ndarray]
+
+
+@dataclass
+class TestSet:
+    root: Path
+    input_names: List[str]
+    output_names: List[str]
+    samples: List[Sample] = field(default_factory=list)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.samples) > 1 or (self.samples and self.samples[0].directory != self.root)
+
+    def describe(self) -> str:
+        kind = f"{len(self.samples)} samples" if self.multi else "1 sample"
+        return f"{self.root} ({kind}; inputs {', '.join(self.input_names)}; outputs {', '.join(self.output_names)})"
+
+
+def read_values(path: Path, what: str) -> np.ndarray:
+    """A whitespace-separated text file as a flat float64 array (fails on junk, NaN, Inf)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
+    try:
+        values = np.array([float(tok) for tok in text.split()], dtype=np.float64)
+    except ValueError as exc:
+        raise BadInput(f"{what} file {path} holds a non-number ({exc}); write one number per value") from None
+    if values.size == 0:
+        raise BadInput(f"{what} file {path} is empty")
+    if not np.all(np.isfinite(values)):
+        raise BadInput(f"{what} file {path} contains NaN or Inf; regenerate the test data")
+    return values
+
+
+def _first_existing(directory: Path, names: Sequence[str]) -> Optional[Path]:
+    for name in names:
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _parse_input_json(directory: Path) -> dict:
+    path = directory / INPUT_JSON
+    if not path.is_file():
+        raise BadInput(f"test dir {directory} has no {INPUT_JSON}; write one as MNN's testdir format requires")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise BadInput(f'{path} needs a non-empty "inputs" list of {{"name", "shape"}} objects')
+    outputs = doc.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) and o for o in outputs):
+        raise BadInput(f'{path} needs a non-empty "outputs" list of output names')
+    for i, entry in enumerate(doc["inputs"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise BadInput(f'{path}: inputs[{i}] needs a "name" string')
+        shape = entry.get("shape")
+        if shape is not None and (not isinstance(shape, list)
+                                  or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise BadInput(f'{path}: inputs[{i}] "shape" must be a list of positive integers, got {shape!r}')
+        if "value" in entry and not isinstance(entry["value"], (int, float)):
+            raise BadInput(f'{path}: inputs[{i}] "value" must be a number')
+    return doc
+
+
+def load_sample(directory: Path, name: Optional[str] = None) -> Sample:
+    directory = Path(directory)
+    doc = _parse_input_json(directory)
+    entries = doc["inputs"]
+    inputs: Dict[str, np.ndarray] = {}
+    for i, entry in enumerate(entries):
+        iname, shape = entry["name"], entry.get("shape")
+        if "value" in entry:
+            if shape is None:
+                raise BadInput(f'{directory / INPUT_JSON}: input "{iname}" has a "value" but no "shape"')
+            inputs[iname] = np.full(shape, float(entry["value"]))
+            continue
+        candidates = [f"{iname}.txt", f"input{i}.txt", f"input_{i}.txt"]
+        if len(entries) == 1:
+            candidates.append("input.txt")
+        path = _first_existing(directory, candidates)
+        if path is None:
+            raise BadInput(f"test dir {directory} has no data for input '{iname}' (expected {iname}.txt)")
+        values = read_values(path, f"input '{iname}'")
+        if shape is not None:
+            expected = int(np.prod(shape))
+            if values.size != expected:
+                raise BadInput(f"input file {path} has {values.size} values but shape {shape} needs {expected}")
+            values = values.reshape(shape)
+        inputs[iname] = values
+    references: Dict[str, np.ndarray] = {}
+    outputs = doc["outputs"]
+    for i, oname in enumerate(outputs):
+        candidates = [f"{oname}.txt", f"{i}.txt", f"output{i}.txt", f"output_{i}.txt"]
+        if len(outputs) == 1:
+            candidates.append("output.txt")
+        path = _first_existing(directory, candidates)
+        if path is None:
+            raise BadInput(f"test dir {directory} has no reference for output '{oname}' (expected {oname}.txt or {i}.txt)")
+        references[oname] = read_values(path, f"reference '{oname}'")
+    return Sample(name or directory.name, directory, inputs, references)
+
+
+def load_testset(path: Path) -> TestSet:
+    """Read a single test dir, or a folder of test dirs (multi-sample)."""
+    root = Path(path)
+    if not root.exists():
+        raise BadInput(f"test dir not found: {root}")
+    if not root.is_dir():
+        raise BadInput(f"test dir is not a folder: {root}")
+    if (root / INPUT_JSON).is_file():
+        sample = load_sample(root, name=root.name)
+        samples = [sample]
+    else:
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / INPUT_JSON).is_file())
+        if not subdirs:
+            raise BadInput(f"test dir {root} has no {INPUT_JSON} and no sub-folders holding one")
+        samples = [load_sample(d) for d in subdirs]
+    first = samples[0]
+    input_names, output_names = list(first.inputs), list(first.references)
+    for s in samples[1:]:
+        if list(s.inputs) != input_names or list(s.references) != output_names:
+            raise BadInput(f"sample {s.directory} names other tensors than {first.directory}; "
+                           "all samples of a test set must share inputs and outputs")
+    return TestSet(root, input_names, output_names, samples)

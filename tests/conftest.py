@@ -1,0 +1,14 @@
+import os
+
+import pytest
+
+# MNN prints a CPU-feature line on import; keep test output readable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def pm():
+    """A fresh plugin manager with every installed plugin loaded."""
+    from mnnq.plugin_manager import get_plugin_manager
+
+    return get_plugin_manager()

@@ -1,0 +1,119 @@
+"""Each built-in search strategy against a fake evaluator with known per-layer sensitivities."""
+import pytest
+
+from mnnq.autoquant.context import SearchContext
+from mnnq.layers import Layer, LayerSetting
+from mnnq.measure import Measurement
+
+# name -> (error added at 4 bits, error added per block-size step below 256, float-only error)
+LAYERS = {
+    "small": Layer("small", "conv", 16, 16, (1, 1)),
+    "mid": Layer("mid", "conv", 64, 64, (1, 1)),
+    "big": Layer("big", "conv", 256, 256, (1, 1)),
+    "dw": Layer("dw", "depthwise", 64, 64, (3, 3), (64, 1, 3, 3)),
+}
+BASE = {"small": 0.001, "mid": 0.002, "big": 0.004, "dw": 0.001}  # error at 8 bits per channel
+AT4 = {"small": 0.004, "mid": 0.030, "big": 0.008, "dw": 0.002}  # extra error at 4 bits
+BLOCK_GAIN = {256: 0.9, 128: 0.7, 64: 0.5, 32: 0.3}  # error factor with blocks (smaller = better)
+
+
+def fake_error(settings, memory_mode="normal", low_penalty=0.0):
+    total = 0.0
+    for name, s in settings.items():
+        if s.bits == 0:
+            continue
+        e = BASE[name] + (AT4[name] if s.bits == 4 else 0.0)
+        if s.block > 0 and LAYERS[name].in_per_group % s.block == 0:
+            e *= BLOCK_GAIN.get(s.block, 1.0)
+        total += e
+    return total + (low_penalty if memory_mode == "low" else 0.0)
+
+
+def make_ctx(target, low_penalty=0.0, underflow=()):
+    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
+
+    def evaluate(settings, memory_mode):
+        return Measurement({"max_rel": fake_error(settings, memory_mode, low_penalty)})
+
+    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
+                        target=target, metric="max_rel", evaluate=evaluate, evaluator_name="exact",
+                        underflows=lambda n, s: n in underflow)
+    ctx.remeasure("initial")
+    return ctx
+
+
+def strategy(pm, name):
+    return pm.pick("mnnq_search_strategies", name)
+
+
+def test_select_bits_keeps_4_bits_only_where_budget_holds(pm):
+    ctx = make_ctx(target=0.025)
+    strategy(pm, "select-bits").run(ctx)
+    bits = {n: ctx.setting(n).bits for n in LAYERS}
+    # mid costs 0.030*0.5 at 4 bits -> over budget alone; the others fit together.
+    assert bits == {"small": 4, "mid": 8, "big": 4, "dw": 4}
+    assert ctx.error <= 0.025
+    assert all(ctx.setting(n).block == 64 for n in LAYERS)
+
+
+def test_select_bits_stops_when_block_64_misses(pm):
+    ctx = make_ctx(target=0.001)
+    strategy(pm, "select-bits").run(ctx)
+    assert all(ctx.setting(n) == LayerSetting(8, -1) for n in LAYERS)
+    assert any("misses" in note for note in ctx.notes)
+
+
+def test_select_block_takes_largest_block_meeting_budget(pm):
+    # 8 bits everywhere: per-channel 0.008; blocks scale layers whose channels divide.
+    ctx = make_ctx(target=0.0065)
+    strategy(pm, "select-block").run(ctx)
+    assert ctx.error <= 0.0065
+    # 256 gives small/mid/dw no block (16/64/1 channels not divisible) -> 0.0076 > target; 128 too;
+    # 64 applies to mid and big -> 0.001+0.001+0.002+0.001=0.005 meets.
+    assert fake_error(ctx.settings) == pytest.approx(ctx.error)
+    assert [t.note for t in ctx.trials[1:4]] == ["all layers block 256", "all layers block 128", "all layers block 64"]
+
+
+def test_select_block_keeps_best_when_nothing_meets(pm):
+    ctx = make_ctx(target=0.0001)
+    strategy(pm, "select-block").run(ctx)
+    assert ctx.error == min(t.error for t in ctx.trials[1:])
+    assert any("no block size meets" in n for n in ctx.notes)
+
+
+def test_memory_mode_falls_back_to_normal(pm):
+    ctx = make_ctx(target=0.01, low_penalty=0.05)
+    assert ctx.error > 0.01  # measured in low
+    strategy(pm, "memory-mode").run(ctx)
+    assert ctx.memory_mode == "normal" and ctx.error <= 0.01
+
+
+def test_memory_mode_does_nothing_for_simulation(pm):
+    ctx = make_ctx(target=0.01, low_penalty=0.05)
+    ctx.evaluator_name = "fast"
+    strategy(pm, "memory-mode").run(ctx)
+    assert ctx.memory_mode == "low"
+
+
+def test_skip_layers_floats_largest_first_until_budget(pm):
+    ctx = make_ctx(target=0.004)
+    strategy(pm, "skip-layers").run(ctx)
+    assert ctx.setting("big").bits == 0  # largest first, and it lowers the error
+    assert ctx.error <= 0.004
+    assert ctx.setting("small").bits == 8  # stopped once the budget held
+
+
+def test_skip_layers_restores_previous_setting(pm):
+    ctx = make_ctx(target=0.0)
+    ctx.settings["small"] = LayerSetting(4, 64)
+    ctx.remeasure("again")
+    strategy(pm, "skip-layers").run(ctx)
+    # every layer lowers the error when floated, so all end float; none is reset to 8 bits
+    assert all(ctx.setting(n).bits == 0 for n in LAYERS)
+
+
+def test_guard_keeps_underflowing_layers_float(pm):
+    ctx = make_ctx(target=1.0, underflow=("mid",))
+    guarded = ctx.guarded(ctx.settings)
+    assert guarded["mid"].bits == 0 and guarded["mid"].reason == "scale underflow"
+    assert guarded["big"].bits == 8
