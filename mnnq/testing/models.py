@@ -1,0 +1,259 @@
+"""Tiny real models and MNN test dirs for tests, benchmarks and examples.
+
+Models are built through ONNX (``onnx.helper``, opset 13) and converted to float ``.mnn`` with
+``-f ONNX``: models saved from ``MNN.expr`` keep conv weights as inputs and are never
+weight-quantized by the converter. Weights come from ``numpy.random.default_rng(seed)``, so a
+builder writes the same weights for the same seed (the converter stamps each .mnn with a random
+UUID, so the file bytes differ). onnx is imported lazily: it is a test-only dependency, and the
+test-dir helpers and ``reference_outputs`` work without it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mnnq.mnn_backend.converter import convert
+
+OPSET = 13
+IR_VERSION = 8
+
+Arrays = Mapping[str, np.ndarray]
+
+
+class OnnxGraph:
+    """A small ONNX graph builder; each layer's node is named after its output tensor, which
+    is what MNN uses as the op name (the key of compression params entries)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list = []
+        self.initializers: list = []
+        self.inputs: list = []
+        self.outputs: list = []
+
+    def input(self, name: str, shape: Sequence[int], dtype=np.float32) -> str:
+        from onnx import helper
+        self.inputs.append(helper.make_tensor_value_info(name, _onnx_type(dtype), list(shape)))
+        return name
+
+    def output(self, name: str, shape: Sequence[int], dtype=np.float32) -> str:
+        from onnx import helper
+        self.outputs.append(helper.make_tensor_value_info(name, _onnx_type(dtype), list(shape)))
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], output: str, **attrs) -> str:
+        from onnx import helper
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
+        return output
+
+    def he(self, shape: Sequence[int], fan_in: int) -> np.ndarray:
+        """He-normal weights: keeps ReLU activations at a steady scale layer after layer."""
+        return (self.rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    def bias(self, n: int) -> np.ndarray:
+        return (self.rng.standard_normal(n) * 0.05).astype(np.float32)
+
+    def conv(self, x: str, name: str, cin: int, cout: int, k: int, group: int = 1,
+             weight: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None) -> str:
+        """Conv with stride 1 and 'same' padding; He-initialised unless ``weight`` is given."""
+        if weight is None:
+            weight = self.he((cout, cin // group, k, k), fan_in=cin // group * k * k)
+        if bias is None:
+            bias = self.bias(cout)
+        w = self.const(f"{name}.weight", weight.astype(np.float32))
+        b = self.const(f"{name}.bias", bias.astype(np.float32))
+        pad = k // 2
+        return self.node("Conv", [x, w, b], name, kernel_shape=[k, k], pads=[pad] * 4,
+                         strides=[1, 1], group=group)
+
+    def relu(self, x: str) -> str:
+        return self.node("Relu", [x], f"{x}_relu")
+
+    def conv_relu(self, x: str, name: str, cin: int, cout: int, k: int, group: int = 1, **kw) -> str:
+        return self.relu(self.conv(x, name, cin, cout, k, group, **kw))
+
+    def gap_flatten(self, x: str, name: str = "gap") -> str:
+        return self.node("Flatten", [self.node("GlobalAveragePool", [x], name)], f"{name}_flat", axis=1)
+
+    def dense(self, x: str, name: str, cin: int, cout: int, weight: Optional[np.ndarray] = None,
+              bias: Optional[np.ndarray] = None) -> str:
+        """MatMul on a constant weight [cin, cout] + Add bias, output ``name``; MNN fuses both
+        into a conv op named ``<name>__matmul_converted``."""
+        if weight is None:
+            weight = self.he((cin, cout), fan_in=cin)
+        if bias is None:
+            bias = self.bias(cout)
+        w = self.const(f"{name}.weight", weight.astype(np.float32))
+        b = self.const(f"{name}.bias", bias.astype(np.float32))
+        return self.node("Add", [self.node("MatMul", [x, w], f"{name}_matmul"), b], name)
+
+    def save(self, path: Path, graph_name: str) -> Path:
+        import onnx
+        from onnx import helper
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="mnnq")
+        model.ir_version = IR_VERSION
+        onnx.checker.check_model(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+        return path
+
+
+def _onnx_type(dtype) -> int:
+    from onnx import helper
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def export_and_convert(graph: OnnxGraph, directory: Path, name: str) -> Path:
+    """Write ``<name>.onnx`` and the float ``<name>.mnn`` into ``directory``; return the .mnn path."""
+    directory = Path(directory)
+    onnx_path = graph.save(directory / f"{name}.onnx", name)
+    mnn_path = directory / f"{name}.mnn"
+    convert(onnx_path, mnn_path, "ONNX")
+    return mnn_path
+
+
+def build_convnet(directory: Path, seed: int = 0) -> Path:
+    """``x`` [1,3,16,16] -> conv3x3 3->32, conv1x1 32->64, depthwise 3x3, conv1x1 64->64
+    (each + ReLU) -> global average pool -> MatMul 64->10 -> ``y`` [1,10]."""
+    g = OnnxGraph(seed)
+    h = g.input("x", [1, 3, 16, 16])
+    h = g.conv_relu(h, "conv1", 3, 32, 3)
+    h = g.conv_relu(h, "conv2", 32, 64, 1)
+    h = g.conv_relu(h, "dwconv3", 64, 64, 3, group=64)
+    h = g.conv_relu(h, "conv4", 64, 64, 1)
+    h = g.dense(g.gap_flatten(h), "fc", 64, 10)
+    g.node("Identity", [h], "y")
+    g.output("y", [1, 10])
+    return export_and_convert(g, directory, "convnet")
+
+
+def build_two_input(directory: Path, seed: int = 0) -> Path:
+    """``a``, ``b`` [1,3,8,8] -> conv1x1 on ``a`` + conv3x3 on ``b`` (3->32) -> Add -> ReLU
+    -> conv1x1 32->32 + ReLU -> global average pool -> MatMul 32->8 -> ``out`` [1,8]."""
+    g = OnnxGraph(seed)
+    a = g.conv(g.input("a", [1, 3, 8, 8]), "conv_a", 3, 32, 1)
+    b = g.conv(g.input("b", [1, 3, 8, 8]), "conv_b", 3, 32, 3)
+    h = g.relu(g.node("Add", [a, b], "sum"))
+    h = g.conv_relu(h, "conv_mix", 32, 32, 1)
+    h = g.dense(g.gap_flatten(h), "fc", 32, 8)
+    g.node("Identity", [h], "out")
+    g.output("out", [1, 8])
+    return export_and_convert(g, directory, "two_input")
+
+
+# The tiny layer's largest |w|, as in the OCR detector described in DESIGN.md. Its output channels
+# get log-spread maxima down to TINY_WEIGHT_MIN: every channel whose 8-bit scale (max|w_c|/127,
+# or range/255 when asymmetric) is <= 1e-6 is zeroed by MNN's encoder.
+TINY_WEIGHT_MAX = 2.4e-4
+TINY_WEIGHT_MIN = 1e-5
+
+
+def build_tiny_weight(directory: Path, seed: int = 0) -> Path:
+    """Like :func:`build_convnet` with an extra 3x3 conv ``tiny`` (32->32) whose output
+    channels are scaled to max |w_c| between 1e-5 and 2.4e-4; the next 1x1 conv multiplies
+    each of its input channels by the inverse factor (ReLU commutes with a positive scale), so
+    the float model is an ordinary well-conditioned net while MNN's 8-bit encoder zeroes most
+    of the tiny layer."""
+    g = OnnxGraph(seed)
+    h = g.input("x", [1, 3, 16, 16])
+    h = g.conv_relu(h, "conv1", 3, 32, 3)
+    w = g.he((32, 32, 3, 3), fan_in=32 * 9)
+    target = np.geomspace(TINY_WEIGHT_MIN, TINY_WEIGHT_MAX, 32)[g.rng.permutation(32)]
+    factor = (target / np.abs(w).reshape(32, -1).max(axis=1)).astype(np.float32)
+    h = g.conv_relu(h, "tiny", 32, 32, 3, weight=w * factor[:, None, None, None], bias=g.bias(32) * factor)
+    rescale = g.he((64, 32, 1, 1), fan_in=32) / factor[None, :, None, None]
+    h = g.conv_relu(h, "conv2", 32, 64, 1, weight=rescale)
+    h = g.conv_relu(h, "dwconv3", 64, 64, 3, group=64)
+    h = g.conv_relu(h, "conv4", 64, 64, 1)
+    h = g.dense(g.gap_flatten(h), "fc", 64, 10)
+    g.node("Identity", [h], "y")
+    g.output("y", [1, 10])
+    return export_and_convert(g, directory, "tiny_weight")
+
+
+def build_int_input(directory: Path, seed: int = 0) -> Path:
+    """Integer ``ids`` int32 [1,6] (values 0..15) -> Gather on a constant [16,32] embedding
+    -> [1,32,1,6] -> conv1x1 32->32, added to a conv1x1 of float ``x`` [1,4,1,6] -> ``y``."""
+    g = OnnxGraph(seed)
+    ids = g.input("ids", [1, 6], np.int32)
+    table = g.const("embedding", g.rng.standard_normal((16, 32)).astype(np.float32))
+    h = g.node("Gather", [table, ids], "embed", axis=0)                      # [1,6,32]
+    h = g.node("Transpose", [h], "embed_t", perm=[0, 2, 1])                   # [1,32,6]
+    h = g.node("Unsqueeze", [h, g.const("axis2", np.array([2], np.int64))], "embed_nchw")  # [1,32,1,6]
+    h = g.conv(h, "conv_ids", 32, 32, 1)
+    x = g.conv(g.input("x", [1, 4, 1, 6]), "conv_x", 4, 32, 1)
+    h = g.relu(g.node("Add", [h, x], "sum"))
+    g.node("Identity", [g.conv(h, "conv_out", 32, 16, 1)], "y")
+    g.output("y", [1, 16, 1, 6])
+    return export_and_convert(g, directory, "int_input")
+
+
+def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
+    """``x`` [1,64] -> MatMul 64->128 + ReLU -> MatMul 128->10 -> ``y`` [1,10]."""
+    g = OnnxGraph(seed)
+    h = g.relu(g.dense(g.input("x", [1, 64]), "fc1", 64, 128))
+    g.node("Identity", [g.dense(h, "fc2", 128, 10)], "y")
+    g.output("y", [1, 10])
+    return export_and_convert(g, directory, "matmul_mlp")
+
+
+def _write_tensor(path: Path, value: np.ndarray) -> None:
+    flat = np.asarray(value).reshape(-1)
+    if np.issubdtype(flat.dtype, np.integer):
+        text = "\n".join(str(int(v)) for v in flat)
+    else:
+        text = "\n".join(f"{float(v):.9g}" for v in flat)  # 9 digits round-trip float32
+    path.write_text(text + "\n")
+
+
+def write_testdir(directory: Path, inputs: Arrays, outputs: Arrays) -> Path:
+    """Write an MNN test dir: ``input.json`` plus ``<name>.txt`` per input and output tensor."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "inputs": [{"name": name, "shape": [int(d) for d in np.shape(v)]} for name, v in inputs.items()],
+        "outputs": list(outputs),
+    }
+    (directory / "input.json").write_text(json.dumps(spec, indent=1) + "\n")
+    for name, value in {**inputs, **outputs}.items():
+        _write_tensor(directory / f"{name}.txt", value)
+    return directory
+
+
+def write_multi_testdir(directory: Path, samples: Sequence[Tuple[Arrays, Arrays]]) -> List[Path]:
+    """Write one test dir per ``(inputs, outputs)`` sample into ``000/``, ``001/``, ..."""
+    return [write_testdir(Path(directory) / f"{i:03d}", ins, outs) for i, (ins, outs) in enumerate(samples)]
+
+
+def reference_outputs(
+    mnn_path: Path, inputs: Arrays, output_names: Optional[Sequence[str]] = None
+) -> Dict[str, np.ndarray]:
+    """Run ``mnn_path`` in-process with the MNN runtime and return its outputs as NCHW arrays.
+
+    ``inputs`` maps every input name to an array; ``output_names`` defaults to the model's outputs.
+    """
+    import MNN.expr as F
+    import MNN.nn as nn
+
+    if output_names is None:
+        output_names = nn.load_module_from_file(str(mnn_path), [], []).get_info()["outputNames"]
+    names = list(inputs)
+    module = nn.load_module_from_file(str(mnn_path), names, list(output_names))
+    feeds = []
+    for name, wanted in zip(names, module.get_info()["inputs"]):
+        arr = np.asarray(inputs[name])
+        var = F.const(arr.astype(np.int32 if wanted.dtype == F.int else np.float32).reshape(-1),
+                      list(arr.shape), F.NCHW, wanted.dtype)
+        feeds.append(var if wanted.data_format == F.NCHW else F.convert(var, wanted.data_format))
+    results = module.forward(feeds)
+    return {name: np.array(F.convert(out, F.NCHW).read()) for name, out in zip(output_names, results)}
