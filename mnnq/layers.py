@@ -32,7 +32,8 @@ class Layer:
             for d in self.weight_shape:
                 n *= d
             return n
-        return self.in_channels * self.out_channels * self.kernel[0] * self.kernel[1]
+        in_per_group = 1 if self.kind == "depthwise" else self.in_channels
+        return in_per_group * self.out_channels * self.kernel[0] * self.kernel[1]
 
     @property
     def in_per_group(self) -> int:
@@ -69,7 +70,7 @@ def block_applies(layer: Layer, block: int) -> bool:
     The converter needs the per-group input channels divisible by the block, the block a
     multiple of 16 and at least 16; depthwise convs (one input channel per group) never block.
     """
-    if block is None or block <= 0:
+    if block is None or block <= 0 or layer.kind == "depthwise":
         return False
     icg = layer.in_per_group
     return block >= 16 and block % 16 == 0 and icg % block == 0 and icg >= block

@@ -40,11 +40,12 @@ class MnnqPluginManager(pluggy.PluginManager):
         super().__init__(PROJECT)
         self.add_hookspecs(MnnqSpecs)
         self.failures: List[PluginFailure] = []
+        self._cache: Dict[str, Dict[str, object]] = {}
+        self._owners: Dict[Tuple[str, str], str] = {}
         env = os.environ.get(DISABLE_ENV, "")
         self.disabled = {n.strip() for n in env.split(",") if n.strip()} | set(disabled or ())
         for name in self.disabled:
             self.set_blocked(name)
-        self._cache: Dict[str, Dict[str, object]] = {}
 
     def load_entrypoints(self) -> None:
         """Register every plugin of the ``mnnq`` entry-point group; failures are recorded."""
@@ -89,7 +90,6 @@ class MnnqPluginManager(pluggy.PluginManager):
                 found[record.name] = record
                 owner[record.name] = plugin_name
         self._cache[hook_name] = found
-        self._owners = getattr(self, "_owners", {})
         self._owners.update({(hook_name, n): p for n, p in owner.items()})
         return found
 

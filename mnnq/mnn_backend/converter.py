@@ -17,6 +17,8 @@ from mnnq.mnn_backend.native import NativeRun, run_tool
 
 # Lines the converter prints when it ignored the compression params file and wrote a float model.
 PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse compress")
+# Printed when --hqq really took effect.
+HQQ_MARKER = "Use HQQ"
 
 
 def _check_written(run: NativeRun, dst: Path, what: str) -> None:
@@ -103,15 +105,20 @@ def weight_quantize(
     with tempfile.TemporaryDirectory(prefix="mnnq-params-") as work:
         pfile = Path(work) / "params.json"
         pfile.write_text(json.dumps(params, indent=1))
+        # The converter reads only the "=" spelling of this flag: "--weightQuantAsymmetric 1"
+        # is taken as false, which also silently disables --hqq.
         argv: List[str] = [
             "--weightQuantBits", "8",
-            "--weightQuantAsymmetric", "1" if asymmetric else "0",
+            "--weightQuantAsymmetric=" + ("1" if asymmetric else "0"),
             "--compressionParamsFile", str(pfile),
             "--alignDenormalizedValue", "0",
         ]
         if hqq:
             argv.append("--hqq")
         run = convert(src, dst, "MNN", [*argv, *extra], what="writing the weight-quantized model")
+    if hqq and HQQ_MARKER not in run.output:
+        Path(dst).unlink(missing_ok=True)
+        raise NativeFailure("MNN converter did not apply --hqq (it needs asymmetric quantization)", tail=run.tail())
     lowered = run.output.lower()
     if any(marker.lower() in lowered for marker in PARAMS_REJECTED_MARKERS):
         Path(dst).unlink(missing_ok=True)

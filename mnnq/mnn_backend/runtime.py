@@ -86,6 +86,9 @@ class LoadedModel:
         outs = self._module.forward(feeds)
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
+        if len(outs) != len(self.output_names):
+            raise BadInput(f"MNN runtime could not run {self.path} on these inputs (it returned "
+                           f"{len(outs)} of {len(self.output_names)} outputs); check input shapes and output names")
         return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
 
 

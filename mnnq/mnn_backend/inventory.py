@@ -1,0 +1,419 @@
+"""What a float ``.mnn`` holds: its conv-like ops, read straight from the file.
+
+The MNN file is a flatbuffer (schema ``schema/default/MNN.fbs`` / ``CaffeOp.fbs``); this module
+reads the few tables mnnq needs with ``struct`` / ``numpy`` (no flatbuffers dependency):
+``Net.oplists`` -> ``Op`` (name, type, tensor indexes) -> ``Convolution2D`` (common params,
+float weight and bias, and for a weight-quantized file the ``IDSTQuan`` parameter).
+
+``layers_from_template`` turns the converter's compression-params template into
+:class:`mnnq.layers.Layer` records, with kinds and weight shapes when the ops are known.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from mnnq.errors import BadInput
+from mnnq.layers import Layer
+
+# OpType enum values (MNN.fbs).
+OP_CONVOLUTION = 12
+OP_CONVOLUTION_DEPTHWISE = 13
+OP_DECONVOLUTION = 17
+OP_DECONVOLUTION_DEPTHWISE = 18
+CONV_OP_TYPES = {
+    OP_CONVOLUTION: "Convolution",
+    OP_CONVOLUTION_DEPTHWISE: "ConvolutionDepthwise",
+    OP_DECONVOLUTION: "Deconvolution",
+    OP_DECONVOLUTION_DEPTHWISE: "DeconvolutionDepthwise",
+}
+MATMUL_SUFFIX = "__matmul_converted"
+
+# Field slots (a union takes two: its type and its value).
+_NET_OPLISTS, _NET_TENSOR_NAME = 3, 7
+_OP_INPUTS, _OP_MAIN, _OP_NAME, _OP_OUTPUTS, _OP_TYPE = 0, 2, 3, 4, 5
+_CONV_COMMON, _CONV_WEIGHT, _CONV_BIAS, _CONV_QUAN, _CONV_EXTERNAL = 0, 1, 2, 3, 6
+_COMMON_FIELDS = (  # (name, slot, struct format, default)
+    ("padX", 0, "<i", 0), ("padY", 1, "<i", 0), ("kernelX", 2, "<i", 1), ("kernelY", 3, "<i", 1),
+    ("strideX", 4, "<i", 1), ("strideY", 5, "<i", 1), ("dilateX", 6, "<i", 1), ("dilateY", 7, "<i", 1),
+    ("padMode", 8, "<b", 0), ("group", 9, "<i", 1), ("outputCount", 10, "<i", 0),
+    ("inputCount", 11, "<i", 0), ("relu", 12, "<B", 0), ("relu6", 13, "<B", 0),
+    ("hasOutputShape", 16, "<B", 0),
+)
+_COMMON_PADS, _COMMON_OUTPADS = 14, 15
+_QUAN_FIELDS = (
+    ("type", 2, "<i", 0), ("quantScale", 4, "<f", 0.0), ("aMaxOrBits", 7, "<i", 0),
+    ("aMin", 8, "<i", 0), ("readType", 9, "<i", 0), ("has_scaleInt", 10, "<B", 0),
+    ("shapeInt32", 11, "<B", 0), ("scaleStorage", 15, "<b", 0),
+)
+_QUAN_BUFFER, _QUAN_ALPHA, _QUAN_INDEX, _QUAN_ALPHA_FP16 = 0, 1, 13, 14
+
+
+class _Buf:
+    """Minimal flatbuffer table reader over a bytes object."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.mv = memoryview(data)
+
+    def u32(self, pos: int) -> int:
+        return struct.unpack_from("<I", self.data, pos)[0]
+
+    def root(self) -> int:
+        return self.u32(0)
+
+    def field_pos(self, table: int, slot: int) -> int:
+        vtable = table - struct.unpack_from("<i", self.data, table)[0]
+        vt_size = struct.unpack_from("<H", self.data, vtable)[0]
+        entry = 4 + 2 * slot
+        if entry >= vt_size:
+            return 0
+        off = struct.unpack_from("<H", self.data, vtable + entry)[0]
+        return table + off if off else 0
+
+    def scalar(self, table: int, slot: int, fmt: str, default):
+        pos = self.field_pos(table, slot)
+        return struct.unpack_from(fmt, self.data, pos)[0] if pos else default
+
+    def indirect(self, table: int, slot: int) -> int:
+        pos = self.field_pos(table, slot)
+        return pos + self.u32(pos) if pos else 0
+
+    def vector_offset(self, table: int, slot: int) -> int:
+        vec = self.indirect(table, slot)
+        return vec + 4 if vec else -1
+
+    def vector(self, table: int, slot: int, dtype) -> Optional[np.ndarray]:
+        vec = self.indirect(table, slot)
+        if not vec:
+            return None
+        n = self.u32(vec)
+        return np.frombuffer(self.data, dtype=dtype, count=n, offset=vec + 4)
+
+    def string(self, table: int, slot: int) -> Optional[str]:
+        vec = self.indirect(table, slot)
+        if not vec:
+            return None
+        n = self.u32(vec)
+        return bytes(self.mv[vec + 4: vec + 4 + n]).decode("utf-8", "replace")
+
+    def tables(self, table: int, slot: int) -> List[int]:
+        vec = self.indirect(table, slot)
+        if not vec:
+            return []
+        n = self.u32(vec)
+        out = []
+        for i in range(n):
+            p = vec + 4 + 4 * i
+            out.append(p + self.u32(p))
+        return out
+
+    def strings(self, table: int, slot: int) -> List[str]:
+        vec = self.indirect(table, slot)
+        if not vec:
+            return []
+        n = self.u32(vec)
+        out = []
+        for i in range(n):
+            p = vec + 4 + 4 * i
+            s = p + self.u32(p)
+            ln = self.u32(s)
+            out.append(bytes(self.mv[s + 4: s + 4 + ln]).decode("utf-8", "replace"))
+        return out
+
+
+@dataclass
+class QuantParam:
+    """The ``IDSTQuan`` of a weight-quantized conv, as stored."""
+
+    type: int
+    bits: int
+    a_min: int
+    read_type: int
+    quant_scale: float
+    has_scale_int: bool
+    shape_int32: bool
+    scale_storage: int
+    buffer: Optional[np.ndarray]   # int8 bytes
+    alpha: Optional[np.ndarray]    # float32, (min, scale) pairs when asymmetric
+    alpha_fp16: Optional[np.ndarray]
+    has_index: bool
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.read_type != 0
+
+
+@dataclass
+class ConvOp:
+    """One conv-like op of an MNN file. ``weight`` is the flat float32 weight as stored
+    (``None`` when quantized or external); its layout is ``[out, in/group, kh, kw]`` for
+    convolutions and ``[in, out/group, kh, kw]`` (ONNX order) for deconvolutions."""
+
+    index: int
+    name: str
+    op_type: int
+    common: Dict[str, int]
+    pads: Tuple[int, ...]
+    out_pads: Tuple[int, ...]
+    inputs: List[str]
+    outputs: List[str]
+    weight: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+    quant: Optional[QuantParam] = None
+    external: bool = False
+    weight_offset: int = -1  # byte offset of the float weight data in the file (-1: none)
+
+    @property
+    def type_name(self) -> str:
+        return CONV_OP_TYPES[self.op_type]
+
+    @property
+    def is_deconv(self) -> bool:
+        return self.op_type in (OP_DECONVOLUTION, OP_DECONVOLUTION_DEPTHWISE)
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.op_type in (OP_CONVOLUTION_DEPTHWISE, OP_DECONVOLUTION_DEPTHWISE)
+
+    @property
+    def kind(self) -> str:
+        if self.name.endswith(MATMUL_SUFFIX):
+            return "matmul"
+        if self.is_depthwise:
+            return "depthwise"
+        if self.is_deconv:
+            return "deconv"
+        return "conv"
+
+    @property
+    def kxky(self) -> int:
+        return int(self.common["kernelX"]) * int(self.common["kernelY"])
+
+    def weight_count(self) -> int:
+        if self.weight is not None:
+            return int(self.weight.size)
+        c = self.common
+        if self.is_depthwise:
+            return int(c["outputCount"]) * self.kxky
+        return int(c["inputCount"]) * int(c["outputCount"]) // max(int(c["group"]), 1) * self.kxky
+
+    def converter_shape(self) -> Tuple[int, int, int, int]:
+        """The weight as the converter's quantizer sees it: ``outputCount`` rows of
+        ``kernelSize = count / outputCount`` values, as ``(oc, kernelSize / kxky, kY, kX)``."""
+        oc = int(self.common["outputCount"])
+        kx, ky = int(self.common["kernelX"]), int(self.common["kernelY"])
+        count = self.weight_count()
+        return (oc, count // max(oc, 1) // max(kx * ky, 1), ky, kx)
+
+
+def _read_common(buf: _Buf, table: int) -> Tuple[Dict[str, int], Tuple[int, ...], Tuple[int, ...]]:
+    common = {name: buf.scalar(table, slot, fmt, default) for name, slot, fmt, default in _COMMON_FIELDS}
+    pads = buf.vector(table, _COMMON_PADS, "<i4")
+    out_pads = buf.vector(table, _COMMON_OUTPADS, "<i4")
+    return (common, tuple(int(v) for v in pads) if pads is not None else (),
+            tuple(int(v) for v in out_pads) if out_pads is not None else ())
+
+
+def _read_quant(buf: _Buf, table: int) -> QuantParam:
+    vals = {name: buf.scalar(table, slot, fmt, default) for name, slot, fmt, default in _QUAN_FIELDS}
+    buffer = buf.vector(table, _QUAN_BUFFER, np.int8)
+    alpha = buf.vector(table, _QUAN_ALPHA, "<f4")
+    alpha16 = buf.vector(table, _QUAN_ALPHA_FP16, "<u2")
+    index = buf.indirect(table, _QUAN_INDEX)
+    return QuantParam(
+        type=vals["type"], bits=vals["aMaxOrBits"], a_min=vals["aMin"], read_type=vals["readType"],
+        quant_scale=vals["quantScale"], has_scale_int=bool(vals["has_scaleInt"]),
+        shape_int32=bool(vals["shapeInt32"]), scale_storage=vals["scaleStorage"],
+        buffer=None if buffer is None else buffer.copy(),
+        alpha=None if alpha is None else alpha.astype(np.float32),
+        alpha_fp16=None if alpha16 is None else alpha16.copy(),
+        has_index=bool(index),
+    )
+
+
+def read_conv_ops(path: Path) -> List[ConvOp]:
+    """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
+    the main graph of ``path``, in file order (subgraphs are not read)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read model {path}: {exc}") from None
+    buf = _Buf(data)
+    try:
+        net = buf.root()
+        names = buf.strings(net, _NET_TENSOR_NAME)
+        ops: List[ConvOp] = []
+        for i, op in enumerate(buf.tables(net, _NET_OPLISTS)):
+            op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
+            if op_type not in CONV_OP_TYPES:
+                continue
+            main = buf.indirect(op, _OP_MAIN)
+            if not main:
+                continue
+            common_t = buf.indirect(main, _CONV_COMMON)
+            common, pads, out_pads = _read_common(buf, common_t) if common_t else ({}, (), ())
+            weight = buf.vector(main, _CONV_WEIGHT, "<f4")
+            bias = buf.vector(main, _CONV_BIAS, "<f4")
+            quan_t = buf.indirect(main, _CONV_QUAN)
+            ins = buf.vector(op, _OP_INPUTS, "<i4")
+            outs = buf.vector(op, _OP_OUTPUTS, "<i4")
+            ops.append(ConvOp(
+                index=i,
+                name=buf.string(op, _OP_NAME) or "",
+                op_type=op_type,
+                common=common,
+                pads=pads,
+                out_pads=out_pads,
+                inputs=[names[j] for j in (ins if ins is not None else []) if 0 <= j < len(names)],
+                outputs=[names[j] for j in (outs if outs is not None else []) if 0 <= j < len(names)],
+                weight=None if weight is None or weight.size == 0 else weight.astype(np.float32),
+                bias=None if bias is None or bias.size == 0 else bias.astype(np.float32),
+                quant=_read_quant(buf, quan_t) if quan_t else None,
+                external=bool(buf.indirect(main, _CONV_EXTERNAL)),
+                weight_offset=buf.vector_offset(main, _CONV_WEIGHT) if weight is not None and weight.size else -1,
+            ))
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding what the converter wrote (used to check the numpy simulation bit for bit).
+
+def _unpack_bits(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """MSB-first packed ``bits``-wide unsigned values (IDSTEncoder ``FillBuffer``)."""
+    raw = np.unpackbits(buf.view(np.uint8))[: count * bits].reshape(count, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int32)
+    return raw.astype(np.int32) @ weights
+
+
+def decode_quantized(op: ConvOp) -> Tuple[np.ndarray, np.ndarray]:
+    """``(q, alpha)`` of a dense (type 1) weight-quantized conv: ``q`` int32 of shape
+    ``[blocks, block_elements]`` (the stored integers), ``alpha`` float32 as stored
+    (``[blocks]`` symmetric, ``[blocks, 2]`` = (min, scale) asymmetric)."""
+    quan = op.quant
+    if quan is None or quan.buffer is None:
+        raise BadInput(f"layer {op.name} is not weight-quantized")
+    if quan.type != 1:
+        raise BadInput(f"layer {op.name}: quantized storage type {quan.type} is not decoded here")
+    data = quan.buffer.view(np.uint8)
+    pos = 0
+    ndim = int(data[pos]); pos += 1
+    if quan.shape_int32:
+        dims = [int(v) for v in data[pos: pos + 4 * ndim].view("<u4")]; pos += 4 * ndim
+    else:
+        dims = [int(v) for v in data[pos: pos + 2 * ndim].view("<u2")]; pos += 2 * ndim
+    channel, area = dims[0], dims[1]
+    n_values = int(data[pos]); pos += 1
+    if n_values == 0:  # 256 values do not fit the count byte
+        n_values = 256
+    value_set = data[pos: pos + n_values].view(np.int8).astype(np.int32); pos += n_values
+    need_bits = max(int(np.ceil(np.log2(n_values))), 1)
+    count = channel * area
+    idx = _unpack_bits(data[pos:], count, need_bits)
+    q = value_set[idx].reshape(channel, area)
+    if quan.scale_storage == 1 and quan.alpha_fp16 is not None:
+        alpha = quan.alpha_fp16.view(np.float16).astype(np.float32)
+    else:
+        alpha = quan.alpha
+    if quan.asymmetric:
+        alpha = alpha.reshape(-1, 2)
+    return q, alpha
+
+
+def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
+    """The float weight MNN's CPU runtime rebuilds from ``op`` (ConvolutionCommon::load, memory
+    mode normal), flat in stored order."""
+    q, alpha = decode_quantized(op)
+    quan = op.quant
+    qf = q.astype(np.float32)
+    if quan.asymmetric:
+        clamp_min = np.float32(-128 if quan.a_min == 0 else quan.a_min)
+        scale = alpha[:, 1:2]
+        low = alpha[:, 0:1] - clamp_min * scale
+        w = qf * scale + low
+    else:
+        w = qf * alpha.reshape(-1, 1)
+    if quan.quant_scale != 1.0 and not quan.has_scale_int:
+        raise BadInput(f"layer {op.name}: quantScale {quan.quant_scale} is not simulated")
+    return w.astype(np.float32).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _template_layers(template: Mapping) -> List[dict]:
+    out: List[dict] = []
+    for algo in template.get("algo", []):
+        if algo.get("type", "QUANTIZE") != "QUANTIZE":
+            continue
+        out.extend(algo.get("quantParams", {}).get("layer", []))
+    return out
+
+
+def layers_from_template(
+    template: Mapping,
+    swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
+    ops: Optional[Union[Sequence[ConvOp], Mapping[str, ConvOp]]] = None,
+) -> List[Layer]:
+    """The converter template's layers as :class:`Layer` records.
+
+    ``swappable_weights`` (``SwappableModel.weights``) fills ``weight_shape``; ``ops``
+    (``read_conv_ops(float_mnn)`` or ``SwappableModel.ops``) gives exact kinds and shapes.
+    Without ``ops`` the kind is inferred: ``__matmul_converted`` names are ``matmul``, a weight
+    with one input channel per group and ``in_channels == out_channels > 1`` is ``depthwise``,
+    anything else ``conv`` (a deconvolution cannot be told apart without ``ops``).
+    ``weight_shape`` is the converter's quantization view ``(oc, kernelSize/kxky, kY, kX)``
+    (for a deconvolution that is the stored ``[in, out, kh, kw]`` array re-viewed, not its
+    semantic layout); the quantization blocks run along its second axis.
+
+    Entries for convs whose weights are graph inputs (the template lists them with
+    ``outputChannel`` -1; the converter skips them) are left out.
+    """
+    if ops is None:
+        by_name: Dict[str, ConvOp] = {}
+    elif isinstance(ops, Mapping):
+        by_name = dict(ops)
+    else:
+        by_name = {op.name: op for op in ops}
+    layers: List[Layer] = []
+    seen = set()
+    for entry in _template_layers(template):
+        name = entry.get("opName")
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        conv = entry.get("conv", {})
+        ic = int(conv.get("inputChannel", 0))
+        oc = int(conv.get("outputChannel", 0))
+        op = by_name.get(name)
+        if oc <= 0 or ic <= 0 or (op is not None and op.weight is None and op.quant is None):
+            # a conv whose weights are graph inputs: the converter lists it but cannot quantize it
+            continue
+        ks = conv.get("kernelSize", [1, 1]) or [1, 1]
+        kernel = (int(ks[0]), int(ks[1]) if len(ks) > 1 else int(ks[0]))
+        shape: Tuple[int, ...] = ()
+        if op is not None:
+            kind = op.kind
+            shape = op.converter_shape()
+        else:
+            if swappable_weights is not None and name in swappable_weights:
+                shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
+            if name.endswith(MATMUL_SUFFIX):
+                kind = "matmul"
+            elif shape and shape[1] == 1 and ic == oc and ic > 1:
+                kind = "depthwise"
+            else:
+                kind = "conv"
+        if swappable_weights is not None and name in swappable_weights and shape:
+            have = tuple(int(d) for d in np.shape(swappable_weights[name]))
+            if have != tuple(shape):
+                raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
+        layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel,
+                            weight_shape=tuple(shape)))
+    return layers

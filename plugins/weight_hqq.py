@@ -1,0 +1,16 @@
+"""hqq: the converter's ``--hqq`` (asymmetric, zero point optimised by half-quadratic steps)."""
+from mnnq.hookspecs import hookimpl
+from mnnq.records import WeightMethod
+from mnnq.weightquant import qdq_hqq, underflows_hqq
+
+
+@hookimpl
+def mnnq_weight_methods():
+    yield WeightMethod(
+        name="hqq",
+        summary="asymmetric min-max scale, zero point refined by 20 HQQ proximal steps (--hqq)",
+        asymmetric=True,
+        hqq=True,
+        quantize_dequantize=qdq_hqq,
+        underflows=underflows_hqq,
+    )

@@ -1,0 +1,16 @@
+"""min_max: asymmetric min-max weight quantization (the converter's default mode)."""
+from mnnq.hookspecs import hookimpl
+from mnnq.records import WeightMethod
+from mnnq.weightquant import qdq_min_max, underflows_min_max
+
+
+@hookimpl
+def mnnq_weight_methods():
+    yield WeightMethod(
+        name="min_max",
+        summary="asymmetric: scale = (max - min) / (2^b - 1), offset = min, per channel or block",
+        asymmetric=True,
+        hqq=False,
+        quantize_dequantize=qdq_min_max,
+        underflows=underflows_min_max,
+    )
