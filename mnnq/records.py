@@ -30,6 +30,11 @@ class WeightMethod:
 
     ``asymmetric`` and ``hqq`` say how the converter must be asked for it: the value of
     ``asymmetric`` in the compression params file and whether ``--hqq`` is passed.
+
+    ``channel_scales(weight, bits, clamp)`` (optional; methods that have it can be used for
+    full INT8 by ``mnnq quantize``) returns float32 ``[out_channels]`` symmetric scales for
+    ``q = clip(round(w / s), -clamp, clamp)`` with ``clamp`` the weight clamp value
+    (``weight_clamp_value``, at most ``2**(bits-1) - 1``).
     """
 
     name: str
@@ -38,6 +43,7 @@ class WeightMethod:
     hqq: bool
     quantize_dequantize: Callable[[np.ndarray, int, int], np.ndarray]
     underflows: Callable[[np.ndarray, int, int], bool]
+    channel_scales: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
 
 
 @dataclass(frozen=True)

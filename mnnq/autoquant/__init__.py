@@ -1,0 +1,1 @@
+"""The auto-quant job: search per-layer weight settings under an error budget."""

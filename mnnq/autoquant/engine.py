@@ -1,0 +1,286 @@
+"""The auto-quant engine: float model -> layer inventory -> search -> written, re-measured model.
+
+Data flow: the converter's params template lists the quantizable layers; an evaluator
+(fast: swapped weights in-process, or exact: convert + run) measures proposals from the
+search strategies; the final settings are written by the converter and the written file is
+re-measured on the whole test set. If that measurement misses the budget while the search
+used the simulation, the finishing strategies (memory-mode, skip-layers) run again on exact
+measurements.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from mnnq.autoquant.context import SearchContext, StopSearch, Trial
+from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator, run_testset
+from mnnq.errors import BadInput, MnnqError, NativeFailure
+from mnnq.fileio import atomic_copy, atomic_write_text, check_output_path
+from mnnq.layers import LayerSetting, effective_block
+from mnnq.measure import Measurement, compare
+from mnnq.mnn_backend.converter import params_template
+from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
+from mnnq.mnn_backend.runtime import LoadedModel, model_io_names
+from mnnq.mnn_backend.swap import SwappableModel
+from mnnq.params import template_layers
+from mnnq.plugin_manager import MnnqPluginManager
+from mnnq.records import SearchStrategy
+from mnnq.testset import TestSet, load_testset
+
+FINISHING = ("memory-mode", "skip-layers")
+# A layer is guarded (kept float) when the encoder would zero more than this share of its
+# weight energy; zeroing dead channels with ~1e-8 weights costs nothing and is allowed.
+COLLAPSE_SHARE = 1e-4
+
+
+@dataclass
+class AutoQuantOptions:
+    model: Path
+    quant_model: Path
+    test_dir: Path
+    rate: float = 0.05
+    select_bits: bool = True
+    select_block: bool = True
+    hqq: bool = True
+    metric: str = "max_rel"
+    weight_method: Optional[str] = None  # default: hqq if hqq else max_abs
+    strategies: Optional[List[str]] = None  # default: every default strategy, by order
+    evaluator: str = "auto"  # auto | fast | exact
+    memory_mode: str = "auto"  # auto (low, then normal) | low | normal
+    time_budget: Optional[float] = None
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    shape: str
+    bits: int
+    block: int
+    reason: str = ""
+
+
+@dataclass
+class AutoQuantResult:
+    model: Path
+    quant_model: Path
+    params_path: Path
+    rate: float
+    metric: str
+    met: bool
+    errors: Dict[str, float]
+    simulated_error: Optional[float]
+    float_errors: Dict[str, float]
+    memory_mode: str
+    method: str
+    evaluator: str
+    strategies: List[str]
+    layers: List[LayerRow]
+    size_before: int
+    size_after: int
+    trials: List[Trial]
+    seconds: float
+    notes: List[str] = field(default_factory=list)
+    stopped_early: bool = False
+    measurement: Optional[Measurement] = None
+
+    @property
+    def status(self) -> str:
+        return "MET" if self.met else "MISSED"
+
+
+def collapse_share(method, weight: np.ndarray, bits: int, block: int) -> float:
+    """Share of a layer's weight energy that MNN's encoder would zero (scale <= 1e-6).
+
+    Quantization is scale-equivariant except for that threshold, so the collapse is the
+    difference between quantizing ``w`` and quantizing ``w * K`` (then dividing by K) for a K
+    large enough that no scale underflows.
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    energy = float(np.sum(w.astype(np.float64) ** 2))
+    if energy == 0.0:
+        return 0.0
+    k = np.float32(2.0 ** 20)
+    plain = method.quantize_dequantize(w, bits, block).astype(np.float64)
+    scaled = method.quantize_dequantize(w * k, bits, block).astype(np.float64) / float(k)
+    return float(np.sum((plain - scaled) ** 2)) / energy
+
+
+def _pipeline(pm: MnnqPluginManager, opts: AutoQuantOptions) -> List[SearchStrategy]:
+    available = pm.search_strategies()
+    if opts.strategies:
+        chosen = [pm.pick("mnnq_search_strategies", n) for n in opts.strategies]
+    else:
+        chosen = sorted((s for s in available.values() if s.default), key=lambda s: (s.order, s.name))
+    skip = set()
+    if not opts.select_bits:
+        skip.add("select-bits")
+    if not opts.select_block:
+        skip.add("select-block")
+    return [s for s in chosen if s.name not in skip]
+
+
+def _validate(opts: AutoQuantOptions) -> None:
+    if not (isinstance(opts.rate, float) or isinstance(opts.rate, int)) or not math.isfinite(opts.rate) or opts.rate <= 0:
+        raise BadInput(f"--rate must be a positive number, got {opts.rate!r}")
+    if opts.memory_mode not in ("auto", "low", "normal"):
+        raise BadInput(f"--memory-mode must be auto, low or normal, got {opts.memory_mode!r}")
+    if opts.evaluator not in ("auto", "fast", "exact"):
+        raise BadInput(f"--evaluator must be auto, fast or exact, got {opts.evaluator!r}")
+    model = Path(opts.model)
+    if not model.exists():
+        raise BadInput(f"model not found: {model} (give the float .mnn model with --model)")
+    if not model.is_file() or model.stat().st_size == 0:
+        raise BadInput(f"model is empty or not a file: {model}")
+    check_output_path(Path(opts.quant_model), [model], "--quant_model")
+    check_output_path(Path(str(opts.quant_model) + ".json"), [model], "--quant_model (params file)")
+
+
+def _check_io(model: Path, testset: TestSet) -> None:
+    inputs, _outputs = model_io_names(model)
+    unknown = [n for n in testset.input_names if inputs and n not in inputs]
+    if unknown:
+        raise BadInput(f"test set {testset.root} feeds {', '.join(unknown)} but the model's inputs are "
+                       f"{', '.join(inputs)}; fix input.json")
+
+
+def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
+                   on_trial: Callable[[Trial], None] = lambda t: None) -> AutoQuantResult:
+    started = time.monotonic()
+    _validate(opts)
+    metrics = pm.metrics()
+    metric = pm.pick("mnnq_metrics", opts.metric).name
+    method = pm.pick("mnnq_weight_methods", opts.weight_method or ("hqq" if opts.hqq else "max_abs"))
+    pipeline = _pipeline(pm, opts)
+    testset = load_testset(Path(opts.test_dir))
+    model = Path(opts.model)
+    try:
+        template = params_template(model)
+        ops = read_conv_ops(model)
+    except NativeFailure:
+        raise BadInput(f"not a readable MNN model: {model} (MNN's converter cannot parse it); "
+                       "re-export it with MNNConvert") from None
+    except (ValueError, IndexError, struct.error) as exc:
+        raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
+    layers = layers_from_template(template, ops=ops)
+    if not layers:
+        raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
+                       "constant weights); nothing to quantize")
+    _check_io(model, testset)
+    notes: List[str] = []
+
+    with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as work:
+        work = Path(work)
+        exact = ExactEvaluator(model, template, method, testset, metrics, work)
+        float_run = LoadedModel(model, testset.input_names, testset.output_names)
+        float_measure = compare(testset, run_testset(float_run, testset), metrics)
+        del float_run
+
+        fast: Optional[FastEvaluator] = None
+        weights: Dict[str, np.ndarray] = {
+            op.name: np.asarray(op.weight, dtype=np.float32).reshape(op.converter_shape())
+            for op in ops if op.weight is not None}
+        if opts.evaluator in ("auto", "fast"):
+            try:
+                swappable = SwappableModel.load(model, layers, testset.input_names, testset.output_names, work)
+                weights = dict(swappable.weights)
+                layers = layers_from_template(template, swappable.weights, swappable.ops)
+                fast = FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics)
+            except MnnqError as exc:
+                if opts.evaluator == "fast":
+                    raise
+                notes.append(f"in-process simulation unavailable ({exc}); every trial converts and runs the model")
+        layer_map = {l.name: l for l in layers}
+
+        guard_cache: Dict[tuple, bool] = {}
+
+        def underflows(name: str, s: LayerSetting) -> bool:
+            """True when the encoder would zero a noticeable share of the layer (dead,
+            near-zero channels that it zeroes harmlessly do not count)."""
+            if name not in weights:
+                return False
+            block = effective_block(layer_map[name], s.block)
+            key = (name, s.bits, block)
+            if key not in guard_cache:
+                w = weights[name]
+                guard_cache[key] = bool(method.underflows(w, s.bits, block)) and \
+                    collapse_share(method, w, s.bits, block) > COLLAPSE_SHARE
+            return guard_cache[key]
+
+        candidates = [l.name for l in sorted(layers, key=lambda l: l.weight_count)]
+        # Layers whose scales underflow even at 8 bits per channel are pinned float.
+        pinned = [n for n in candidates if underflows(n, LayerSetting(8, -1))]
+        for name in pinned:
+            notes.append(f"{name}: kept float, its weights are so small that MNN's encoder would zero them "
+                         "(scale <= 1e-6)")
+        candidates = [n for n in candidates if n not in pinned]
+        settings = {l.name: LayerSetting(8, -1) for l in layers}
+        for name in pinned:
+            settings[name] = LayerSetting(0, -1, "scale underflow")
+
+        def evaluate(s, memory_mode):
+            if ctx.evaluator_name == "fast":
+                return fast.measure(s, memory_mode)
+            return exact.measure(s, memory_mode)
+
+        ctx = SearchContext(
+            layers=layer_map, settings=settings, candidates=candidates, target=float(opts.rate), metric=metric,
+            evaluate=evaluate, evaluator_name="fast" if fast else "exact",
+            memory_mode="low" if opts.memory_mode in ("auto", "low") else "normal",
+            memory_modes_allowed=("low", "normal") if opts.memory_mode == "auto" else (opts.memory_mode,),
+            underflows=underflows, on_trial=on_trial,
+            deadline=(time.monotonic() + opts.time_budget) if opts.time_budget else None,
+        )
+        stopped = False
+        try:
+            ctx.remeasure("initial: all layers 8 bits, per channel")
+            for strategy in pipeline:
+                strategy.run(ctx)
+        except StopSearch:
+            stopped = True
+            notes.append("time budget spent: stopped with the best configuration found so far")
+        simulated = ctx.error if ctx.evaluator_name == "fast" else None
+
+        final_settings = ctx.guarded(ctx.settings)
+        out_model = work / "final.mnn"
+        params = exact.write(final_settings, out_model)
+        final = exact.measure_file(out_model, ctx.memory_mode)
+        ctx.error = final.error(metric)
+
+        if not ctx.meets(ctx.error) and ctx.evaluator_name == "fast" and not stopped:
+            notes.append(f"the written model measured {ctx.error:.4g} in memory mode {ctx.memory_mode} "
+                         f"(simulation with float activations: {simulated:.4g}); finishing with exact measurements")
+            ctx.evaluator_name = "exact"
+            ctx.deadline = None
+            for strategy in pipeline:
+                if strategy.name in FINISHING:
+                    strategy.run(ctx)
+            final_settings = ctx.guarded(ctx.settings)
+            params = exact.write(final_settings, out_model)
+            final = exact.measure_file(out_model, ctx.memory_mode)
+            ctx.error = final.error(metric)
+
+        qpath = Path(opts.quant_model)
+        ppath = Path(str(qpath) + ".json")
+        atomic_copy(out_model, qpath)
+        atomic_write_text(ppath, json.dumps(params, indent=1) + "\n")
+
+    rows = [LayerRow(l.name, l.kind, l.shape_text(), final_settings[l.name].bits,
+                     effective_block(l, final_settings[l.name].block) if final_settings[l.name].bits else -1,
+                     final_settings[l.name].reason) for l in layers]
+    return AutoQuantResult(
+        model=model, quant_model=qpath, params_path=ppath, rate=float(opts.rate), metric=metric,
+        met=ctx.meets(final.error(metric)), errors=dict(final.errors), simulated_error=simulated,
+        float_errors=dict(float_measure.errors), memory_mode=ctx.memory_mode, method=method.name,
+        evaluator="fast" if fast else "exact", strategies=[s.name for s in pipeline], layers=rows,
+        size_before=model.stat().st_size, size_after=qpath.stat().st_size, trials=ctx.trials,
+        seconds=time.monotonic() - started, notes=notes + ctx.notes, stopped_early=stopped, measurement=final,
+    )

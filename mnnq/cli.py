@@ -1,0 +1,239 @@
+"""mnnq's command line: ``mnnq auto-quant``, ``mnnq apply``, ``mnnq plugins``.
+
+Exit codes: 0 ok / within budget, 1 budget missed (outputs written and marked), 2 bad input
+or usage (nothing written), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from rich.console import Console
+
+from mnnq import __version__
+from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, MnnqError, NativeFailure
+from mnnq.fileio import atomic_write_text, check_output_path
+
+
+def _flag(parser, *names, **kw):
+    """Add a flag under auto_quant.py's underscore spelling and the hyphenated one."""
+    spellings = []
+    for n in names:
+        spellings.append(n)
+        alt = n.replace("_", "-") if "_" in n[2:] else n
+        if alt not in spellings:
+            spellings.append(alt)
+    return parser.add_argument(*spellings, **kw)
+
+
+def _int01(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnnq", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mnnq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    aq = sub.add_parser("auto-quant", help="search per-layer weight bits/blocks under an error budget "
+                                           "(drop-in for MNN's auto_quant.py)")
+    _flag(aq, "--model", required=True, help="float .mnn model")
+    _flag(aq, "--quant_model", required=True, help="quantized model to write (params go to <quant_model>.json)")
+    _flag(aq, "--test_dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
+    _flag(aq, "--rate", type=_positive_float, default=0.05, help="error budget (default 0.05)")
+    _flag(aq, "--select_bits", type=_int01, default=1, help="try 4 bits per layer (default 1)")
+    _flag(aq, "--select_block", type=_int01, default=1, help="search block sizes (default 1)")
+    _flag(aq, "--hqq", type=_int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
+    _flag(aq, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
+    _flag(aq, "--weight_method", default=None, help="weight method plugin (default: hqq if --hqq 1 else max_abs)")
+    _flag(aq, "--strategy", action="append", default=None,
+          help="search strategy plugin to run, in order; repeat or comma-separate (default: the default pipeline)")
+    _flag(aq, "--evaluator", default="auto", choices=("auto", "fast", "exact"),
+          help="trial evaluator: fast (in-process simulation), exact (convert + run), auto (fast when possible)")
+    _flag(aq, "--memory_mode", default="auto", choices=("auto", "low", "normal"),
+          help="runtime memory mode to meet the budget in; auto = low, falling back to normal like auto_quant.py")
+    _flag(aq, "--time_budget", type=_positive_float, default=None,
+          help="stop searching after this many seconds and keep the best configuration so far")
+    _flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
+
+    ap = sub.add_parser("apply", help="write a weight-quantized model from a (hand-edited) params file")
+    ap.add_argument("model", help="float .mnn model")
+    ap.add_argument("out", help="quantized .mnn to write")
+    _flag(ap, "--params", required=True, help="compression params JSON (e.g. the q.mnn.json auto-quant wrote)")
+    _flag(ap, "--hqq", action="store_true", help="use HQQ (as auto-quant does by default)")
+    _flag(ap, "--test_dir", default=None, help="re-measure the written model on this test set")
+    _flag(ap, "--rate", type=_positive_float, default=None, help="with --test-dir: exit 1 when the error exceeds it")
+    _flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
+    _flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
+    _flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
+
+    sub.add_parser("plugins", help="list loaded plugins by kind")
+    for module in _command_modules():
+        module.add_parser(sub)
+    return parser
+
+
+# Commands that live in their own modules expose add_parser(subparsers) and run(args, out, err).
+COMMAND_MODULES = {
+    "quantize": "mnnq.quantize.command",
+    "validate": "mnnq.gate.validate_command",
+    "check": "mnnq.gate.check_command",
+}
+
+
+def _command_modules():
+    import importlib
+
+    modules = []
+    for dotted in COMMAND_MODULES.values():
+        try:
+            modules.append(importlib.import_module(dotted))
+        except ModuleNotFoundError as exc:
+            if exc.name and dotted.startswith(exc.name):
+                continue  # not built yet
+            raise
+    return modules
+
+
+def _strategies(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def cmd_auto_quant(args, out: Console, err: Console) -> int:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant
+    from mnnq.plugin_manager import get_plugin_manager
+    from mnnq.report import autoquant_dict, print_autoquant
+
+    if args.report_json:
+        check_output_path(Path(args.report_json), [Path(args.model)], "--report-json")
+    pm = get_plugin_manager()
+    _report_plugin_failures(pm, err)
+    opts = AutoQuantOptions(
+        model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
+        select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
+        metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
+        evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget,
+    )
+    best = {"error": float("inf")}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("auto-quant: preparing", total=None)
+
+        def on_trial(trial):
+            if trial.accepted or trial.error < best["error"]:
+                best["error"] = min(best["error"], trial.error)
+            progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
+
+        result = run_auto_quant(opts, pm, on_trial=on_trial)
+    print_autoquant(result, out)
+    if args.report_json:
+        atomic_write_text(Path(args.report_json), json.dumps(autoquant_dict(result), indent=2) + "\n")
+    return EXIT_OK if result.met else EXIT_MISSED
+
+
+def cmd_apply(args, out: Console, err: Console) -> int:
+    from mnnq.apply import apply_params
+    from mnnq.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    _report_plugin_failures(pm, err)
+    result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
+                          test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
+                          rate=args.rate, memory_mode=args.memory_mode, pm=pm)
+    out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
+              f"{args.params})", highlight=False)
+    if result.get("errors") is not None:
+        errs = ", ".join(f"{k} {v:.6f}" for k, v in result["errors"].items())
+        out.print(f"measured on {args.test_dir}: {errs}", highlight=False)
+    if args.report_json:
+        atomic_write_text(Path(args.report_json), json.dumps(result, indent=2) + "\n")
+    if result.get("met") is False:
+        out.print(f"[red]MISSED[/red]: {args.metric} {result['errors'][args.metric]:.6f} > rate {args.rate}")
+        return EXIT_MISSED
+    return EXIT_OK
+
+
+def cmd_plugins(args, out: Console, err: Console) -> int:
+    from rich.table import Table
+
+    from mnnq.plugin_manager import KINDS, get_plugin_manager
+
+    pm = get_plugin_manager()
+    table = Table(title="mnnq plugins", title_justify="left")
+    for col in ("kind", "name", "plugin", "summary"):
+        table.add_column(col, overflow="fold")
+    for hook_name, (_, kind) in KINDS.items():
+        for name, record in sorted(pm._collect(hook_name).items()):
+            table.add_row(kind, name, pm.owner_of(hook_name, name), record.summary)
+    out.print(table)
+    _report_plugin_failures(pm, err)
+    return EXIT_OK
+
+
+def _report_plugin_failures(pm, err: Console) -> None:
+    for failure in pm.failures:
+        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False)
+
+
+COMMANDS = {"auto-quant": cmd_auto_quant, "apply": cmd_apply, "plugins": cmd_plugins}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    if not args.command:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        import importlib
+
+        handler = importlib.import_module(COMMAND_MODULES[args.command]).run
+    try:
+        return handler(args, out, err)
+    except NativeFailure as exc:
+        _error_line(exc)
+        if exc.tail:
+            print("native output (last lines):\n" + exc.tail, file=sys.stderr)
+        return exc.exit_code
+    except MnnqError as exc:
+        _error_line(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mnnq: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error_line(exc: Exception) -> None:
+    """The one line a failure gets: never wrapped, whatever the terminal width."""
+    text = " ".join(str(exc).split())
+    print(f"mnnq: error: {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
