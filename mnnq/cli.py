@@ -97,6 +97,8 @@ COMMAND_MODULES = {
     "quantize": "mnnq.quantize.command",
     "validate": "mnnq.gate.validate_command",
     "check": "mnnq.gate.check_command",
+    "convert": "mnnq.frontend.convert_command",
+    "testdir": "mnnq.frontend.testdir_command",
 }
 
 
