@@ -11,8 +11,16 @@ from typing import Iterable
 from mnnq.errors import BadInput
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_in(dst: Path):
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent))
+    """A temporary file beside ``dst`` with the permissions a plain ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent or "."))
+    os.fchmod(fd, 0o666 & ~_umask())
     return fd, Path(tmp)
 
 

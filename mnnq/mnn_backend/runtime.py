@@ -68,12 +68,16 @@ class LoadedModel:
         self.output_names = list(output_names)
         if not self.path.is_file():
             raise BadInput(f"model not found: {self.path}")
-        self._module = nn.load_module_from_file(
-            str(self.path), self.input_names, self.output_names,
-            memory_mode=_memory_mode(F, memory_mode), thread_num=threads,
-        )
+        try:
+            self._module = nn.load_module_from_file(
+                str(self.path), self.input_names, self.output_names,
+                memory_mode=_memory_mode(F, memory_mode), thread_num=threads,
+            )
+        except (SystemError, RuntimeError, TypeError, ValueError):
+            self._module = None
         if self._module is None:
-            raise BadInput(f"MNN runtime could not load {self.path}; check the file is an MNN model")
+            raise BadInput(f"MNN runtime could not load {self.path} with inputs {self.input_names} and outputs "
+                           f"{self.output_names}; check the file is an MNN model and the tensor names exist")
         self._inputs = list(self._module.get_info()["inputs"])
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -83,7 +87,10 @@ class LoadedModel:
             if name not in inputs:
                 raise BadInput(f"no data for model input '{name}'")
             feeds.append(to_input_var(F, np.asarray(inputs[name]), self._inputs[i]))
-        outs = self._module.forward(feeds)
+        try:
+            outs = self._module.forward(feeds)
+        except (SystemError, RuntimeError, TypeError, ValueError):
+            outs = []
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
         if len(outs) != len(self.output_names):
