@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="runtime memory mode to meet the budget in; auto = low, falling back to normal like auto_quant.py")
     _flag(aq, "--time_budget", type=_positive_float, default=None,
           help="stop searching after this many seconds and keep the best configuration so far")
+    _flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
     _flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
 
     ap = sub.add_parser("apply", help="write a weight-quantized model from a (hand-edited) params file")
@@ -137,7 +138,7 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
         model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
         select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
         metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
-        evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget,
+        evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
     )
     best = {"error": float("inf")}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

@@ -73,7 +73,9 @@ def block_applies(layer: Layer, block: int) -> bool:
     if block is None or block <= 0 or layer.kind == "depthwise":
         return False
     icg = layer.in_per_group
-    return block >= 16 and block % 16 == 0 and icg % block == 0 and icg >= block
+    # A block as large as the input channels is one block per output channel: the same
+    # quantization as per channel, so it is reported (and deduplicated) as per channel.
+    return block >= 16 and block % 16 == 0 and icg % block == 0 and icg > block
 
 
 def effective_block(layer: Layer, block: int) -> int:

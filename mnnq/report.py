@@ -40,7 +40,7 @@ def autoquant_dict(result) -> dict:
         ],
         "trial_log": [
             {"index": t.index, "note": t.note, "error": t.error, "evaluator": t.evaluator,
-             "memory_mode": t.memory_mode, "seconds": t.seconds, "accepted": t.accepted}
+             "memory_mode": t.memory_mode, "seconds": t.seconds, "accepted": t.accepted, "quick": t.quick}
             for t in result.trials
         ],
     }

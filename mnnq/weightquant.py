@@ -45,16 +45,17 @@ HQQ_SHRINK_FLOOR = F32(1e-8)       # _shrink: Relu6(|x|, 1e-8, FLT_MAX) before t
 # helpers
 
 def c_round(x: np.ndarray) -> np.ndarray:
-    """C ``round``/``roundf``: half away from zero (numpy's ``rint`` rounds half to even)."""
+    """C ``round``/``roundf``: half away from zero (numpy's ``rint`` rounds half to even).
+
+    ``rint`` is right everywhere except at exact ties, where it may round towards zero; adding
+    ``sign(d)`` there (``d = x - rint(x)``, exact in floating point, is +-0.5 only at ties)
+    moves those to the away-from-zero neighbour without a slow fancy-index pass.
+    """
     x = np.asarray(x)
-    if x.ndim == 0:
-        return np.trunc(x + np.sign(x) * 0.5) if abs(float(x - np.rint(x))) == 0.5 else np.rint(x)
     r = np.rint(x)
-    d = x - r  # exact in floating point
-    ties = np.nonzero(np.abs(d) == 0.5)
-    if ties[0].size:
-        r[ties] = np.trunc(x[ties]) + np.sign(x[ties])
-    return r
+    d = x - r
+    tie_towards_zero = (np.abs(d) == 0.5) & (np.sign(d) == np.sign(x))
+    return r + np.where(tie_towards_zero, np.sign(x), 0).astype(r.dtype)
 
 
 def clamp_bits(bits: int) -> int:

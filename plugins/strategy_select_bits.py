@@ -35,5 +35,5 @@ def mnnq_search_strategies():
         summary="auto_quant.py's --select_bits: try 4 bits per layer (smallest first), keep it under the rate",
         run=select_bits,
         order=10,
-        default=True,
+        default=False,
     )

@@ -55,5 +55,5 @@ def mnnq_search_strategies():
         summary="auto_quant.py's --select_block: largest block (256..32) under the rate, then bisect 2x blocks",
         run=select_block,
         order=20,
-        default=True,
+        default=False,
     )

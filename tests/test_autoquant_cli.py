@@ -172,3 +172,36 @@ def test_console_script_runs(tmp_path, convnet):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MET" in proc.stdout
+
+
+def test_auto_quant_py_pipeline_stays_selectable(tmp_path, capsys, convnet):
+    model, testset = convnet
+    report = tmp_path / "r.json"
+    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / "q.mnn"),
+                          "--test_dir", str(testset), "--hqq", "0", "--strategy", "auto_quant",
+                          "--report-json", str(report)], capsys)
+    assert code == 0, out + err
+    data = json.loads(report.read_text())
+    assert data["strategies"] == ["select-bits", "select-block", "memory-mode", "skip-layers"]
+    assert {row["bits"] for row in data["layers"]} <= {0, 4, 8}
+
+
+def test_jobs_give_the_same_model(tmp_path, capsys, convnet):
+    model, testset = convnet
+    for jobs in ("1", "2"):
+        code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / f"q{jobs}.mnn"),
+                              "--test_dir", str(testset), "--hqq", "0", "--jobs", jobs], capsys)
+        assert code == 0, out + err
+    assert (tmp_path / "q1.mnn").read_bytes() == (tmp_path / "q2.mnn").read_bytes()
+
+
+def test_spent_time_budget_still_writes_and_measures(tmp_path, capsys, convnet, pm):
+    model, testset = convnet
+    q = tmp_path / "q.mnn"
+    report = tmp_path / "r.json"
+    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                          "--hqq", "0", "--time-budget", "0.001", "--report-json", str(report)], capsys)
+    data = json.loads(report.read_text())
+    assert data["stopped_early"] and "time budget" in " ".join(data["notes"])
+    assert code == (0 if data["met"] else 1)
+    assert measured(q, testset, pm, data["memory_mode"])["max_rel"] == pytest.approx(data["errors"]["max_rel"])

@@ -32,7 +32,7 @@ def fake_error(settings, memory_mode="normal", low_penalty=0.0):
 def make_ctx(target, low_penalty=0.0, underflow=()):
     names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
 
-    def evaluate(settings, memory_mode):
+    def evaluate(settings, memory_mode, quick=False):
         return Measurement({"max_rel": fake_error(settings, memory_mode, low_penalty)})
 
     ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
@@ -117,3 +117,67 @@ def test_guard_keeps_underflowing_layers_float(pm):
     guarded = ctx.guarded(ctx.settings)
     assert guarded["mid"].bits == 0 and guarded["mid"].reason == "scale underflow"
     assert guarded["big"].bits == 8
+
+
+# -- sensitivity: a fake model whose error^2 grows with each layer's weight noise ---------------
+GAIN = {"small": 0.0005, "mid": 0.004, "big": 0.001, "dw": 0.0008}
+
+
+def noise(name, s):
+    if s.bits == 0:
+        return 0.0
+    blocked = s.block > 0 and LAYERS[name].in_per_group % s.block == 0 and LAYERS[name].in_per_group > s.block
+    return (4.0 ** (8 - s.bits)) * (0.5 if blocked else 1.0)
+
+
+def noisy_error(settings):
+    return sum(GAIN[n] ** 2 * noise(n, s) for n, s in settings.items()) ** 0.5
+
+
+def noisy_ctx(target):
+    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
+    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
+                        target=target, metric="max_rel", evaluator_name="fast", weight_noise=noise,
+                        evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}))
+    ctx.remeasure("initial")
+    return ctx
+
+
+def test_sensitivity_meets_budget_with_a_smaller_file_than_auto_quant_order(pm):
+    target = 0.05
+    ctx = noisy_ctx(target)
+    strategy(pm, "sensitivity").run(ctx)
+    assert ctx.error <= target and noisy_error(ctx.settings) == pytest.approx(ctx.error)
+    baseline = noisy_ctx(target)
+    for name in ("select-bits", "select-block"):
+        strategy(pm, name).run(baseline)
+    assert baseline.error <= target
+    assert ctx.size_bytes() < baseline.size_bytes()
+    # the most sensitive layer gets the most bits
+    assert ctx.setting("mid").bits >= max(ctx.setting(n).bits for n in ("small", "big"))
+    # screening probed each layer once; the rest was predicted from weight noise
+    assert sum(t.note.startswith("probe") for t in ctx.trials) == len(LAYERS)
+
+
+def test_sensitivity_respects_select_bits_off(pm):
+    ctx = noisy_ctx(0.05)
+    ctx.allow_low_bits = False
+    strategy(pm, "sensitivity").run(ctx)
+    assert {ctx.setting(n).bits for n in LAYERS} <= {0, 8}
+
+
+def test_sensitivity_without_weights_measures_every_setting(pm):
+    ctx = noisy_ctx(0.05)
+    ctx.weight_noise = lambda name, s: None
+    strategy(pm, "sensitivity").run(ctx)
+    assert ctx.error <= 0.05
+    assert any(t.note.startswith("screen") for t in ctx.trials)
+
+
+def test_time_budget_stops_the_search(pm):
+    from mnnq.autoquant.context import StopSearch
+
+    ctx = noisy_ctx(0.05)
+    ctx.deadline = 0.0  # already spent
+    with pytest.raises(StopSearch):
+        strategy(pm, "sensitivity").run(ctx)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mnnq.layers import FLOAT_BITS, Layer, LayerSetting, effective_block, weight_bytes
 from mnnq.measure import Measurement
@@ -18,6 +18,7 @@ class Trial:
     memory_mode: str
     seconds: float
     accepted: bool = False
+    quick: bool = False
 
 
 class StopSearch(Exception):
@@ -39,13 +40,19 @@ class SearchContext:
     candidates: List[str]
     target: float
     metric: str
-    evaluate: Callable[[Dict[str, LayerSetting], str], Measurement]
+    evaluate: Callable[..., Measurement]
     evaluator_name: str = "exact"
     memory_mode: str = "low"
     memory_modes_allowed: tuple = ("low", "normal")
     underflows: Callable[[str, LayerSetting], bool] = lambda name, s: False
+    # squared quantization error of a layer's weights under a setting (None when unknown)
+    weight_noise: Callable[[str, LayerSetting], Optional[float]] = lambda name, s: None
     on_trial: Callable[[Trial], None] = lambda t: None
     deadline: Optional[float] = None
+    allow_low_bits: bool = True
+    allow_blocks: bool = True
+    # evaluate_many(list of settings, memory_mode, quick) -> list of Measurement; None = one by one
+    evaluate_many: Optional[Callable[..., List[Measurement]]] = None
     error: float = float("inf")
     trials: List[Trial] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -70,19 +77,35 @@ class SearchContext:
                 out[name] = LayerSetting(FLOAT_BITS, s.block, "scale underflow")
         return out
 
-    def measure(self, settings: Mapping[str, LayerSetting], note: str) -> float:
-        """Evaluate ``settings`` (guarded) as one recorded trial and return its error."""
+    def measure(self, settings: Mapping[str, LayerSetting], note: str, quick: bool = False) -> float:
+        """Evaluate ``settings`` (guarded) as one recorded trial and return its error.
+
+        ``quick`` screens on the first few samples only (for ranking candidates); a decision
+        that is kept must be measured without it.
+        """
+        return self.measure_many([(settings, note)], quick=quick)[0]
+
+    def measure_many(self, batch: Sequence[Tuple[Mapping[str, LayerSetting], str]], quick: bool = False) -> List[float]:
+        """Evaluate independent trials, in parallel processes when the engine has them."""
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise StopSearch()
         started = time.monotonic()
-        result = self.evaluate(self.guarded(settings), self.memory_mode)
-        error = result.error(self.metric)
+        guarded = [self.guarded(s) for s, _ in batch]
+        if self.evaluate_many is not None and len(batch) > 1 and self.evaluator_name == "fast":
+            results = self.evaluate_many(guarded, self.memory_mode, quick)
+        else:
+            results = [self.evaluate(s, self.memory_mode, quick) for s in guarded]
+        each = (time.monotonic() - started) / max(len(batch), 1)
         # The in-process simulation always computes float activations (memory mode normal).
         mode = self.memory_mode if self.evaluator_name == "exact" else "normal"
-        trial = Trial(len(self.trials) + 1, note, error, self.evaluator_name, mode, time.monotonic() - started)
-        self.trials.append(trial)
-        self.on_trial(trial)
-        return error
+        errors = []
+        for (_, note), result in zip(batch, results):
+            error = result.error(self.metric)
+            trial = Trial(len(self.trials) + 1, note, error, self.evaluator_name, mode, each, quick=quick)
+            self.trials.append(trial)
+            self.on_trial(trial)
+            errors.append(error)
+        return errors
 
     def propose(self, changes: Mapping[str, LayerSetting], note: str) -> float:
         """Measure the current settings with ``changes`` applied, without keeping them."""

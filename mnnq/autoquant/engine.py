@@ -56,6 +56,7 @@ class AutoQuantOptions:
     evaluator: str = "auto"  # auto | fast | exact
     memory_mode: str = "auto"  # auto (low, then normal) | low | normal
     time_budget: Optional[float] = None
+    jobs: int = 1
 
 
 @dataclass
@@ -114,10 +115,18 @@ def collapse_share(method, weight: np.ndarray, bits: int, block: int) -> float:
     return float(np.sum((plain - scaled) ** 2)) / energy
 
 
+# Named pipelines, usable wherever a strategy name is (--strategy auto_quant).
+PRESETS = {
+    "auto_quant": ["select-bits", "select-block", "memory-mode", "skip-layers"],
+    "sensitivity": ["sensitivity", "memory-mode", "skip-layers"],
+}
+
+
 def _pipeline(pm: MnnqPluginManager, opts: AutoQuantOptions) -> List[SearchStrategy]:
     available = pm.search_strategies()
     if opts.strategies:
-        chosen = [pm.pick("mnnq_search_strategies", n) for n in opts.strategies]
+        names = [n for name in opts.strategies for n in PRESETS.get(name, [name])]
+        chosen = [pm.pick("mnnq_search_strategies", n) for n in names]
     else:
         chosen = sorted((s for s in available.values() if s.default), key=lambda s: (s.order, s.name))
     skip = set()
@@ -133,6 +142,8 @@ def _validate(opts: AutoQuantOptions) -> None:
         raise BadInput(f"--rate must be a positive number, got {opts.rate!r}")
     if opts.memory_mode not in ("auto", "low", "normal"):
         raise BadInput(f"--memory-mode must be auto, low or normal, got {opts.memory_mode!r}")
+    if not isinstance(opts.jobs, int) or opts.jobs < 1:
+        raise BadInput(f"--jobs must be a positive integer, got {opts.jobs!r}")
     if opts.evaluator not in ("auto", "fast", "exact"):
         raise BadInput(f"--evaluator must be auto, fast or exact, got {opts.evaluator!r}")
     model = Path(opts.model)
@@ -226,10 +237,24 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
         for name in pinned:
             settings[name] = LayerSetting(0, -1, "scale underflow")
 
-        def evaluate(s, memory_mode):
+        def evaluate(s, memory_mode, quick=False):
             if ctx.evaluator_name == "fast":
-                return fast.measure(s, memory_mode)
-            return exact.measure(s, memory_mode)
+                return fast.measure(s, memory_mode, quick)
+            return exact.measure(s, memory_mode, quick)
+
+        noise_cache: Dict[tuple, float] = {}
+
+        def weight_noise(name: str, s: LayerSetting) -> Optional[float]:
+            if name not in weights:
+                return None
+            block = effective_block(layer_map[name], s.block) if s.bits else -1
+            key = (name, s.bits, block)
+            if key not in noise_cache:
+                w = weights[name]
+                q = fast.weights_for(name, s.bits, block) if fast else \
+                    (w if s.bits == 0 else method.quantize_dequantize(w, s.bits, block))
+                noise_cache[key] = float(np.sum((np.asarray(q, np.float64) - w) ** 2))
+            return noise_cache[key]
 
         ctx = SearchContext(
             layers=layer_map, settings=settings, candidates=candidates, target=float(opts.rate), metric=metric,
@@ -237,8 +262,15 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
             memory_mode="low" if opts.memory_mode in ("auto", "low") else "normal",
             memory_modes_allowed=("low", "normal") if opts.memory_mode == "auto" else (opts.memory_mode,),
             underflows=underflows, on_trial=on_trial,
+            allow_low_bits=opts.select_bits, allow_blocks=opts.select_block, weight_noise=weight_noise,
             deadline=(time.monotonic() + opts.time_budget) if opts.time_budget else None,
         )
+        pool = None
+        if opts.jobs > 1 and fast is not None:
+            from mnnq.autoquant.parallel import WorkerPool
+
+            pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics))
+            ctx.evaluate_many = pool.evaluate_many
         stopped = False
         try:
             ctx.remeasure("initial: all layers 8 bits, per channel")
@@ -247,6 +279,9 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
         except StopSearch:
             stopped = True
             notes.append("time budget spent: stopped with the best configuration found so far")
+        finally:
+            if pool is not None:
+                pool.close()
         simulated = ctx.error if ctx.evaluator_name == "fast" else None
 
         final_settings = ctx.guarded(ctx.settings)

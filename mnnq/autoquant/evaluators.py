@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -22,8 +24,18 @@ from mnnq.records import Metric, WeightMethod
 from mnnq.testset import TestSet
 
 
+# Screening trials (``quick=True``) run on the first few samples only; every decision that
+# is kept is confirmed on the whole test set.
+QUICK_SAMPLES = 4
+
+
 def run_testset(model, testset: TestSet):
     return [model.run(sample.inputs) for sample in testset.samples]
+
+
+def quick_view(testset: TestSet) -> TestSet:
+    """The first QUICK_SAMPLES samples of ``testset``."""
+    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:QUICK_SAMPLES])
 
 
 class ExactEvaluator:
@@ -40,22 +52,34 @@ class ExactEvaluator:
         self.testset = testset
         self.metrics = metrics
         self.workdir = Path(workdir)
+        self._last_key: Optional[str] = None
 
     def write(self, settings: Dict[str, LayerSetting], dst: Path) -> dict:
-        """Write the quantized model to ``dst``; returns the params dict used."""
+        """Write the quantized model to ``dst``; returns the params dict used.
+
+        The last conversion is kept: measuring the same settings again (another memory mode,
+        the final write) copies it instead of converting again (HQQ conversions are slow).
+        """
         params = with_settings(self.template, settings, self.method.asymmetric)
-        weight_quantize(self.float_model, dst, params, hqq=self.method.hqq, asymmetric=self.method.asymmetric)
+        key = json.dumps(params, sort_keys=True)
+        last = self.workdir / "last-written.mnn"
+        if key != self._last_key or not last.is_file():
+            self._last_key = None
+            weight_quantize(self.float_model, last, params, hqq=self.method.hqq, asymmetric=self.method.asymmetric)
+            self._last_key = key
+        shutil.copyfile(last, dst)
         return params
 
-    def measure_file(self, path: Path, memory_mode: str) -> Measurement:
-        model = LoadedModel(path, self.testset.input_names, self.testset.output_names, memory_mode=memory_mode)
-        return compare(self.testset, run_testset(model, self.testset), self.metrics)
+    def measure_file(self, path: Path, memory_mode: str, testset: Optional[TestSet] = None) -> Measurement:
+        testset = testset or self.testset
+        model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
+        return compare(testset, run_testset(model, testset), self.metrics)
 
-    def measure(self, settings: Dict[str, LayerSetting], memory_mode: str) -> Measurement:
+    def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="trial-", dir=self.workdir) as work:
             dst = Path(work) / "trial.mnn"
             self.write(settings, dst)
-            return self.measure_file(dst, memory_mode)
+            return self.measure_file(dst, memory_mode, quick_view(self.testset) if quick else None)
 
 
 class FastEvaluator:
@@ -74,7 +98,8 @@ class FastEvaluator:
         self._applied: Dict[str, Tuple[int, int]] = {}
         self._cache: Dict[Tuple[str, int, int], np.ndarray] = {}
 
-    def _weights_for(self, name: str, bits: int, block: int) -> np.ndarray:
+    def weights_for(self, name: str, bits: int, block: int) -> np.ndarray:
+        """The layer's weights as the converter would dequantize them (cached)."""
         key = (name, bits, block)
         if key not in self._cache:
             original = self.model.weights[name]
@@ -84,7 +109,8 @@ class FastEvaluator:
                 self._cache[key] = self.method.quantize_dequantize(original, bits, block).astype(np.float32)
         return self._cache[key]
 
-    def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal") -> Measurement:
+    def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
+                quick: bool = False) -> Measurement:
         updates = {}
         for name, s in settings.items():
             if name not in self.model.weights:
@@ -92,18 +118,9 @@ class FastEvaluator:
             block = effective_block(self.layers[name], s.block) if s.bits else -1
             key = (s.bits, block)
             if self._applied.get(name) != key:
-                updates[name] = self._weights_for(name, s.bits, block)
+                updates[name] = self.weights_for(name, s.bits, block)
                 self._applied[name] = key
         if updates:
             self.model.set_weights(updates)
-        return compare(self.testset, run_testset(self.model, self.testset), self.metrics)
-
-
-def simulated_layer_error(evaluator: FastEvaluator, name: str, setting: LayerSetting) -> Optional[float]:
-    """Relative weight error of one layer under ``setting`` (for reports); None if unknown."""
-    if name not in evaluator.model.weights:
-        return None
-    w = evaluator.model.weights[name]
-    q = evaluator._weights_for(name, setting.bits, effective_block(evaluator.layers[name], setting.block))
-    denom = float(np.abs(w).max()) or 1.0
-    return float(np.abs(q - w).max()) / denom
+        testset = quick_view(self.testset) if quick else self.testset
+        return compare(testset, run_testset(self.model, testset), self.metrics)

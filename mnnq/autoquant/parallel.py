@@ -1,0 +1,60 @@
+"""``--jobs N``: simulated trials in N worker processes.
+
+Each worker loads its own in-process model (the same float model, layers and test set) once;
+a batch of independent trials (e.g. the sensitivity screening) is spread over the workers.
+Only built-in and entry-point plugins are available in workers (they are loaded by name).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from mnnq.layers import Layer, LayerSetting
+from mnnq.measure import Measurement
+
+_worker: Dict[str, object] = {}
+
+
+def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metrics: List[str]) -> None:
+    from mnnq.autoquant.evaluators import FastEvaluator
+    from mnnq.mnn_backend.swap import SwappableModel
+    from mnnq.plugin_manager import get_plugin_manager
+    from mnnq.testset import load_testset
+
+    pm = get_plugin_manager()
+    testset = load_testset(Path(testset_dir))
+    work = tempfile.mkdtemp(prefix="mnnq-worker-")
+    swappable = SwappableModel.load(Path(model), layers, testset.input_names, testset.output_names, Path(work))
+    all_metrics = pm.metrics()
+    _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.pick("mnnq_weight_methods", method),
+                                         testset, {m: all_metrics[m] for m in metrics})
+
+
+def _measure(args) -> Dict[str, float]:
+    settings, quick = args
+    return _worker["evaluator"].measure(settings, "normal", quick).errors  # type: ignore[union-attr]
+
+
+class WorkerPool:
+    """A pool of simulation workers; ``evaluate_many`` has the SearchContext contract."""
+
+    def __init__(self, jobs: int, model: Path, layers: Sequence[Layer], testset_dir: Path, method: str,
+                 metrics: Sequence[str]):
+        ctx = multiprocessing.get_context("spawn")
+        self.jobs = jobs
+        self._pool: Optional[multiprocessing.pool.Pool] = ctx.Pool(
+            jobs, initializer=_init, initargs=(str(model), list(layers), str(testset_dir), method, list(metrics)))
+
+    def evaluate_many(self, batch: Sequence[Dict[str, LayerSetting]], memory_mode: str, quick: bool) -> List[Measurement]:
+        assert self._pool is not None
+        chunk = max(1, len(batch) // (self.jobs * 4))
+        results = self._pool.map(_measure, [(dict(s), quick) for s in batch], chunksize=chunk)
+        return [Measurement(errors) for errors in results]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
