@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +17,7 @@ from rich.console import Console
 from mnnq import __version__
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, MnnqError, NativeFailure
 from mnnq.fileio import atomic_write_text, check_output_path
+from mnnq.frontend.sources import resolve_model
 
 
 def _flag(parser, *names, **kw):
@@ -90,7 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list loaded plugins by kind")
     for module in _command_modules():
         module.add_parser(sub)
+    _add_disable_plugins(parser, None)
+    for command in {id(p): p for p in sub.choices.values()}.values():
+        if "-" in command.prefix_chars:  # not `convert`, which passes every token to MNNConvert
+            _add_disable_plugins(command, argparse.SUPPRESS)  # SUPPRESS: keeps a value given before the command
     return parser
+
+
+def _add_disable_plugins(parser, default) -> None:
+    parser.add_argument("--disable-plugins", "--disable_plugins", dest="disable_plugins", metavar="NAME,...",
+                        default=default, help="block plugins by entry-point name (see `mnnq plugins`) for this run, "
+                                              "in addition to $MNNQ_DISABLE_PLUGINS")
 
 
 # Commands that live in their own modules expose add_parser(subparsers) and run(args, out, err).
@@ -132,10 +144,11 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
 
     if args.report_json:
         check_output_path(Path(args.report_json), [Path(args.model)], "--report-json")
+    check_output_path(Path(args.quant_model), [Path(args.model)], "--quant_model")
     pm = get_plugin_manager()
     _report_plugin_failures(pm, err)
     opts = AutoQuantOptions(
-        model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
+        model=resolve_model(Path(args.model)), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
         select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
         metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
@@ -163,7 +176,7 @@ def cmd_apply(args, out: Console, err: Console) -> int:
 
     pm = get_plugin_manager()
     _report_plugin_failures(pm, err)
-    result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
+    result = apply_params(resolve_model(Path(args.model)), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm)
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
@@ -217,6 +230,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         import importlib
 
         handler = importlib.import_module(COMMAND_MODULES[args.command]).run
+    from mnnq.plugin_manager import DISABLE_ENV
+
+    saved = os.environ.get(DISABLE_ENV)
+    if args.disable_plugins:
+        # Every plugin manager of this run (and its worker processes) reads the variable.
+        os.environ[DISABLE_ENV] = ",".join(n for n in (saved, args.disable_plugins) if n)
     try:
         return handler(args, out, err)
     except NativeFailure as exc:
@@ -230,6 +249,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("mnnq: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if saved is None:
+            os.environ.pop(DISABLE_ENV, None)
+        else:
+            os.environ[DISABLE_ENV] = saved
 
 
 def _error_line(exc: Exception) -> None:

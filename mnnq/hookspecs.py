@@ -72,8 +72,10 @@ class MnnqSpecs:
             from mnnq.records import SearchStrategy
 
             def all_eight_bits(ctx):
-                ctx.try_settings({n: ctx.setting(n).with_bits(8) for n in ctx.candidates},
-                                 note="all 8 bits")
+                changes = {n: ctx.setting(n).with_bits(8) for n in ctx.candidates}
+                error = ctx.propose(changes, "all 8 bits")
+                if ctx.meets(error):
+                    ctx.accept(changes, error)
 
             @hookimpl
             def mnnq_search_strategies():

@@ -77,12 +77,12 @@ class MnnqPluginManager(pluggy.PluginManager):
             try:
                 records = list(impl.function() or ())
             except Exception as exc:
-                self.failures.append(PluginFailure(plugin_name, f"{hook_name} raised {exc.__class__.__name__}: {exc}"))
+                self._fail(plugin_name, f"{hook_name} raised {exc.__class__.__name__}: {exc}")
                 continue
             for record in records:
                 if not isinstance(record, record_type):
-                    self.failures.append(PluginFailure(
-                        plugin_name, f"{hook_name} yielded {type(record).__name__}, expected {record_type.__name__}"))
+                    self._fail(plugin_name,
+                               f"{hook_name} yielded {type(record).__name__}, expected {record_type.__name__}")
                     continue
                 if record.name in found:
                     raise PluginError(f"two plugins define the {kind} '{record.name}': "
@@ -92,6 +92,17 @@ class MnnqPluginManager(pluggy.PluginManager):
         self._cache[hook_name] = found
         self._owners.update({(hook_name, n): p for n, p in owner.items()})
         return found
+
+    def _fail(self, plugin: str, error: str) -> None:
+        failure = PluginFailure(plugin, error)
+        if failure not in self.failures:  # hooks are collected again after register/unregister
+            self.failures.append(failure)
+
+    def collect_all(self) -> None:
+        """Collect the records of every hook now, so ``failures`` also lists hooks that raise
+        (raises :class:`PluginError` on duplicate names)."""
+        for hook_name in KINDS:
+            self._collect(hook_name)
 
     def owner_of(self, hook_name: str, name: str) -> str:
         self._collect(hook_name)
@@ -127,8 +138,10 @@ class MnnqPluginManager(pluggy.PluginManager):
 
 
 def get_plugin_manager(load: bool = True) -> MnnqPluginManager:
-    """A fresh manager with every installed plugin loaded (tests register fakes on it)."""
+    """A fresh manager with every installed plugin loaded and collected (tests register fakes
+    on it): ``failures`` lists plugins that failed to import and hooks that raised."""
     pm = MnnqPluginManager()
     if load:
         pm.load_entrypoints()
+        pm.collect_all()
     return pm

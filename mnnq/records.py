@@ -65,10 +65,11 @@ class FeatureMethod:
 class SearchStrategy:
     """One step of the auto-quant search.
 
-    ``run(ctx)`` proposes per-layer settings through ``ctx.try_settings(...)`` (which
-    evaluates and records a trial) and leaves ``ctx.settings`` at the best configuration
-    it found under the budget. ``order`` places it in the default pipeline (lower first);
-    ``default`` says whether the default pipeline includes it.
+    ``run(ctx)`` measures per-layer settings through ``ctx.propose(changes, note)`` (which
+    evaluates and records a trial), keeps the good ones with ``ctx.accept(changes, error)``,
+    and leaves ``ctx.settings`` at the best configuration it found under the budget.
+    ``order`` places it in the default pipeline (lower first); ``default`` says whether the
+    default pipeline includes it.
     """
 
     name: str

@@ -13,6 +13,7 @@ from typing import List
 from rich.console import Console
 
 from mnnq.fileio import check_output_path
+from mnnq.frontend.sources import resolve_model
 
 
 def add_flag(parser, *names, **kw):
@@ -89,7 +90,7 @@ def run(args, out: Console, err: Console) -> int:
     pm = plugin_manager(err)
     target = GateTarget(name=args.name or model.stem, model=model, test_dir=Path(args.test_dir), rate=args.rate,
                         metric=args.metric, memory_mode=args.memory_mode,
-                        float_model=Path(args.float_model) if args.float_model else None)
+                        float_model=resolve_model(Path(args.float_model)) if args.float_model else None)
     result = measure(target, pm, layers=target.float_model is not None)
     return deliver("validate", [result], out, err, detailed=True, **paths)
 
