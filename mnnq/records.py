@@ -31,6 +31,9 @@ class WeightMethod:
     ``asymmetric`` and ``hqq`` say how the converter must be asked for it: the value of
     ``asymmetric`` in the compression params file and whether ``--hqq`` is passed.
 
+    ``estimate_with`` (optional) names a cheaper weight method whose quantization noise
+    approximates this one's; searches use it to rank settings (never to measure them).
+
     ``channel_scales(weight, bits, clamp)`` (optional; methods that have it can be used for
     full INT8 by ``mnnq quantize``) returns float32 ``[out_channels]`` symmetric scales for
     ``q = clip(round(w / s), -clamp, clamp)`` with ``clamp`` the weight clamp value
@@ -44,6 +47,7 @@ class WeightMethod:
     quantize_dequantize: Callable[[np.ndarray, int, int], np.ndarray]
     underflows: Callable[[np.ndarray, int, int], bool]
     channel_scales: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
+    estimate_with: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,15 @@ def apply_steps(ctx, steps: List[Step], count: int) -> Dict[str, LayerSetting]:
     return {**ctx.settings, **settings}
 
 
+def confirmed(ctx, settings: Dict[str, LayerSetting], note: str) -> float:
+    """The whole-test-set error of ``settings``, skipped (returned as the screening error) when
+    the first samples alone already miss the budget: the maximum over more samples is no lower."""
+    quick = ctx.measure(settings, note + " (first samples)", quick=True)
+    if not ctx.meets(quick):
+        return quick
+    return ctx.measure(settings, note)
+
+
 def sensitivity(ctx) -> None:
     options = screen(ctx)
     steps = plan(ctx, options)
@@ -160,7 +169,7 @@ def sensitivity(ctx) -> None:
 
     def error_at(count: int) -> float:
         if count not in measured:
-            measured[count] = ctx.measure(apply_steps(ctx, steps, count), f"plan: first {count} of {len(steps)} steps")
+            measured[count] = confirmed(ctx, apply_steps(ctx, steps, count), f"plan: first {count} of {len(steps)} steps")
         return measured[count]
 
     lo, hi = 0, len(steps)  # error_at(lo) assumed within budget; find the largest count that is
@@ -188,7 +197,7 @@ def sensitivity(ctx) -> None:
         if trial == best:
             continue
         tried += 1
-        error = ctx.measure(trial, f"refine {step.layer}: {step.option.setting.bits} bits, block {step.option.setting.block}")
+        error = confirmed(ctx, trial, f"refine {step.layer}: {step.option.setting.bits} bits, block {step.option.setting.block}")
         if ctx.meets(error):
             best, best_error = trial, error
         else:

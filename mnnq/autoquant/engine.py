@@ -6,6 +6,11 @@ search strategies; the final settings are written by the converter and the writt
 re-measured on the whole test set. If that measurement misses the budget while the search
 used the simulation, the finishing strategies (memory-mode, skip-layers) run again on exact
 measurements.
+
+Before anything runs in-process, the float model is read by the converter and run on the test
+set in a child process (a damaged file can crash the MNN runtime). Outputs (model, params,
+report) are staged and renamed into place together at the end; Ctrl-C stops the run with
+:class:`~mnnq.errors.Interrupted` saying where it stopped, and nothing is written.
 """
 from __future__ import annotations
 
@@ -22,13 +27,15 @@ import numpy as np
 
 from mnnq.autoquant.context import SearchContext, StopSearch, Trial
 from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator, run_testset
-from mnnq.errors import BadInput, MnnqError, NativeFailure
-from mnnq.fileio import atomic_copy, atomic_write_text, check_output_path
+from mnnq.errors import BadInput, Interrupted, MnnqError, NativeFailure
+from mnnq.fileio import OutputSet, check_output_path
 from mnnq.layers import LayerSetting, effective_block
 from mnnq.measure import Measurement, compare
 from mnnq.mnn_backend.converter import params_template
 from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
-from mnnq.mnn_backend.runtime import LoadedModel, model_io_names
+from mnnq.mnn_backend.isolated import run_isolated
+from mnnq.mnn_backend.native import probe_limits
+from mnnq.mnn_backend.runtime import model_io_names
 from mnnq.mnn_backend.swap import SwappableModel
 from mnnq.params import template_layers
 from mnnq.plugin_manager import MnnqPluginManager
@@ -57,6 +64,7 @@ class AutoQuantOptions:
     memory_mode: str = "auto"  # auto (low, then normal) | low | normal
     time_budget: Optional[float] = None
     jobs: int = 1
+    report_json: Optional[Path] = None  # also write the report (with the model, atomically)
 
 
 @dataclass
@@ -151,8 +159,11 @@ def _validate(opts: AutoQuantOptions) -> None:
         raise BadInput(f"model not found: {model} (give the float .mnn model with --model)")
     if not model.is_file() or model.stat().st_size == 0:
         raise BadInput(f"model is empty or not a file: {model}")
-    check_output_path(Path(opts.quant_model), [model], "--quant_model")
+    check_output_path(Path(opts.quant_model), [model, opts.test_dir], "--quant_model")
     check_output_path(Path(str(opts.quant_model) + ".json"), [model], "--quant_model (params file)")
+    if opts.report_json is not None:
+        check_output_path(Path(opts.report_json), [model, opts.quant_model, Path(str(opts.quant_model) + ".json")],
+                          "--report-json")
 
 
 def _check_io(model: Path, testset: TestSet) -> None:
@@ -163,24 +174,65 @@ def _check_io(model: Path, testset: TestSet) -> None:
                        f"{', '.join(inputs)}; fix input.json")
 
 
+class _Progress:
+    """Where a run is, for the one line an interrupted run prints."""
+
+    def __init__(self, metric: str, rate: float):
+        self.metric = metric
+        self.rate = rate
+        self.stage = "checking the inputs"
+        self.ctx: Optional[SearchContext] = None
+
+    def text(self) -> str:
+        trials = self.ctx.trials if self.ctx is not None else []
+        done = [t.error for t in trials if not t.quick and math.isfinite(t.error)]
+        best = (f"best {self.metric} so far {min(done):.6g} (rate {self.rate:g})" if done
+                else "no full trial finished yet")
+        return (f"interrupted while {self.stage}, after {len(trials)} trial{'s' if len(trials) != 1 else ''}; "
+                f"{best}; nothing was written")
+
+
 def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
                    on_trial: Callable[[Trial], None] = lambda t: None) -> AutoQuantResult:
+    """Search, write and re-measure; raises :class:`BadInput` / :class:`NativeFailure` with
+    nothing written, :class:`Interrupted` on Ctrl-C (nothing written either)."""
+    progress = _Progress(opts.metric, opts.rate)
+    try:
+        return _run(opts, pm, on_trial, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.text()) from None
+
+
+def _read_model(model: Path, testset: TestSet):
+    """The converter's params template and the conv ops of ``model``, after proving the file
+    safe: the converter reads it in a child (under probe limits), then the runtime runs it on
+    the test set in another child. Returns ``(template, ops, float outputs per sample)``."""
+    try:
+        template = params_template(model, limits=probe_limits(model))
+    except NativeFailure as exc:
+        raise NativeFailure(f"not a readable MNN model: {model} ({exc}); re-export it with MNNConvert",
+                            tail=exc.tail) from None
+    float_outputs = run_isolated(model, testset.root)
+    try:
+        ops = read_conv_ops(model)
+    except (ValueError, IndexError, struct.error, OverflowError, MemoryError) as exc:
+        raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
+    return template, ops, float_outputs
+
+
+def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Trial], None],
+         progress: _Progress) -> AutoQuantResult:
     started = time.monotonic()
     _validate(opts)
     metrics = pm.metrics()
     metric = pm.pick("mnnq_metrics", opts.metric).name
+    progress.metric = metric
     method = pm.pick("mnnq_weight_methods", opts.weight_method or ("hqq" if opts.hqq else "max_abs"))
     pipeline = _pipeline(pm, opts)
     testset = load_testset(Path(opts.test_dir))
     model = Path(opts.model)
-    try:
-        template = params_template(model)
-        ops = read_conv_ops(model)
-    except NativeFailure:
-        raise BadInput(f"not a readable MNN model: {model} (MNN's converter cannot parse it); "
-                       "re-export it with MNNConvert") from None
-    except (ValueError, IndexError, struct.error) as exc:
-        raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
+    template, ops, float_outputs = _read_model(model, testset)
+    float_measure = compare(testset, float_outputs, metrics)
     layers = layers_from_template(template, ops=ops)
     if not layers:
         raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
@@ -190,10 +242,8 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
 
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as work:
         work = Path(work)
+        progress.stage = "preparing the search"
         exact = ExactEvaluator(model, template, method, testset, metrics, work)
-        float_run = LoadedModel(model, testset.input_names, testset.output_names)
-        float_measure = compare(testset, run_testset(float_run, testset), metrics)
-        del float_run
 
         fast: Optional[FastEvaluator] = None
         weights: Dict[str, np.ndarray] = {
@@ -243,6 +293,7 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
             return exact.measure(s, memory_mode, quick)
 
         noise_cache: Dict[tuple, float] = {}
+        noise_method = pm.weight_methods().get(method.estimate_with or "", method)
 
         def weight_noise(name: str, s: LayerSetting) -> Optional[float]:
             if name not in weights:
@@ -251,8 +302,7 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
             key = (name, s.bits, block)
             if key not in noise_cache:
                 w = weights[name]
-                q = fast.weights_for(name, s.bits, block) if fast else \
-                    (w if s.bits == 0 else method.quantize_dequantize(w, s.bits, block))
+                q = w if s.bits == 0 else noise_method.quantize_dequantize(w, s.bits, block)
                 noise_cache[key] = float(np.sum((np.asarray(q, np.float64) - w) ** 2))
             return noise_cache[key]
 
@@ -265,16 +315,19 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
             allow_low_bits=opts.select_bits, allow_blocks=opts.select_block, weight_noise=weight_noise,
             deadline=(time.monotonic() + opts.time_budget) if opts.time_budget else None,
         )
+        progress.ctx = ctx
         pool = None
-        if opts.jobs > 1 and fast is not None:
-            from mnnq.autoquant.parallel import WorkerPool
-
-            pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics))
-            ctx.evaluate_many = pool.evaluate_many
         stopped = False
         try:
+            if opts.jobs > 1 and fast is not None:
+                from mnnq.autoquant.parallel import WorkerPool
+
+                pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics))
+                ctx.evaluate_many = pool.evaluate_many
+            progress.stage = "searching (initial measurement)"
             ctx.remeasure("initial: all layers 8 bits, per channel")
             for strategy in pipeline:
+                progress.stage = f"searching (strategy {strategy.name})"
                 strategy.run(ctx)
         except StopSearch:
             stopped = True
@@ -284,6 +337,7 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
                 pool.close()
         simulated = ctx.error if ctx.evaluator_name == "fast" else None
 
+        progress.stage = "writing and re-measuring the model"
         final_settings = ctx.guarded(ctx.settings)
         out_model = work / "final.mnn"
         params = exact.write(final_settings, out_model)
@@ -297,7 +351,9 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
             ctx.deadline = None
             for strategy in pipeline:
                 if strategy.name in FINISHING:
+                    progress.stage = f"finishing on exact measurements (strategy {strategy.name})"
                     strategy.run(ctx)
+            progress.stage = "writing and re-measuring the model"
             final_settings = ctx.guarded(ctx.settings)
             params = exact.write(final_settings, out_model)
             final = exact.measure_file(out_model, ctx.memory_mode)
@@ -305,17 +361,24 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
 
         qpath = Path(opts.quant_model)
         ppath = Path(str(qpath) + ".json")
-        atomic_copy(out_model, qpath)
-        atomic_write_text(ppath, json.dumps(params, indent=1) + "\n")
+        rows = [LayerRow(l.name, l.kind, l.shape_text(), final_settings[l.name].bits,
+                         effective_block(l, final_settings[l.name].block) if final_settings[l.name].bits else -1,
+                         final_settings[l.name].reason) for l in layers]
+        progress.stage = "writing the outputs"
+        with OutputSet() as outputs:
+            outputs.copy(out_model, qpath)
+            outputs.write_text(ppath, json.dumps(params, indent=1) + "\n")
+            result = AutoQuantResult(
+                model=model, quant_model=qpath, params_path=ppath, rate=float(opts.rate), metric=metric,
+                met=ctx.meets(final.error(metric)), errors=dict(final.errors), simulated_error=simulated,
+                float_errors=dict(float_measure.errors), memory_mode=ctx.memory_mode, method=method.name,
+                evaluator="fast" if fast else "exact", strategies=[s.name for s in pipeline], layers=rows,
+                size_before=model.stat().st_size, size_after=out_model.stat().st_size, trials=ctx.trials,
+                seconds=time.monotonic() - started, notes=notes + ctx.notes, stopped_early=stopped,
+                measurement=final,
+            )
+            if opts.report_json is not None:
+                from mnnq.report import autoquant_dict
 
-    rows = [LayerRow(l.name, l.kind, l.shape_text(), final_settings[l.name].bits,
-                     effective_block(l, final_settings[l.name].block) if final_settings[l.name].bits else -1,
-                     final_settings[l.name].reason) for l in layers]
-    return AutoQuantResult(
-        model=model, quant_model=qpath, params_path=ppath, rate=float(opts.rate), metric=metric,
-        met=ctx.meets(final.error(metric)), errors=dict(final.errors), simulated_error=simulated,
-        float_errors=dict(float_measure.errors), memory_mode=ctx.memory_mode, method=method.name,
-        evaluator="fast" if fast else "exact", strategies=[s.name for s in pipeline], layers=rows,
-        size_before=model.stat().st_size, size_after=qpath.stat().st_size, trials=ctx.trials,
-        seconds=time.monotonic() - started, notes=notes + ctx.notes, stopped_early=stopped, measurement=final,
-    )
+                outputs.write_text(Path(opts.report_json), json.dumps(autoquant_dict(result), indent=2) + "\n")
+    return result
