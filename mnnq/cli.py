@@ -6,7 +6,6 @@ or usage (nothing written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import List, Optional
 from rich.console import Console
 
 from mnnq import __version__
-from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, MnnqError, NativeFailure
-from mnnq.fileio import atomic_write_text, check_output_path
+from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, Interrupted, MnnqError, NativeFailure
+from mnnq.fileio import check_output_path
 from mnnq.frontend.sources import resolve_model
 
 
@@ -140,11 +139,11 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
 
     from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant
     from mnnq.plugin_manager import get_plugin_manager
-    from mnnq.report import autoquant_dict, print_autoquant
+    from mnnq.report import print_autoquant
 
+    check_output_path(Path(args.quant_model), [Path(args.model)], "--quant_model")
     if args.report_json:
         check_output_path(Path(args.report_json), [Path(args.model)], "--report-json")
-    check_output_path(Path(args.quant_model), [Path(args.model)], "--quant_model")
     pm = get_plugin_manager()
     _report_plugin_failures(pm, err)
     opts = AutoQuantOptions(
@@ -152,6 +151,7 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
         select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
         metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
+        report_json=Path(args.report_json) if args.report_json else None,
     )
     best = {"error": float("inf")}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -164,9 +164,7 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
             progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
 
         result = run_auto_quant(opts, pm, on_trial=on_trial)
-    print_autoquant(result, out)
-    if args.report_json:
-        atomic_write_text(Path(args.report_json), json.dumps(autoquant_dict(result), indent=2) + "\n")
+    print_autoquant(result, out)  # --report-json was written with the model (all or nothing)
     return EXIT_OK if result.met else EXIT_MISSED
 
 
@@ -178,14 +176,13 @@ def cmd_apply(args, out: Console, err: Console) -> int:
     _report_plugin_failures(pm, err)
     result = apply_params(resolve_model(Path(args.model)), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
-                          rate=args.rate, memory_mode=args.memory_mode, pm=pm)
+                          rate=args.rate, memory_mode=args.memory_mode, pm=pm,
+                          report_json=Path(args.report_json) if args.report_json else None)
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
               f"{args.params})", highlight=False)
     if result.get("errors") is not None:
         errs = ", ".join(f"{k} {v:.6f}" for k, v in result["errors"].items())
         out.print(f"measured on {args.test_dir}: {errs}", highlight=False)
-    if args.report_json:
-        atomic_write_text(Path(args.report_json), json.dumps(result, indent=2) + "\n")
     if result.get("met") is False:
         out.print(f"[red]MISSED[/red]: {args.metric} {result['errors'][args.metric]:.6f} > rate {args.rate}")
         return EXIT_MISSED
@@ -238,6 +235,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ[DISABLE_ENV] = ",".join(n for n in (saved, args.disable_plugins) if n)
     try:
         return handler(args, out, err)
+    except Interrupted as exc:
+        print(f"mnnq: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except NativeFailure as exc:
         _error_line(exc)
         if exc.tail:
@@ -249,6 +249,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("mnnq: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the file system refused (disk full, permissions, ...): nothing was written
+        where = f" ({exc.filename})" if exc.filename else ""
+        _error_line(Exception(f"{exc.strerror or exc}{where}; nothing was written"))
+        return EXIT_BAD_INPUT
     finally:
         if saved is None:
             os.environ.pop(DISABLE_ENV, None)

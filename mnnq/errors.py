@@ -1,7 +1,8 @@
 """Errors that carry their exit code.
 
 Every command maps failures onto three exit codes:
-0 ok / within budget, 1 budget missed (outputs still written, marked), 2 bad input or usage.
+0 ok / within budget, 1 budget missed (outputs still written, marked), 2 bad input or usage;
+130 when interrupted (Ctrl-C).
 """
 
 EXIT_OK = 0
@@ -30,3 +31,9 @@ class NativeFailure(MnnqError):
 
 class PluginError(MnnqError):
     """Plugins disagree (duplicate names) or a requested plugin does not exist."""
+
+
+class Interrupted(MnnqError):
+    """Ctrl-C (SIGINT) stopped a run before it wrote anything; ``str(err)`` says where it stopped."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,12 +1,19 @@
 """Output files are written atomically: a temporary file in the destination folder, then
-a rename. A failed or interrupted run leaves the previous file or none, never a torn one."""
+a rename. A failed or interrupted run leaves the previous file or none, never a torn one.
+
+:class:`OutputSet` does the same for several files that belong together (a model, its params
+file, its report): all are staged first and renamed into place together at the end, so an
+interrupted run never leaves a new model beside an old params file.
+"""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, List, Tuple
 
 from mnnq.errors import BadInput
 
@@ -19,23 +26,62 @@ def _umask() -> int:
 
 def _tmp_in(dst: Path):
     """A temporary file beside ``dst`` with the permissions a plain ``open`` would give."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent or "."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent or "."))
+    except OSError as exc:
+        raise BadInput(f"cannot write {dst}: {exc.strerror or exc}") from None
     os.fchmod(fd, 0o666 & ~_umask())
     return fd, Path(tmp)
 
 
-def atomic_write_bytes(dst: Path, data: bytes) -> None:
-    dst = Path(dst)
+def _failed(dst: Path, exc: OSError) -> BadInput:
+    return BadInput(f"cannot write {dst}: {exc.strerror or exc}; the previous file (if any) is unchanged")
+
+
+def _stage_bytes(dst: Path, data: bytes) -> Path:
     fd, tmp = _tmp_in(dst)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _failed(dst, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def _stage_copy(src: Path, dst: Path) -> Path:
+    fd, tmp = _tmp_in(dst)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _failed(dst, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _replace(tmp: Path, dst: Path) -> None:
+    try:
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _failed(dst, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(dst: Path, data: bytes) -> None:
+    dst = Path(dst)
+    _replace(_stage_bytes(dst, data), dst)
 
 
 def atomic_write_text(dst: Path, text: str) -> None:
@@ -44,14 +90,85 @@ def atomic_write_text(dst: Path, text: str) -> None:
 
 def atomic_copy(src: Path, dst: Path) -> None:
     dst = Path(dst)
-    fd, tmp = _tmp_in(dst)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace(_stage_copy(Path(src), dst), dst)
+
+
+class OutputSet:
+    """Files staged beside their destinations, renamed into place together on success::
+
+        with OutputSet() as outputs:
+            outputs.copy(work / "final.mnn", quant_model)
+            outputs.write_text(params_path, text)
+        # clean exit: every file renamed into place; an exception or Ctrl-C: staged files removed
+
+    The renames run with Ctrl-C deferred, so an interrupt cannot land between them (it is
+    dropped: by then the run is complete).
+    """
+
+    def __init__(self) -> None:
+        self.staged: List[Tuple[Path, Path]] = []
+
+    def __enter__(self) -> "OutputSet":
+        return self
+
+    def copy(self, src: Path, dst: Path) -> None:
+        self.staged.append((_stage_copy(Path(src), Path(dst)), Path(dst)))
+
+    def write_bytes(self, dst: Path, data: bytes) -> None:
+        self.staged.append((_stage_bytes(Path(dst), data), Path(dst)))
+
+    def write_text(self, dst: Path, text: str) -> None:
+        self.write_bytes(dst, text.encode("utf-8"))
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+        self.staged = []
+
+    def commit(self) -> None:
+        """Rename every staged file into place. If a rename fails, the files already renamed
+        are put back as they were (from hard-linked backups), so the set changes as a whole."""
+        previous = signal.getsignal(signal.SIGINT)
+        defer = threading.current_thread() is threading.main_thread() and previous is not None
+        if defer:
+            signal.signal(signal.SIGINT, lambda *_: None)
+        backups: List[Tuple[Path, Path]] = []
+        replaced: List[Path] = []
+        try:
+            for _, dst in self.staged:
+                if dst.exists():
+                    backup = dst.with_name(f".{dst.name}.{os.getpid()}.prev")
+                    try:
+                        os.link(dst, backup)
+                    except OSError:
+                        shutil.copy2(dst, backup)
+                    backups.append((backup, dst))
+            for tmp, dst in self.staged:
+                os.replace(tmp, dst)
+                replaced.append(dst)
+        except OSError as exc:
+            saved = {dst: backup for backup, dst in backups}
+            for dst in replaced:
+                if dst in saved:
+                    os.replace(saved[dst], dst)
+                else:
+                    dst.unlink(missing_ok=True)
+            failed = next(dst for _, dst in self.staged if dst not in replaced)
+            self.discard()
+            raise _failed(failed, exc) from None
+        finally:
+            for backup, _ in backups:
+                backup.unlink(missing_ok=True)
+            if defer:
+                signal.signal(signal.SIGINT, previous)
+        self.staged = []
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
 
 
 def check_output_path(dst: Path, sources: Iterable[Path], flag: str) -> Path:
@@ -67,6 +184,11 @@ def check_output_path(dst: Path, sources: Iterable[Path], flag: str) -> Path:
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise BadInput(f"{flag} folder does not exist: {parent}; create it first")
-    if not os.access(parent, os.W_OK):
-        raise BadInput(f"{flag} folder is not writable: {parent}")
+    # os.access is no proof (root passes it, yet read-only mounts and /proc refuse): try it.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".probe", dir=str(parent))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{flag} folder is not writable: {parent} ({exc.strerror or exc})") from None
     return dst

@@ -17,9 +17,11 @@ from mnnq.layers import LayerSetting
 
 def template_layers(params: dict) -> List[dict]:
     """The per-layer entries of the first QUANTIZE algo in a params dict."""
-    for algo in params.get("algo", []) if isinstance(params, dict) else []:
+    algos = params.get("algo") if isinstance(params, dict) else None
+    for algo in algos if isinstance(algos, list) else []:
         if isinstance(algo, dict) and algo.get("type") == "QUANTIZE":
-            layers = algo.get("quantParams", {}).get("layer", [])
+            quant = algo.get("quantParams")
+            layers = quant.get("layer") if isinstance(quant, dict) else None
             if isinstance(layers, list):
                 return layers
     return []

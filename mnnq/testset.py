@@ -19,6 +19,9 @@ import numpy as np
 from mnnq.errors import BadInput
 
 INPUT_JSON = "input.json"
+# A "value" input is materialised as an array: refuse shapes no model input has (a typo there
+# would otherwise allocate until the machine runs out of memory).
+MAX_CONSTANT_ELEMENTS = 1 << 26
 
 
 @dataclass
@@ -108,6 +111,10 @@ def load_sample(directory: Path, name: Optional[str] = None) -> Sample:
         if "value" in entry:
             if shape is None:
                 raise BadInput(f'{directory / INPUT_JSON}: input "{iname}" has a "value" but no "shape"')
+            count = int(np.prod([int(d) for d in shape], dtype=object))
+            if count > MAX_CONSTANT_ELEMENTS:
+                raise BadInput(f'{directory / INPUT_JSON}: input "{iname}" shape {shape} holds {count} values '
+                               f"(more than {MAX_CONSTANT_ELEMENTS}); check the shape")
             inputs[iname] = np.full(shape, float(entry["value"]))
             continue
         candidates = [f"{iname}.txt", f"input{i}.txt", f"input_{i}.txt"]
@@ -147,9 +154,16 @@ def load_testset(path: Path) -> TestSet:
         sample = load_sample(root, name=root.name)
         samples = [sample]
     else:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and (p / INPUT_JSON).is_file())
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subdirs = [p for p in folders if (p / INPUT_JSON).is_file()]
         if not subdirs:
             raise BadInput(f"test dir {root} has no {INPUT_JSON} and no sub-folders holding one")
+        # A folder with tensor files but no input.json is a sample that lost it: leaving it out
+        # silently would shrink the test set (other folders, e.g. notes/, are ignored).
+        strays = [p for p in folders if p not in subdirs and any(p.glob("*.txt"))]
+        if strays:
+            raise BadInput(f"sample folder {strays[0]} has data files but no {INPUT_JSON}; add it, or move the "
+                           f"folder out of the multi-sample test set {root}")
         samples = [load_sample(d) for d in subdirs]
     first = samples[0]
     input_names, output_names = list(first.inputs), list(first.references)

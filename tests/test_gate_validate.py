@@ -139,7 +139,9 @@ def test_memory_mode_low_and_cosine_metric(models, tmp_path, capsys):
 
 @pytest.mark.parametrize("case, needle", [
     ("corrupt", "not a readable MNN model"),
-    ("truncated", "could not load"),
+    # The converter reads past the end of a truncated file: whether it crashes depends on
+    # what lies in memory there, so either check may be the one that rejects it.
+    ("truncated", ("could not load", "not a readable MNN model")),
     ("nan", "NaN or Inf"),
     ("wrong_name", "has no output 'logits' (its outputs: probs)"),
     ("wrong_size", "has 10 values but the model's output 'logits' has 5"),
@@ -150,10 +152,11 @@ def test_cannot_measure_fails_closed(models, tmp_path, capsys, case, needle):
     code, out = validate("--model", models[case], "--test-dir", DIGITS / "testset", "--rate", RATE,
                          "--report-json", report, "--summary-md", md, capsys=capsys)
     assert code == 2, out.out
-    assert f"ERROR {case}:" in out.out and needle in out.out
+    needles = needle if isinstance(needle, tuple) else (needle,)
+    assert f"ERROR {case}:" in out.out and any(n in out.out for n in needles)
     doc = json.loads(report.read_text())
     assert doc["status"] == "error" and doc["passed"] is False and doc["exit_code"] == 2
-    assert needle in doc["models"][0]["message"]
+    assert any(n in doc["models"][0]["message"] for n in needles)
     assert "⛔ could not measure" in md.read_text()
 
 

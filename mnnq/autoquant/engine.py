@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from mnnq.autoquant.context import SearchContext, StopSearch, Trial
-from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator, run_testset
+from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator
 from mnnq.errors import BadInput, Interrupted, MnnqError, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
 from mnnq.layers import LayerSetting, effective_block
@@ -159,7 +159,7 @@ def _validate(opts: AutoQuantOptions) -> None:
         raise BadInput(f"model not found: {model} (give the float .mnn model with --model)")
     if not model.is_file() or model.stat().st_size == 0:
         raise BadInput(f"model is empty or not a file: {model}")
-    check_output_path(Path(opts.quant_model), [model, opts.test_dir], "--quant_model")
+    check_output_path(Path(opts.quant_model), [model], "--quant_model")
     check_output_path(Path(str(opts.quant_model) + ".json"), [model], "--quant_model (params file)")
     if opts.report_json is not None:
         check_output_path(Path(opts.report_json), [model, opts.quant_model, Path(str(opts.quant_model) + ".json")],
@@ -322,7 +322,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             if opts.jobs > 1 and fast is not None:
                 from mnnq.autoquant.parallel import WorkerPool
 
-                pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics))
+                pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics), work)
                 ctx.evaluate_many = pool.evaluate_many
             progress.stage = "searching (initial measurement)"
             ctx.remeasure("initial: all layers 8 bits, per channel")

@@ -17,7 +17,12 @@ from mnnq.measure import Measurement
 _worker: Dict[str, object] = {}
 
 
-def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metrics: List[str]) -> None:
+def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metrics: List[str], workdir: str) -> None:
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops the search and
+    # terminates the pool; workers must not die on their own with tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mnnq.autoquant.evaluators import FastEvaluator
     from mnnq.mnn_backend.swap import SwappableModel
     from mnnq.plugin_manager import get_plugin_manager
@@ -25,7 +30,7 @@ def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metric
 
     pm = get_plugin_manager()
     testset = load_testset(Path(testset_dir))
-    work = tempfile.mkdtemp(prefix="mnnq-worker-")
+    work = tempfile.mkdtemp(prefix="worker-", dir=workdir)  # inside the engine's temporary folder
     swappable = SwappableModel.load(Path(model), layers, testset.input_names, testset.output_names, Path(work))
     all_metrics = pm.metrics()
     _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.pick("mnnq_weight_methods", method),
@@ -41,11 +46,11 @@ class WorkerPool:
     """A pool of simulation workers; ``evaluate_many`` has the SearchContext contract."""
 
     def __init__(self, jobs: int, model: Path, layers: Sequence[Layer], testset_dir: Path, method: str,
-                 metrics: Sequence[str]):
+                 metrics: Sequence[str], workdir: Path):
         ctx = multiprocessing.get_context("spawn")
         self.jobs = jobs
         self._pool: Optional[multiprocessing.pool.Pool] = ctx.Pool(
-            jobs, initializer=_init, initargs=(str(model), list(layers), str(testset_dir), method, list(metrics)))
+            jobs, initializer=_init, initargs=(str(model), list(layers), str(testset_dir), method, list(metrics), str(workdir)))
 
     def evaluate_many(self, batch: Sequence[Dict[str, LayerSetting]], memory_mode: str, quick: bool) -> List[Measurement]:
         assert self._pool is not None

@@ -163,6 +163,8 @@ def rebuild(spec: ModelSpec, err: Console) -> dict:
     except Exception as exc:  # a bug in a job must not pass the gate
         err.print(traceback.format_exc(), highlight=False, markup=False)
         code, message = EXIT_BAD_INPUT, f"{exc.__class__.__name__}: {exc}"
+    if code == EXIT_INTERRUPTED:  # Ctrl-C inside the job (it cleaned up and said where it stopped)
+        raise KeyboardInterrupt
     if code not in (EXIT_OK, EXIT_MISSED) and not message:
         message = _quoted_error(tee.text()) or f"mnnq {argv[0]} exited with status {code}"
     return {"job": spec.job.kind, "argv": ["mnnq", *argv], "exit_code": code, "message": message,

@@ -68,9 +68,11 @@ def _dump(obj, path: str) -> None:
 
 
 def main(request_path: str) -> int:
+    from mnnq.mnn_backend.native import inject_fault
     from mnnq.testset import load_testset
 
     req = json.loads(Path(request_path).read_text())
+    inject_fault("runtime", [req["model"]])  # test hook, see mnnq.mnn_backend.native
     try:
         testset = load_testset(Path(req["test_dir"]))
         model = _load(Path(req["model"]), testset.input_names, testset.output_names, req["memory_mode"])

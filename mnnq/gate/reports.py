@@ -436,7 +436,11 @@ def deliver(command: str, results: Sequence[GateResult], out: Console, err: Cons
     parts = renderables(results, detailed=detailed, summary=command == "check")
     print_renderables(out, parts)
     if error:
-        err.print(f"mnnq: error: {error}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"mnnq: error: {' '.join(error.split())}", highlight=False, markup=False, soft_wrap=True)
+    for r in results:  # one greppable line per model that could not be measured
+        if r.status == "error":
+            err.print(f"mnnq: error: {r.target.name}: {' '.join(r.message.split())}", highlight=False, markup=False,
+                      soft_wrap=True)
     emit_annotations(out.file, results, error, error_file)
     if report_json is not None:
         doc = report_dict(command, results, error, config)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from mnnq.errors import BadInput, NativeFailure
-from mnnq.mnn_backend.native import NativeRun, run_tool
+from mnnq.mnn_backend.native import Limits, NativeRun, probe_limits, run_tool
 
 # Lines the converter prints when it ignored the compression params file and wrote a float model.
 PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse compress")
@@ -38,6 +38,7 @@ def convert(
     extra: Sequence[str] = (),
     what: str = "converting",
     timeout: Optional[float] = None,
+    limits: Optional[Limits] = None,
 ) -> NativeRun:
     """Convert ``src`` into ``dst`` (written inside a temporary folder, then moved)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -47,17 +48,26 @@ def convert(
         out = Path(work) / "out.mnn"
         argv = ["mnnconvert", "-f", source_format, "--modelFile", str(src), "--MNNModel", str(out),
                 "--bizCode", "mnnq", *extra]
-        run = run_tool("mnnconvert", argv, cwd=work, timeout=timeout)
+        run = run_tool("mnnconvert", argv, cwd=work, timeout=timeout, limits=limits)
         _check_written(run, out, what)
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
-        shutil.copyfile(out, tmp_dst)
-        os.replace(tmp_dst, dst)
+        try:
+            shutil.copyfile(out, tmp_dst)
+            os.replace(tmp_dst, dst)
+        except BaseException:
+            tmp_dst.unlink(missing_ok=True)
+            raise
     return run
 
 
 def check_float_model(src: Path) -> NativeRun:
-    """Make sure ``src`` is a model the converter can read; raise BadInput if not."""
+    """Make sure ``src`` is a model the converter can read (in a child, under
+    :func:`~mnnq.mnn_backend.native.probe_limits`); raise BadInput / NativeFailure if not.
+
+    The converter accepts some damaged files the runtime cannot load (or crashes on): before
+    running a user's file in-process, also run it in a child (:mod:`mnnq.mnn_backend.isolated`).
+    """
     src = Path(src)
     if not src.exists():
         raise BadInput(f"model not found: {src} (give the float .mnn model with --model)")
@@ -66,12 +76,13 @@ def check_float_model(src: Path) -> NativeRun:
     with tempfile.TemporaryDirectory(prefix="mnnq-check-") as work:
         out = Path(work) / "probe.mnn"
         try:
-            return convert(src, out, what=f"reading {src}")
+            return convert(src, out, what=f"reading {src}", limits=probe_limits(src))
         except NativeFailure as exc:
-            raise BadInput(f"not a readable MNN model: {src} ({exc}); re-export it with MNNConvert") from None
+            raise NativeFailure(f"not a readable MNN model: {src} ({exc}); re-export it with MNNConvert",
+                                tail=exc.tail) from None
 
 
-def params_template(src: Path) -> dict:
+def params_template(src: Path, limits: Optional[Limits] = None) -> dict:
     """The compression params template the converter writes for ``src`` (one entry per
     weight-quantizable layer)."""
     with tempfile.TemporaryDirectory(prefix="mnnq-template-") as work:
@@ -81,12 +92,16 @@ def params_template(src: Path) -> dict:
             "mnnconvert",
             ["mnnconvert", "-f", "MNN", "--modelFile", str(Path(src).resolve()), "--MNNModel", str(out),
              "--bizCode", "mnnq", "--compressionParamsFile", str(params)],
-            cwd=work,
+            cwd=work, limits=limits,
         )
         _check_written(run, out, f"listing the layers of {src}")
         if not params.is_file():
             raise NativeFailure(f"MNN converter wrote no params template for {src}", tail=run.tail())
-        return json.loads(params.read_text())
+        try:
+            return json.loads(params.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise NativeFailure(f"MNN converter wrote an unreadable params template for {src} ({exc})",
+                                tail=run.tail()) from None
 
 
 def weight_quantize(

@@ -1,0 +1,107 @@
+"""The MNN runtime on a user's model, in a child process, before mnnq uses it in-process.
+
+The converter accepts some damaged files that the MNN runtime cannot load or even crashes on,
+and a runtime crash in-process would kill mnnq with no report. So a model a user gave is
+first used here, in a child:
+
+- :func:`run_isolated` runs it on a whole test set (``python -m mnnq.gate.child``) and returns
+  the outputs;
+- :func:`probe_runtime` loads it and, when its input shapes are static, runs it once on zeros
+  (when there is no test set).
+
+A crash becomes a :class:`~mnnq.errors.NativeFailure` naming the signal (with the child's last
+output lines), an unloadable file or a test set that does not fit the model a
+:class:`~mnnq.errors.BadInput`. Only then does mnnq load the file in-process.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mnnq.errors import BadInput, NativeFailure
+from mnnq.mnn_backend.native import FAULT_CODE, Limits, exit_text, output_tail, run_child
+
+EXIT_REPORTED = 3  # the child wrote a one-line reason
+
+_PROBE_CHILD = FAULT_CODE + """
+import json, sys
+inject_fault("runtime", sys.argv[1:])
+import numpy as np
+import MNN.expr as F
+import MNN.nn as nn
+path = sys.argv[1]
+try:
+    info = nn.load_module_from_file(path, [], []).get_info()
+except Exception:
+    sys.exit(3)
+ins, outs = list(info.get("inputNames", [])), list(info.get("outputNames", []))
+shapes = [[int(d) for d in v.shape] for v in info.get("inputs", [])]
+ran = False
+if ins and outs and len(shapes) == len(ins) and all(s and min(s) > 0 for s in shapes):
+    try:
+        module = nn.load_module_from_file(path, ins, outs)
+        feeds = []
+        for var, shape in zip(module.get_info()["inputs"], shapes):
+            integer = str(var.dtype).rsplit(".", 1)[-1].startswith(("int", "uint"))
+            x = F.const(np.zeros(shape, np.int32 if integer else np.float32), shape, F.NCHW,
+                        F.int if integer else F.float)
+            feeds.append(F.convert(x, var.data_format) if len(shape) == 4 and var.data_format != F.NCHW else x)
+        for out in module.forward(feeds):
+            out.read()
+        ran = True
+    except Exception:
+        sys.exit(4)
+print("MNNQ-IO " + json.dumps([ins, outs, ran]), flush=True)
+"""
+
+
+def probe_runtime(model: Path, timeout: Optional[float] = None) -> Tuple[List[str], List[str]]:
+    """Load ``model`` with the MNN runtime in a child and, when its input shapes are static,
+    run it once on zeros; return its (input names, output names). BadInput when the runtime
+    rejects the file, NativeFailure when it crashes on it."""
+    model = Path(model).resolve()
+    with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
+        proc = run_child([sys.executable, "-c", _PROBE_CHILD, str(model)], f"loading {model}", cwd=work,
+                         limits=Limits(timeout=timeout))
+    output = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode == EXIT_REPORTED:
+        raise BadInput(f"MNN runtime could not load {model}; the file is corrupt or not an MNN model")
+    if proc.returncode == EXIT_REPORTED + 1:
+        raise BadInput(f"MNN runtime could not run {model} on zero inputs of its declared shapes; the file is corrupt")
+    line = next((ln for ln in output.splitlines() if ln.startswith("MNNQ-IO ")), None)
+    if proc.returncode != 0 or line is None:
+        raise NativeFailure(f"MNN runtime crashed ({exit_text(proc.returncode)}) while loading {model}; "
+                            "the file is corrupt", tail=output_tail(output))
+    inputs, outputs, _ran = json.loads(line[len("MNNQ-IO "):])
+    return inputs, outputs
+
+
+def run_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,
+                 name: Optional[str] = None) -> List[Dict[str, np.ndarray]]:
+    """``[{output name: array}, ...]``, one dict per sample of the test set in ``test_dir``,
+    computed by ``model`` in a child process. ``name`` replaces the model's path in messages
+    (for a temporary file the user never sees)."""
+    model, test_dir = Path(model).resolve(), Path(test_dir).resolve()
+    shown = name or str(model)
+    with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
+        files = {k: str(Path(work) / k) for k in ("outputs", "layers", "error", "layers_error")}
+        request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
+                   "float_model": None, "layer_tensors": [], **files}
+        (Path(work) / "request.json").write_text(json.dumps(request))
+        proc = run_child([sys.executable, "-m", "mnnq.gate.child", str(Path(work) / "request.json")],
+                         f"running {model} on {test_dir}", cwd=work, limits=Limits(timeout=timeout))
+        if Path(files["error"]).is_file():
+            raise BadInput(Path(files["error"]).read_text().strip().replace(str(model), shown))
+        if proc.returncode != 0 or not Path(files["outputs"]).is_file():
+            raise NativeFailure(
+                f"MNN runtime crashed ({exit_text(proc.returncode)}) while running {shown} on {test_dir}; "
+                "the file is corrupt or the test inputs do not fit the model",
+                tail=output_tail(proc.stdout.decode("utf-8", "replace")))
+        with open(files["outputs"], "rb") as fh:
+            return pickle.load(fh)

@@ -1,0 +1,143 @@
+"""Ctrl-C (SIGINT) during a long auto-quant search stops it cleanly: exit 130, one line saying where
+it stopped (strategy, trial count, best error so far), no output at all, sources untouched, no
+temporary folder left and no child process (converter, --jobs worker) left running.
+
+The search is made long by a test strategy plugin ("stall") that keeps proposing trials and
+creates a sentinel file once a few have finished; the test then sends SIGINT to mnnq. With the
+exact evaluator, the converter child of the next trial hangs (fault injection), so the interrupt
+lands while a converter runs: it must be killed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnnq.testing import tiny_model
+
+DRIVER = r'''
+import os
+import sys
+from pathlib import Path
+
+from mnnq.cli import main
+from mnnq.hookspecs import hookimpl
+from mnnq.layers import LayerSetting
+from mnnq.records import SearchStrategy
+from mnnq.testing.builders import plugins_installed
+
+SENTINEL = Path(sys.argv[1])
+
+
+def stall(ctx):
+    """Propose trials for ever (in batches, so --jobs workers get them); after three, say so."""
+    names = sorted(ctx.layers)
+    i = 0
+    while True:
+        batch = [({**ctx.settings, name: LayerSetting(2 + (i + k) % 7, -1)}, f"stall {i}.{k}")
+                 for k, name in enumerate(names[:2])]
+        ctx.measure_many(batch)
+        i += 1
+        if i == 3:
+            if os.environ.get("STALL_HANG"):  # from now on every converter child hangs until killed
+                os.environ["MNNQ_FAULT_INJECT"] = "hang:mnnconvert"
+            SENTINEL.write_text(str(len(ctx.trials)))
+
+
+class Stall:
+    @hookimpl
+    def mnnq_search_strategies(self):
+        yield SearchStrategy(name="stall", summary="a search that never ends (tests)", run=stall, order=1)
+
+
+if __name__ == "__main__":  # --jobs workers are spawned: they import this file again
+    with plugins_installed({"stall": Stall()}):
+        sys.exit(main(sys.argv[2:]))
+'''
+
+
+@pytest.fixture(scope="module")
+def convnet(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("sigint-src"), "convnet")
+
+
+def digest(folder: Path) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def children_of(pid: int) -> list:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("extra", [["--evaluator", "exact"], ["--jobs", "2"]], ids=["exact-evaluator", "jobs"])
+def test_sigint_mid_search_stops_cleanly(convnet, tmp_path, extra):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    sentinel, out, tmp = tmp_path / "searching", tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    tmp.mkdir()
+    sources = digest(convnet.directory)
+    env = dict(os.environ, TMPDIR=str(tmp), COLUMNS="200", STALL_HANG="1" if "exact" in extra else "")
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(sentinel), "auto-quant", "--model", str(convnet.model), "--quant_model",
+         str(out / "q.mnn"), "--test_dir", str(convnet.test_dir), "--rate", "0.1", "--strategy", "stall",
+         "--report_json", str(out / "r.json"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not sentinel.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the search never got going"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        children = children_of(proc.pid)
+        if "--jobs" in extra:
+            assert len(children) >= 2, "the worker pool is running"
+        else:
+            assert len(children) == 1, "a (hanging) converter child is running"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 130, stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    match = re.fullmatch(r"mnnq: interrupted while searching \(strategy stall\), after (\d+) trials; best max_rel so "
+                         r"far ([0-9.e+-]+) \(rate 0\.1\); nothing was written", lines[0])
+    assert match, lines[0]
+    assert int(match.group(1)) >= int(sentinel.read_text()) >= 6
+    assert "Traceback" not in stdout + stderr
+    assert list(out.iterdir()) == [], "no q.mnn, q.mnn.json or report"
+    assert list(tmp.iterdir()) == [], "temporary folders removed"
+    assert digest(convnet.directory) == sources
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if alive(pid)], "child processes must not outlive mnnq"
