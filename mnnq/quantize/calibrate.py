@@ -1,0 +1,241 @@
+"""Run the float model in-process and stream per-conv activations through feature observers.
+
+The layers the converter can write as INT8 are the single-input Convolution /
+ConvolutionDepthwise ops with float weights in the file (``FullQuantAndCoding``); each needs
+params for its input and output tensor. Those tensors are requested as extra outputs of
+``MNN.nn.load_module_from_file`` on the float model.
+
+The INT8 model cannot be read that way: MNN 3.6.1 returns an INT8 intermediate output from
+memory it has already released (the first bytes are overwritten, results change with the
+set of requested outputs). So per-layer measurements use a *probe* copy of the float model
+(``build_probe_model``): every tensor ``t`` gets a float consumer ``t * 1`` named
+``t__mnnq_probe`` that is a real graph output; converting the probe copy with the same params
+gives an INT8 model whose probes read the dequantized INT8 activations. The converter keeps
+the probes and the INT8 outputs are the same as the real model's (checked in the tests).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mnnq.errors import BadInput, NativeFailure
+from mnnq.mnn_backend.inventory import OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE, read_conv_ops
+from mnnq.mnn_backend.runtime import LoadedModel
+from mnnq.quantize.inputs import Samples
+
+PROBE_SUFFIX = "__mnnq_probe"
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """A conv the converter can write as INT8. ``weight`` is ``[out, in/group, kh, kw]``."""
+
+    name: str
+    kind: str
+    input: str
+    output: str
+    weight: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def shape_text(self) -> str:
+        return "x".join(str(d) for d in self.weight.shape)
+
+
+def find_layers(model: Path, skip: Iterable[str] = ()) -> Tuple[List[QuantLayer], List[Tuple[str, str]]]:
+    """``(layers, kept_float)``: the full-INT8 candidates of ``model`` in file order, and
+    ``(op name, reason)`` for every other conv-like op (and each skipped one)."""
+    skip = set(skip)
+    layers: List[QuantLayer] = []
+    kept: List[Tuple[str, str]] = []
+    for op in read_conv_ops(Path(model)):
+        if op.op_type not in (OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE):
+            kept.append((op.name, f"{op.type_name} has no full-INT8 path in the converter"))
+            continue
+        if len(op.inputs) != 1 or not op.outputs:
+            kept.append((op.name, "its weights are a graph input, not stored in the op"))
+            continue
+        if op.weight is None:
+            kept.append((op.name, "weights are external or already quantized"))
+            continue
+        c = op.common
+        oc, group = int(c["outputCount"]), max(int(c["group"]), 1)
+        icg = int(c["inputCount"]) // group
+        kh, kw = int(c["kernelY"]), int(c["kernelX"])
+        if oc <= 0 or icg <= 0 or oc * icg * kh * kw != op.weight.size:
+            kept.append((op.name, f"weight count {op.weight.size} does not match its declared shape"))
+            continue
+        if op.name in skip:
+            kept.append((op.name, "listed in skip_quant_op_names"))
+            continue
+        layers.append(QuantLayer(op.name, op.kind, op.inputs[0], op.outputs[0],
+                                 op.weight.reshape(oc, icg, kh, kw).copy()))
+    return layers, kept
+
+
+def layer_tensors(layers: Sequence[QuantLayer]) -> List[str]:
+    """Input and output tensors of ``layers``, each once, in graph order."""
+    seen: Dict[str, None] = {}
+    for layer in layers:
+        seen.setdefault(layer.input)
+        seen.setdefault(layer.output)
+    return list(seen)
+
+
+class TensorRunner:
+    """The float model with ``tensors`` as extra outputs: ``run(feeds) -> (outputs, tensors)``."""
+
+    def __init__(self, model: Path, input_names: Sequence[str], output_names: Sequence[str],
+                 tensors: Sequence[str] = (), suffix: str = ""):
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.tensors = list(tensors)
+        self.suffix = suffix
+        self._fetch = [t + suffix for t in self.tensors if suffix or t not in self.input_names]
+        extra = [n for n in self._fetch if n not in self.output_names]
+        self.model = LoadedModel(Path(model), self.input_names, self.output_names + extra)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        got = self.model.run(feeds)
+        missing = [n for n in self.output_names + self._fetch if n not in got]
+        if missing:
+            shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+            raise BadInput(f"{self.model.path.name} did not run on a sample with inputs {shapes} (no output "
+                           f"'{missing[0]}'); check the sample shapes against the model's inputs")
+        outputs = {n: got[n] for n in self.output_names}
+        tensors = {}
+        for t in self.tensors:
+            key = t + self.suffix
+            tensors[t] = got[key] if key in got else np.asarray(feeds[t], dtype=np.float32)
+        return outputs, tensors
+
+
+def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[str], tensors: Sequence[str],
+              samples: Samples, make_observer: Callable[[], object], batch_size: int,
+              on_sample: Optional[Callable[[int], None]] = None
+              ) -> Tuple[Dict[str, object], Dict[str, Tuple[float, float]]]:
+    """Stream every sample through the float model; one observer per tensor gets
+    ``update(x)`` per sample and, when it has one, ``end_batch()`` every ``batch_size``
+    samples. Returns the observers and each tensor's ``(min, max)``. Memory does not depend
+    on the number of samples."""
+    runner = TensorRunner(model, input_names, output_names, tensors)
+    observers = {t: make_observer() for t in tensors}
+    ranges = {t: (math.inf, -math.inf) for t in tensors}
+    for i in range(len(samples)):
+        _, values = runner.run(samples.load(i))
+        for t, x in values.items():
+            observers[t].update(x)
+            lo, hi = ranges[t]
+            ranges[t] = (min(lo, float(np.min(x))), max(hi, float(np.max(x))))
+        if (i + 1) % batch_size == 0:
+            for obs in observers.values():
+                if hasattr(obs, "end_batch"):
+                    obs.end_batch()
+        if on_sample:
+            on_sample(i)
+    return observers, ranges
+
+
+def build_probe_model(model: Path, tensors: Sequence[str], dst: Path) -> Path:
+    """Save a copy of float ``model`` where each tensor ``t`` also feeds a float op ``t * 1``
+    named ``t + PROBE_SUFFIX`` that is a graph output (see the module docstring)."""
+    import MNN.expr as F
+
+    try:
+        variables = F.load_as_dict(str(model))
+        info = io_names(model)
+        outputs = [variables[n] for n in info[1]]
+    except Exception as exc:  # MNN raises plain exceptions for graphs it cannot rebuild
+        raise NativeFailure(f"could not rebuild {model} to probe its layers ({exc})") from None
+    probes = []
+    for t in tensors:
+        if t not in variables:
+            raise NativeFailure(f"tensor '{t}' of {model} is not reachable from its outputs; cannot probe it")
+        probe = variables[t] * F.scalar(1.0)
+        probe.name = t + PROBE_SUFFIX
+        probes.append(probe)
+    F.save(outputs + probes, str(dst))
+    return Path(dst)
+
+
+# Producers after which MNN 3.6.1's INT8 runtime honours a tensor's zero point. Others may run
+# an INT8 kernel that ignores it (a BinaryOp with a fused ReLU: output cosine 0.63 instead of
+# 0.9999), so their output tensors are quantized symmetrically (measured in the tests).
+ZERO_POINT_PRODUCERS = ("Convolution", "ConvolutionDepthwise", "ConvertTensor", "Input")
+# MNN 3.6.1's INT8 max pooling (which runs when its input or output tensor is INT8) returns
+# wrong values for negative inputs (a signed max pool's output cosine falls below 0.4). A layer
+# whose input or output tensor feeds or comes from a pooling op and had negative values in
+# calibration is kept float.
+POOLING_OPS = ("Pooling", "Pooling3D")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Per tensor: the type of the op producing it and the types of the ops reading it."""
+
+    producers: Dict[str, str]
+    consumers: Dict[str, List[str]]
+
+
+def graph_info(model: Path) -> GraphInfo:
+    import MNN.expr as F
+
+    try:
+        variables = F.load_as_dict(str(model))
+    except Exception:  # a graph the expr API cannot rebuild: assume nothing is safe
+        return GraphInfo({}, {})
+    producers, consumers = {}, {}
+    for name, var in variables.items():
+        kind = str(var.op_type)
+        producers[name] = kind
+        for source in var.inputs:
+            consumers.setdefault(source.name, []).append(kind)
+    return GraphInfo(producers, consumers)
+
+
+def unsafe_layers(layers: Sequence[QuantLayer], graph: GraphInfo,
+                  ranges: Mapping[str, Tuple[float, float]]) -> Dict[str, str]:
+    """Layer name -> why it must stay float, for layers whose INT8 tensors MNN would compute wrongly."""
+    out = {}
+    for layer in layers:
+        for tensor in (layer.input, layer.output):
+            kinds = [graph.producers.get(tensor, "")] + graph.consumers.get(tensor, [])
+            if any(k in POOLING_OPS for k in kinds) and ranges.get(tensor, (0.0, 0.0))[0] < 0.0:
+                out[layer.name] = (f"tensor '{tensor}' meets a pooling op and holds negative values, which "
+                                   "MNN's INT8 pooling gets wrong")
+                break
+    return out
+
+
+def io_names(model: Path) -> Tuple[List[str], List[str]]:
+    """``(input names, output names)`` the model declares."""
+    import MNN.nn as nn
+
+    info = nn.load_module_from_file(str(model), [], []).get_info()
+    return list(info.get("inputNames", [])), list(info.get("outputNames", []))
+
+
+# ------------------------------------------------------------------------------- measuring
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0 or not (math.isfinite(na) and math.isfinite(nb)):
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def overflow_ratio(x: np.ndarray, scale: float, zero: int, clamp: int) -> float:
+    """Fraction of ``x`` clipped by INT8 params: ``round(x / s) + z`` beyond ``[-C, C]``.
+    (quantized.out counts values landing exactly on the bound, which flags every zero of a
+    tensor with zero point ``-C``.)"""
+    if scale <= 0.0:
+        return 0.0
+    q = np.floor(np.asarray(x, dtype=np.float64) / scale + 0.5) + zero
+    return float(np.mean(np.abs(q) > clamp))

@@ -1,0 +1,89 @@
+"""``mnnq quantize float.mnn int8.mnn config.json|yaml``: offline full-INT8 quantization, a drop-in
+for MNN's ``quantized.out`` (same config keys and defaults) that checks the result.
+
+Exit codes: 0 written (and within ``--rate``), 1 written but ``--rate`` missed (marked MISSED),
+2 bad input (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from mnnq.errors import EXIT_MISSED, EXIT_OK
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "quantize", help="full INT8 with calibrated activations (drop-in for MNN's quantized.out)",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="float .mnn model")
+    p.add_argument("out", help="INT8 .mnn to write (its params go to <out>.json)")
+    p.add_argument("config", help="quantized.out calibration config (.json, or .yaml/.yml with the same keys)")
+    p.add_argument("--debug", action="store_true",
+                   help="per-layer cosine / overflow table of the INT8 model vs float (as config debug: true)")
+    p.add_argument("--rate", type=_rate, default=None,
+                   help="error budget: keep the most sensitive layers float, one at a time, until the "
+                        "--metric error is at most this (exit 1 if it cannot hold)")
+    p.add_argument("--metric", default="max_rel", help="error metric plugin for --rate (default max_rel)")
+    p.add_argument("--eval-samples", "--eval_samples", type=_count, default=None,
+                   help="calibration samples the INT8 model is measured on (default 64, spread evenly)")
+    p.add_argument("--report-json", "--report_json", default=None, help="also write the report as JSON here")
+    return p
+
+
+def run(args, out: Console, err: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mnnq.fileio import atomic_write_text
+    from mnnq.plugin_manager import get_plugin_manager
+    from mnnq.quantize.engine import EVAL_SAMPLES, QuantizeOptions, prepare, run_job
+    from mnnq.quantize.report import print_result, result_dict
+
+    pm = get_plugin_manager()
+    for failure in pm.failures:
+        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
+    opts = QuantizeOptions(
+        model=Path(args.model), out=Path(args.out), config=Path(args.config), debug=args.debug,
+        rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
+        report_json=Path(args.report_json) if args.report_json else None,
+    )
+    started = time.perf_counter()
+    job = prepare(opts, pm)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        tasks = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        result = run_job(job, on_progress, started)
+    print_result(result, out)
+    if opts.report_json:
+        atomic_write_text(opts.report_json, json.dumps(result_dict(result), indent=2) + "\n")
+    return EXIT_OK if result.met else EXIT_MISSED

@@ -1,0 +1,377 @@
+"""The quantize job: calibrate -> scales -> params -> converter -> load, run, measure.
+
+1. Check everything first (config, methods, samples, model, output paths): a bad input raises
+   :class:`BadInput` before anything is written.
+2. Stream the calibration samples through the float model; the feature method's observers see
+   the input and output tensor of every full-INT8 layer.
+3. Activation params from the observers, per-channel weight scales from the weight method.
+   Two MNN 3.6.1 INT8 runtime defects are avoided: a tensor produced by an op other than a
+   conv / input conversion is quantized symmetrically (an INT8 BinaryOp with a fused ReLU
+   ignores zero points), and a layer whose tensor meets a pooling op and holds negative values
+   stays float (INT8 pooling gets negative values wrong).
+4. The converter writes the INT8 model from the params file (:mod:`writer`).
+5. The INT8 model is loaded and run on (up to ``eval_samples``) calibration samples against the
+   float model: outputs must be finite. When they are not, or the ``metric`` error exceeds
+   ``rate``, each layer's sensitivity is measured by writing it as the only INT8 layer, and the
+   most sensitive layers are kept float, one at a time, until it holds. With ``debug`` a probe
+   copy (:mod:`calibrate`) measures every layer of the final configuration.
+6. The final model is written atomically, its params next to it as ``<out>.json``, and it is
+   re-measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from mnnq.errors import BadInput, NativeFailure, PluginError
+from mnnq.fileio import atomic_copy, atomic_write_text, check_output_path
+from mnnq.mnn_backend.isolated import probe_runtime
+from mnnq.quantize import calibrate as cal
+from mnnq.quantize.config import QuantizeConfig, load_config
+from mnnq.quantize.evaluate import Evaluation, eval_indices, evaluate
+from mnnq.quantize.inputs import Samples, make_samples, model_inputs
+from mnnq.quantize.writer import ActParams, build_params, sanitize, symmetric, weight_entry, write_int8
+
+EVAL_SAMPLES = 64
+RANK_WORKERS = 4          # converter child processes at once while ranking layers
+
+Progress = Callable[[str, int, int], None]   # (stage, done, total)
+
+
+@dataclass
+class QuantizeOptions:
+    model: Path
+    out: Path
+    config: Path
+    debug: bool = False
+    rate: Optional[float] = None
+    metric: str = "max_rel"
+    eval_samples: int = EVAL_SAMPLES
+    report_json: Optional[Path] = None
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    shape: str
+    input: str
+    output: str
+    status: str                       # "int8" or "float"
+    reason: str = ""
+    input_params: Tuple[float, int] = (0.0, 0)
+    output_params: Tuple[float, int] = (0.0, 0)
+    cos_in: Optional[float] = None
+    cos_out: Optional[float] = None
+    min_cos_out: Optional[float] = None
+    overflow_in: Optional[float] = None
+    overflow_out: Optional[float] = None
+
+    @property
+    def drop(self) -> Optional[float]:
+        if self.cos_in is None or self.cos_out is None:
+            return None
+        return self.cos_in - self.cos_out
+
+
+@dataclass
+class QuantizeResult:
+    model: Path
+    out: Path
+    params_path: Path
+    config: QuantizeConfig
+    feature_method: str
+    weight_method: str
+    samples: int
+    eval_samples: int
+    layers: List[LayerReport]
+    other_float: List[Tuple[str, str]]
+    errors: Dict[str, Optional[float]]
+    output_cosine: Tuple[float, float]
+    metric: str
+    rate: Optional[float]
+    met: bool
+    size_before: int
+    size_after: int
+    seconds: float
+    timings: Dict[str, float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    debug: bool = False
+    rounds: int = 0
+    history: List[dict] = field(default_factory=list)   # per --rate round: layer kept float, errors
+
+    @property
+    def status(self) -> str:
+        return "MET" if self.met else "MISSED"
+
+    @property
+    def kept_float(self) -> List[LayerReport]:
+        return [r for r in self.layers if r.status == "float"]
+
+
+@dataclass
+class Job:
+    """Everything checked and loaded before any work starts."""
+
+    opts: QuantizeOptions
+    cfg: QuantizeConfig
+    feature: object
+    weight: object
+    metrics: dict
+    samples: Samples
+    input_names: List[str]
+    output_names: List[str]
+    layers: List[cal.QuantLayer]
+    other_float: List[Tuple[str, str]]
+    batch_size: int
+    notes: List[str]
+
+
+def prepare(opts: QuantizeOptions, pm) -> Job:
+    """Validate inputs and build the job; raises BadInput (nothing written)."""
+    model = Path(opts.model)
+    if not model.is_file() or model.stat().st_size == 0:
+        raise BadInput(f"float model not found or empty: {model}")
+    check_output_path(Path(opts.out), [model, Path(opts.config)], "output model")
+    check_output_path(Path(str(opts.out) + ".json"), [model, Path(opts.config)], "params file")
+    if opts.report_json:
+        check_output_path(Path(opts.report_json), [model, Path(opts.config), Path(opts.out)], "--report-json")
+    weight_names = [n for n, m in pm.weight_methods().items() if m.channel_scales is not None]
+    cfg = load_config(Path(opts.config), sorted(pm.feature_methods()), sorted(weight_names))
+    metrics = pm.metrics()
+    if opts.metric not in metrics:
+        raise BadInput(f"--metric: unknown metric '{opts.metric}'; available: {', '.join(sorted(metrics))}")
+    try:
+        feature = pm.pick("mnnq_feature_methods", cfg.feature_quantize_method)
+        weight = pm.pick("mnnq_weight_methods", cfg.weight_quantize_method)
+    except PluginError as exc:
+        raise BadInput(str(exc)) from None
+    layers, other = cal.find_layers(model, cfg.skip_quant_op_names)
+    probe_runtime(model)             # a file the runtime crashes on must not kill this process
+    inputs = model_inputs(model)
+    output_names = cal.io_names(model)[1]
+    notes = list(cfg.warnings)
+    known = {l.name for l in layers} | {n for n, _ in other}
+    for name in cfg.skip_quant_op_names:
+        if name not in known:
+            notes.append(f"skip_quant_op_names: no conv op named '{name}' in {model.name}")
+    if not layers:
+        raise BadInput(f"{model} has no Convolution / ConvolutionDepthwise layer with stored float weights "
+                       "to quantize (all are skipped, external or already quantized)")
+    samples = make_samples(cfg, inputs)
+    if samples.skipped:
+        notes.append(f"{len(samples.skipped)} entries of {cfg.path} skipped (not readable samples): "
+                     + ", ".join(samples.skipped[:5]) + (" ..." if len(samples.skipped) > 5 else ""))
+    batch = cfg.batch_size
+    first_batch = inputs[0].shape[0] if inputs[0].shape else 0
+    if not cfg.batch_size_set and first_batch and first_batch > 0:
+        batch = first_batch          # quantized.out: without batch_size, EMA uses the model's batch
+    return Job(opts, cfg, feature, weight, metrics, samples, [i.name for i in inputs], output_names,
+               layers, other, batch, notes)
+
+
+def run_quantize(opts: QuantizeOptions, pm, progress: Optional[Progress] = None) -> QuantizeResult:
+    started = time.perf_counter()
+    job = prepare(opts, pm)
+    return run_job(job, progress, started)
+
+
+def _step(progress: Optional[Progress], stage: str, total: int):
+    if progress is None:
+        return None
+    progress(stage, 0, total)
+    return lambda i: progress(stage, i + 1, total)
+
+
+def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[float] = None) -> QuantizeResult:
+    started = time.perf_counter() if started is None else started
+    opts, cfg = job.opts, job.cfg
+    timings: Dict[str, float] = {}
+    tensors = cal.layer_tensors(job.layers)
+
+    t0 = time.perf_counter()
+    observers, ranges = cal.calibrate(opts.model, job.input_names, job.output_names, tensors, job.samples,
+                                      job.feature.make_observer, job.batch_size,
+                                      _step(progress, "calibrating", len(job.samples)))
+    clamp = cfg.feature_clamp_value
+    graph = cal.graph_info(opts.model)
+    acts = activation_params(observers, graph, clamp)
+    unsafe = cal.unsafe_layers(job.layers, graph, ranges)
+    timings["calibrate_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    wclamp = cfg.weight_clamp
+    weights = {l.name: weight_entry(l, job.weight.channel_scales(l.weight, cfg.quant_bits, wclamp),
+                                    cfg.quant_bits, wclamp) for l in job.layers}
+    timings["weight_scales_s"] = time.perf_counter() - t0
+
+    indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
+    keep: Dict[str, str] = dict(unsafe)
+    notes = list(job.notes)
+    rounds = 0
+    history: List[dict] = []
+    layer_ev: Optional[Evaluation] = None
+    with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
+        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress)
+        t0 = time.perf_counter()
+        final = Path(work) / "final.mnn"
+        final_ev = m.write_and_check(final, keep, notes, "measuring")
+        history.append({"round": 0, "kept_float": None, **_errors_of(final_ev)})
+        if not _holds(final_ev, opts):
+            _check_metric(final_ev, opts)
+            if not final_ev.finite:
+                notes.append("INT8 outputs were not finite; keeping the most sensitive layers float")
+            for name, why in m.rank(keep, opts.metric if opts.rate is not None else "cosine"):
+                keep[name] = why
+                rounds += 1
+                final_ev = m.write_and_check(final, keep, notes, f"round {rounds}: {name} kept float")
+                history.append({"round": rounds, "kept_float": name, **_errors_of(final_ev)})
+                if _holds(final_ev, opts):
+                    break
+        if opts.debug or cfg.debug:
+            layer_ev = m.probe(keep, "measuring every layer")
+        timings["measure_s"] = time.perf_counter() - t0
+        if not final_ev.finite:
+            raise NativeFailure("the INT8 model gives non-finite outputs even with every layer float "
+                                f"({', '.join(final_ev.nonfinite[:3])}); the float model may be broken")
+        atomic_copy(final, Path(opts.out))
+        params_path = Path(str(opts.out) + ".json")
+        atomic_write_text(params_path, json.dumps(m.params(keep), indent=1) + "\n")
+
+    layers = _layer_reports(job, acts, keep, layer_ev, clamp)
+    met = _holds(final_ev, opts)
+    if rounds and met:
+        notes.append(f"kept {rounds} more layer(s) float to meet --rate {opts.rate} ({opts.metric})")
+    return QuantizeResult(
+        model=Path(opts.model), out=Path(opts.out), params_path=params_path, config=cfg,
+        feature_method=cfg.feature_quantize_method, weight_method=cfg.weight_quantize_method,
+        samples=len(job.samples), eval_samples=len(indices), layers=layers, other_float=job.other_float,
+        errors=final_ev.errors, output_cosine=final_ev.output_cosine, metric=opts.metric, rate=opts.rate,
+        met=met, size_before=Path(opts.model).stat().st_size, size_after=Path(opts.out).stat().st_size,
+        seconds=time.perf_counter() - started, timings=timings, notes=notes,
+        debug=bool(opts.debug or cfg.debug), rounds=rounds, history=history,
+    )
+
+
+def activation_params(observers: Dict[str, object], graph: cal.GraphInfo, clamp: int) -> Dict[str, ActParams]:
+    """``(scale, zero point)`` per tensor from the observers (activations are 8-bit); a tensor
+    whose producer may run an INT8 kernel that ignores zero points gets the symmetric params
+    covering the same range."""
+    acts = {}
+    for t, obs in observers.items():
+        params = sanitize(*obs.finish(8, clamp), clamp)
+        if params[1] != 0 and graph.producers.get(t) not in cal.ZERO_POINT_PRODUCERS:
+            params = symmetric(params, clamp)
+        acts[t] = params
+    return acts
+
+
+class _Measurer:
+    """Writes INT8 models (real or probe) for a set of float-kept layers and measures them."""
+
+    def __init__(self, job: Job, work: Path, tensors, indices, acts, weights, clamp: int, progress):
+        self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
+        self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
+        model = job.opts.model
+        self.float_plain = cal.TensorRunner(model, job.input_names, job.output_names)
+        self.float_tensors: Optional[cal.TensorRunner] = None
+        self.probe_float: Optional[Path] = None
+
+    def params(self, keep) -> dict:
+        return build_params(self.job.layers, self.acts, self.weights, self.clamp, keep)
+
+    def _evaluate(self, ref, quant, stage: str) -> Evaluation:
+        return evaluate(ref, quant, self.job.samples, self.indices, self.job.metrics, self.acts, self.clamp,
+                        _step(self.progress, stage, len(self.indices)))
+
+    def write_and_check(self, dst: Path, keep: Dict[str, str], notes: List[str], stage: str) -> Evaluation:
+        """Write the real INT8 model to ``dst`` and measure its outputs."""
+        expected = [l.name for l in self.job.layers if l.name not in keep]
+        written = write_int8(self.job.opts.model, dst, self.params(keep), expected)
+        for name in written["missing"]:
+            keep.setdefault(name, "the converter did not write it as INT8")
+            notes.append(f"the converter left layer '{name}' float (its output tensor name did not match)")
+        quant = cal.TensorRunner(dst, self.job.input_names, self.job.output_names)
+        return self._evaluate(self.float_plain, quant, stage)
+
+    def rank(self, keep: Dict[str, str], metric: str) -> List[Tuple[str, str]]:
+        """The INT8 layers, most sensitive first: each is written as the only INT8 layer and the
+        model's ``metric`` error measured (non-finite outputs rank first). The converter runs
+        in child processes, a few at a time."""
+        candidates = [l for l in self.job.layers if l.name not in keep]
+        names = [l.name for l in self.job.layers]
+
+        def write_alone(i: int) -> Path:
+            dst = self.work / f"alone{i}.mnn"
+            alone = {n: "" for n in names if n != candidates[i].name}
+            write_int8(self.job.opts.model, dst, self.params(alone), [])
+            return dst
+
+        scored = []
+        tick = _step(self.progress, "ranking layers by sensitivity", len(candidates))
+        workers = max(1, min(RANK_WORKERS, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for i, dst in enumerate(pool.map(write_alone, range(len(candidates)))):
+                quant = cal.TensorRunner(dst, self.job.input_names, self.job.output_names)
+                ev = evaluate(self.float_plain, quant, self.job.samples, self.indices, self.job.metrics,
+                              self.acts, self.clamp)
+                dst.unlink(missing_ok=True)
+                err = ev.errors.get(metric)
+                err = float("inf") if not ev.finite else (err if err is not None else 1.0 - ev.output_cosine[0])
+                scored.append((err, i, candidates[i].name))
+                if tick:
+                    tick(i)
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [(name, f"kept float: alone in INT8 it gives {metric} {err:.5g} (sensitivity rank {rank + 1})")
+                for rank, (err, _, name) in enumerate(scored)]
+
+    def probe(self, keep: Dict[str, str], stage: str) -> Evaluation:
+        """Measure outputs and every layer tensor through the probe copy."""
+        job = self.job
+        if self.probe_float is None:
+            self.probe_float = cal.build_probe_model(job.opts.model, self.tensors, self.work / "probe_float.mnn")
+            self.float_tensors = cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors)
+        dst = self.work / "probe_int8.mnn"
+        write_int8(self.probe_float, dst, self.params(keep), [])
+        quant = cal.TensorRunner(dst, job.input_names, job.output_names, self.tensors, cal.PROBE_SUFFIX)
+        return self._evaluate(self.float_tensors, quant, stage)
+
+
+def _errors_of(ev: Evaluation) -> dict:
+    return {"errors": dict(ev.errors), "output_cosine": ev.output_cosine[0], "finite": ev.finite}
+
+
+def _check_metric(ev: Evaluation, opts: QuantizeOptions) -> None:
+    if opts.rate is not None and ev.finite and ev.errors.get(opts.metric) is None:
+        raise BadInput(f"--metric {opts.metric} skips every output of this model (e.g. max_rel ignores outputs "
+                       "whose max |ref| <= 0.01), so --rate could never fail; use --metric cosine")
+
+
+def _holds(ev: Evaluation, opts: QuantizeOptions) -> bool:
+    if not ev.finite:
+        return False
+    if opts.rate is None:
+        return True
+    err = ev.errors.get(opts.metric)
+    return err is None or err <= opts.rate
+
+
+def _layer_reports(job: Job, acts, keep: Dict[str, str], ev: Optional[Evaluation], clamp: int) -> List[LayerReport]:
+    rows = []
+    for layer in job.layers:
+        row = LayerReport(layer.name, layer.kind, layer.shape_text, layer.input, layer.output,
+                          "float" if layer.name in keep else "int8", keep.get(layer.name, ""),
+                          acts[layer.input], acts[layer.output])
+        if ev is not None:
+            row.cos_in = ev.tensor_cosine.get(layer.input, (None, None))[0]
+            row.cos_out, row.min_cos_out = ev.tensor_cosine.get(layer.output, (None, None))
+            row.overflow_in = ev.tensor_overflow.get(layer.input)
+            row.overflow_out = ev.tensor_overflow.get(layer.output)
+        rows.append(row)
+    return rows

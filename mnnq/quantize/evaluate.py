@@ -1,0 +1,91 @@
+"""Measure an INT8 model against the float model on calibration samples.
+
+Outputs are compared with every metric plugin (max over outputs and samples) and by cosine
+similarity (per sample: the worst output). With a probe model (see :mod:`calibrate`) each
+layer tensor gets its mean and worst cosine similarity against the float activations, and the
+share of float values that would saturate under the tensor's INT8 params (the overflow ratio
+quantized.out's debug mode prints).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mnnq.quantize.calibrate import TensorRunner, cosine, overflow_ratio
+from mnnq.quantize.inputs import Samples
+from mnnq.records import Metric
+
+
+@dataclass
+class Evaluation:
+    errors: Dict[str, Optional[float]]             # metric -> max error (None: metric skipped every output)
+    output_cosine: Tuple[float, float]             # (mean, min) over samples of the worst output's cosine
+    nonfinite: List[str] = field(default_factory=list)
+    tensor_cosine: Dict[str, Tuple[float, float]] = field(default_factory=dict)   # tensor -> (mean, min)
+    tensor_overflow: Dict[str, float] = field(default_factory=dict)              # tensor -> mean ratio
+    samples: int = 0
+
+    @property
+    def finite(self) -> bool:
+        return not self.nonfinite
+
+
+def eval_indices(n: int, limit: int) -> List[int]:
+    """At most ``limit`` sample indices spread evenly over ``0..n-1``."""
+    if n <= limit:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (limit - 1))) for i in range(limit)})
+
+
+def evaluate(float_runner: TensorRunner, quant_runner: TensorRunner, samples: Samples, indices: Sequence[int],
+             metrics: Mapping[str, Metric], act_params: Mapping[str, Tuple[float, int]], clamp: int,
+             on_sample: Optional[Callable[[int], None]] = None) -> Evaluation:
+    """``quant_runner.tensors`` (probe names stripped) choose the tensors measured; the float
+    runner must fetch the same tensors."""
+    worst: Dict[str, Optional[float]] = {m: None for m in metrics}
+    nonfinite: List[str] = []
+    out_cos: List[float] = []
+    cos_sum: Dict[str, float] = {}
+    cos_min: Dict[str, float] = {}
+    over_sum: Dict[str, float] = {}
+    for done, idx in enumerate(indices):
+        feeds = samples.load(idx)
+        ref_out, ref_t = float_runner.run(feeds)
+        got_out, got_t = quant_runner.run(feeds)
+        sample_cos = 1.0
+        for name, ref in ref_out.items():
+            r = np.asarray(ref, dtype=np.float64).ravel()
+            g = np.asarray(got_out[name], dtype=np.float64).ravel()
+            if g.size != r.size or not np.all(np.isfinite(g)):
+                nonfinite.append(f"{samples.names[idx]}/{name}")
+                sample_cos = 0.0
+                for m in worst:
+                    worst[m] = math.inf
+                continue
+            sample_cos = min(sample_cos, cosine(r, g))
+            for mname, metric in metrics.items():
+                v = metric.per_output(r, g)
+                if v is not None:
+                    worst[mname] = max(worst[mname] or 0.0, float(v))
+        out_cos.append(sample_cos)
+        for t in quant_runner.tensors:
+            c = cosine(ref_t[t], got_t[t])
+            cos_sum[t] = cos_sum.get(t, 0.0) + c
+            cos_min[t] = min(cos_min.get(t, 1.0), c)
+            if t in act_params:
+                s, z = act_params[t]
+                over_sum[t] = over_sum.get(t, 0.0) + overflow_ratio(ref_t[t], s, z, clamp)
+        if on_sample:
+            on_sample(done)
+    n = max(len(indices), 1)
+    return Evaluation(
+        errors=worst,
+        output_cosine=(float(np.mean(out_cos)) if out_cos else 1.0, float(np.min(out_cos)) if out_cos else 1.0),
+        nonfinite=nonfinite,
+        tensor_cosine={t: (cos_sum[t] / n, cos_min[t]) for t in cos_sum},
+        tensor_overflow={t: v / n for t, v in over_sum.items()},
+        samples=len(indices),
+    )

@@ -1,0 +1,273 @@
+"""Calibration samples, read exactly as quantized.out reads them.
+
+``input_type: image`` -- every readable image in ``path`` (sorted by name; the first
+``used_image_num``), decoded with ``MNN.cv.imread`` into the RGBA bitmap quantized.out gets from
+stb_image, then MNN's own ImageProcess with quantized.out's settings: a centred crop of
+``int(H * center_crop_h)`` x ``int(W * center_crop_w)`` pixels whose corner pixels are mapped
+onto the output's corners, bilinear sampling, the colour conversion to ``format``, and
+``dst = (src - mean[c]) * normal[c]`` into an NCHW float tensor ``[1, C, height, width]``.
+(``MNN.cv.imread`` drops an alpha channel, so RGBA/BGRA get alpha 255.) The image feeds the
+model's first input; other inputs need a constant (``inputs: [{name, shape, value}]``).
+
+``input_type: sequence`` -- every sub-folder of ``path`` holding an ``input.json`` is one
+sample, an MNN test dir with ``<input name>.txt`` per model input (``path`` itself may be one).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mnnq.errors import BadInput
+from mnnq.quantize.config import FORMATS, InputSpec, QuantizeConfig
+
+Feeds = Dict[str, np.ndarray]
+
+
+@dataclass
+class ModelInput:
+    name: str
+    shape: Optional[List[int]]     # None or with -1 / 0 entries when dynamic
+    dtype: str
+
+
+@dataclass
+class Samples:
+    """Calibration samples, loaded one at a time (nothing is kept in memory)."""
+
+    names: List[str]
+    loader: Callable[[int], Feeds]
+    kind: str
+    skipped: List[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> Feeds:
+        return self.loader(index)
+
+
+# ------------------------------------------------------------------------------- images
+
+def _to_rgba(bgr: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` BGR (or ``[H, W]`` grey) uint8 -> contiguous ``[H, W, 4]`` RGBA (alpha 255),
+    the bitmap stb_image gives quantized.out."""
+    if bgr.ndim == 2:
+        bgr = np.repeat(bgr[:, :, None], 3, axis=2)
+    h, w = bgr.shape[:2]
+    rgba = np.empty((h, w, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = bgr[..., 2], bgr[..., 1], bgr[..., 0]
+    rgba[..., 3] = 255
+    return rgba
+
+
+def crop_box(height: int, width: int, crop_h: float, crop_w: float):
+    """quantized.out's centred crop: ``(top, left, bottom, right)`` (exclusive ends)."""
+    ch, cw = int(height * crop_h), int(width * crop_w)
+    if ch <= 0 or cw <= 0:
+        raise BadInput(f"center crop of a {width}x{height} image keeps no pixels; "
+                       "raise center_crop_h / center_crop_w")
+    top, left = (height - ch) // 2, (width - cw) // 2
+    return top, left, top + ch, left + cw
+
+
+def preprocess(bgr: np.ndarray, cfg: QuantizeConfig, width: int, height: int) -> np.ndarray:
+    """A decoded image (``[H, W, 3]`` BGR uint8) -> ``[1, C, height, width]`` float32, through
+    MNN's own ImageProcess with quantized.out's settings (bilinear, RGBA source, crop corners
+    mapped onto output corners, ``(v - mean) * normal``)."""
+    import MNN
+
+    rgba = _to_rgba(bgr)
+    ih, iw = rgba.shape[:2]
+    top, left, bottom, right = crop_box(ih, iw, cfg.center_crop_h, cfg.center_crop_w)
+    channels = FORMATS[cfg.format]
+    process = MNN.CVImageProcess({
+        "sourceFormat": MNN.CV_ImageFormat_RGBA,
+        "destFormat": getattr(MNN, f"CV_ImageFormat_{cfg.format}"),
+        "mean": tuple(cfg.mean), "normal": tuple(cfg.normal),
+        "filterType": MNN.CV_Filter_BILINEAL,
+    })
+    matrix = MNN.CVMatrix()
+    matrix.setPolyToPoly([0, 0, 0, height - 1, width - 1, 0, width - 1, height - 1],
+                         [left, top, left, bottom - 1, right - 1, top, right - 1, bottom - 1])
+    process.setMatrix(matrix)
+    shape = (1, channels, height, width)
+    tensor = MNN.Tensor(shape, MNN.Halide_Type_Float, np.zeros(shape, dtype=np.float32),
+                        MNN.Tensor_DimensionType_Caffe)
+    process.convert(np.ascontiguousarray(rgba).reshape(-1), iw, ih, 0, tensor)
+    return np.array(tensor.getNumpyData(), dtype=np.float32).reshape(shape)
+
+
+def _readable(path: Path) -> bool:
+    import MNN.cv as cv  # MNN.cv.imread crashes on a file it cannot decode: ask first
+
+    return bool(cv.haveImageReader(str(path)))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """``[H, W, 3]`` BGR uint8 of an image file."""
+    import MNN.cv as cv
+
+    if not _readable(path):
+        raise BadInput(f"cannot decode image {path}; remove it from the calibration folder")
+    var = cv.imread(str(path))
+    arr = np.array(var.read(), dtype=np.uint8, copy=True)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise BadInput(f"cannot decode image {path}; remove it from the calibration folder")
+    return arr
+
+
+def image_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
+    first = inputs[0]
+    spec = _spec(cfg, first.name)
+    channels = FORMATS[cfg.format]
+    if spec is not None and spec.shape is not None:
+        if len(spec.shape) != 4:
+            raise BadInput(f"config key 'inputs': image input '{first.name}' needs a 4-D shape [1, C, H, W], "
+                           f"got {spec.shape}")
+        shape = list(spec.shape)
+    else:
+        shape = [1, channels, cfg.height, cfg.width]
+    height, width = cfg.height or shape[2], cfg.width or shape[3]
+    if shape[1] != channels:
+        raise BadInput(f"config key 'format': {cfg.format} gives {channels} channel(s) but input "
+                       f"'{first.name}' takes {shape[1]}")
+    declared = first.shape
+    if declared and len(declared) == 4 and declared[1] > 0 and declared[1] != channels:
+        raise BadInput(f"config key 'format': {cfg.format} gives {channels} channel(s) but the model's "
+                       f"input '{first.name}' has {declared[1]}; use "
+                       f"{'GRAY' if declared[1] == 1 else 'RGB or BGR' if declared[1] == 3 else 'RGBA or BGRA'}")
+    constants = _constants(cfg, inputs[1:], "image input feeds only the model's first input")
+    files = sorted(p for p in cfg.path.iterdir() if p.is_file() and not p.name.startswith("."))
+    chosen: List[Path] = []
+    skipped: List[str] = []
+    for p in files:
+        if cfg.used_sample_num and len(chosen) >= cfg.used_sample_num:
+            break
+        if _readable(p):
+            chosen.append(p)
+        else:
+            skipped.append(p.name)
+    if not chosen:
+        extra = f" ({len(skipped)} unreadable files)" if skipped else ""
+        raise BadInput(f"config key 'path': no readable images in {cfg.path}{extra}; "
+                       "put JPEG/PNG/BMP files there (or use input_type: sequence for test dirs)")
+
+    def load(i: int) -> Feeds:
+        x = preprocess(read_image(chosen[i]), cfg, width, height)
+        return {first.name: x, **constants}
+
+    return Samples([p.name for p in chosen], load, "image", skipped)
+
+
+# ------------------------------------------------------------------------------- sequences
+
+def _spec(cfg: QuantizeConfig, name: str) -> Optional[InputSpec]:
+    return next((s for s in cfg.inputs if s.name == name), None)
+
+
+def _constants(cfg: QuantizeConfig, inputs: Sequence[ModelInput], why: str) -> Feeds:
+    out: Feeds = {}
+    for inp in inputs:
+        spec = _spec(cfg, inp.name)
+        if spec is None or spec.value is None or spec.shape is None:
+            raise BadInput(f"config key 'inputs': model input '{inp.name}' gets no data ({why}); "
+                           f"add {{\"name\": \"{inp.name}\", \"shape\": [...], \"value\": 0}} "
+                           "or use input_type: sequence")
+        out[inp.name] = np.full(spec.shape, spec.value, dtype=np.float32)
+    return out
+
+
+def read_numbers(path: Path, what: str) -> np.ndarray:
+    """A whitespace-separated text file of numbers as a flat float64 array (NaN/Inf rejected)."""
+    try:
+        tokens = path.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
+    try:
+        values = np.array(tokens, dtype=np.float64)
+    except ValueError as exc:
+        raise BadInput(f"{what} file {path} holds a non-number ({exc}); write one number per value") from None
+    if values.size == 0:
+        raise BadInput(f"{what} file {path} is empty")
+    if not np.all(np.isfinite(values)):
+        raise BadInput(f"{what} file {path} contains NaN or Inf")
+    return values
+
+
+def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Feeds:
+    doc_path = folder / "input.json"
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"sample {doc_path} is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+    entries = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise BadInput(f'sample {doc_path} needs an "inputs" list of {{"name", "shape"}} objects')
+    shapes = {e.get("name"): e.get("shape") for e in entries if isinstance(e, dict)}
+    feeds: Feeds = {}
+    for i, inp in enumerate(inputs):
+        spec = _spec(cfg, inp.name)
+        shape = shapes.get(inp.name) or (spec.shape if spec else None) or inp.shape
+        candidates = [f"{inp.name}.txt", f"input{i}.txt", f"input_{i}.txt"] + (["input.txt"] if len(inputs) == 1 else [])
+        path = next((folder / c for c in candidates if (folder / c).is_file()), None)
+        if path is None:
+            if spec is not None and spec.value is not None and spec.shape is not None:
+                feeds[inp.name] = np.full(spec.shape, spec.value, dtype=np.float32)
+                continue
+            raise BadInput(f"sample {folder} has no data for model input '{inp.name}' (expected {inp.name}.txt)")
+        values = read_numbers(path, f"input '{inp.name}'")
+        if not shape or any((not isinstance(d, int)) or d <= 0 for d in shape):
+            raise BadInput(f"sample {folder}: no shape for input '{inp.name}'; add \"shape\" to its input.json")
+        if values.size != int(np.prod(shape)):
+            raise BadInput(f"sample {path} has {values.size} values but shape {shape} needs {int(np.prod(shape))}")
+        feeds[inp.name] = values.reshape(shape).astype(np.float32)
+    return feeds
+
+
+def sequence_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
+    root = cfg.path
+    if (root / "input.json").is_file():
+        folders = [root]
+        skipped: List[str] = []
+    else:
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = [p for p in subdirs if (p / "input.json").is_file()]
+        skipped = [p.name for p in subdirs if not (p / "input.json").is_file()]
+    if cfg.used_sample_num:
+        folders = folders[: cfg.used_sample_num]
+    if not folders:
+        raise BadInput(f"config key 'path': {root} holds no sample sub-folders with an input.json "
+                       "(input_type: sequence wants one MNN test dir per sample)")
+    _read_sequence_sample(folders[0], cfg, inputs)   # fail early on a malformed first sample
+    return Samples([p.name for p in folders], lambda i: _read_sequence_sample(folders[i], cfg, inputs),
+                   "sequence", skipped)
+
+
+def model_inputs(model: Path) -> List[ModelInput]:
+    """The model's inputs as the runtime reports them."""
+    import MNN.nn as nn
+
+    try:
+        module = nn.load_module_from_file(str(model), [], [])
+    except Exception:  # MNN raises a bare Exception / SystemError for a file it cannot parse
+        module = None
+    if module is None:
+        raise BadInput(f"MNN runtime could not load {model}; check the file is a float MNN model")
+    info = module.get_info()
+    out = []
+    for name, var in zip(info.get("inputNames", []), info.get("inputs", [])):
+        shape = list(var.shape) if var.shape is not None else None
+        out.append(ModelInput(name, shape, str(var.dtype).rsplit(".", 1)[-1]))
+    if not out:
+        raise BadInput(f"model {model} declares no inputs")
+    return out
+
+
+def make_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
+    if cfg.input_type == "sequence":
+        return sequence_samples(cfg, inputs)
+    return image_samples(cfg, inputs)

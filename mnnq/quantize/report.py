@@ -1,0 +1,130 @@
+"""Terminal summary and JSON report of a quantize run."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from mnnq.quantize.engine import LayerReport, QuantizeResult
+
+MB = 1024.0 * 1024.0
+
+
+def _r(v: Optional[float], digits: int = 6) -> Optional[float]:
+    return None if v is None else round(float(v), digits)
+
+
+def debug_rows(result: QuantizeResult) -> List[LayerReport]:
+    """Layers with measurements, worst output cosine first."""
+    rows = [r for r in result.layers if r.cos_out is not None]
+    return sorted(rows, key=lambda r: (r.cos_out, r.name))
+
+
+def result_dict(result: QuantizeResult) -> dict:
+    layers = []
+    for r in result.layers:
+        entry = {
+            "name": r.name, "kind": r.kind, "shape": r.shape, "status": r.status, "reason": r.reason,
+            "input": {"tensor": r.input, "scale": r.input_params[0], "zero_point": r.input_params[1]},
+            "output": {"tensor": r.output, "scale": r.output_params[0], "zero_point": r.output_params[1]},
+        }
+        if r.cos_out is not None:
+            entry.update({"cosine_in": _r(r.cos_in), "cosine_out": _r(r.cos_out), "min_cosine_out": _r(r.min_cos_out),
+                          "cosine_drop": _r(r.drop), "overflow_in": _r(r.overflow_in),
+                          "overflow_out": _r(r.overflow_out)})
+        layers.append(entry)
+    out = {
+        "status": result.status,
+        "met": result.met,
+        "model": str(result.model),
+        "quant_model": str(result.out),
+        "params": str(result.params_path),
+        "feature_quantize_method": result.feature_method,
+        "weight_quantize_method": result.weight_method,
+        "config": result.config.as_dict(),
+        "calibration_samples": result.samples,
+        "measured_samples": result.eval_samples,
+        "metric": result.metric,
+        "rate": result.rate,
+        "errors": {k: _r(v, 8) for k, v in result.errors.items()},
+        "output_cosine": {"mean": _r(result.output_cosine[0], 8), "min": _r(result.output_cosine[1], 8)},
+        "layers_int8": sum(1 for r in result.layers if r.status == "int8"),
+        "layers_float": [r.name for r in result.kept_float] + [n for n, _ in result.other_float],
+        "other_float_ops": [{"name": n, "reason": why} for n, why in result.other_float],
+        "rounds": result.rounds,
+        "rate_history": result.history,
+        "size_before_bytes": result.size_before,
+        "size_after_bytes": result.size_after,
+        "wall_time_s": round(result.seconds, 3),
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "notes": result.notes,
+        "layers": layers,
+    }
+    if result.debug:
+        out["debug"] = [{"layer": r.name, "tensor": r.output, "cosine": _r(r.cos_out), "min_cosine": _r(r.min_cos_out),
+                         "overflow_ratio": _r(r.overflow_out), "input_cosine": _r(r.cos_in),
+                         "input_overflow_ratio": _r(r.overflow_in), "status": r.status}
+                        for r in debug_rows(result)]
+    return out
+
+
+def _f(v: Optional[float], fmt: str = "{:.5f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def print_debug(result: QuantizeResult, console: Console, limit: int = 80) -> None:
+    rows = debug_rows(result)
+    if not rows:
+        return
+    table = Table(title=f"per-layer INT8 vs float on {result.eval_samples} calibration samples (worst first)",
+                  title_justify="left")
+    for col in ("layer", "kind", "status", "cos out", "min cos", "cos in", "drop", "overflow out", "overflow in"):
+        table.add_column(col, overflow="fold")
+    for r in rows[:limit]:
+        table.add_row(r.name, r.kind, r.status, _f(r.cos_out), _f(r.min_cos_out), _f(r.cos_in), _f(r.drop),
+                      _f(r.overflow_out, "{:.4f}"), _f(r.overflow_in, "{:.4f}"))
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more layers in --report-json", highlight=False)
+
+
+def print_result(result: QuantizeResult, console: Console) -> None:
+    if result.debug:
+        print_debug(result, console)
+    kept = result.kept_float
+    if kept:
+        table = Table(title="layers kept float", title_justify="left")
+        for col in ("layer", "kind", "shape", "reason"):
+            table.add_column(col, overflow="fold")
+        for r in kept:
+            table.add_row(r.name, r.kind, r.shape, r.reason)
+        console.print(table)
+    summary = Table(title=f"mnnq quantize: {result.out}", title_justify="left", show_header=False)
+    summary.add_column("key")
+    summary.add_column("value", overflow="fold")
+    summary.add_row("methods", f"features {result.feature_method}, weights {result.weight_method} "
+                               f"({result.config.quant_bits} bits)")
+    int8 = len(result.layers) - len(kept)
+    summary.add_row("layers", f"{int8} INT8, {len(kept)} kept float"
+                              + (f", {len(result.other_float)} other conv ops float" if result.other_float else ""))
+    summary.add_row("size", f"{result.size_before / MB:.3f} MB -> {result.size_after / MB:.3f} MB "
+                            f"({result.size_after / max(result.size_before, 1):.1%})")
+    summary.add_row("samples", f"{result.samples} calibration, {result.eval_samples} measured")
+    errs = ", ".join(f"{k} {_f(v, '{:.6f}')}" for k, v in sorted(result.errors.items()))
+    summary.add_row("error vs float", f"{errs}; output cosine mean {result.output_cosine[0]:.6f}, "
+                                      f"min {result.output_cosine[1]:.6f}")
+    if result.rate is not None:
+        summary.add_row("budget", f"{result.metric} <= {result.rate} ({result.rounds} rounds)")
+    summary.add_row("params", str(result.params_path))
+    summary.add_row("wall time", f"{result.seconds:.2f} s")
+    console.print(summary)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    if result.rate is not None:
+        if result.met:
+            console.print(f"[green]MET[/green]: {result.metric} {_f(result.errors.get(result.metric), '{:.6f}')} "
+                          f"<= rate {result.rate}")
+        else:
+            console.print(f"[red]MISSED[/red]: the best-effort model was written but its {result.metric} error "
+                          f"{_f(result.errors.get(result.metric), '{:.6f}')} exceeds rate {result.rate}")

@@ -1,0 +1,104 @@
+"""Streaming activation statistics with bounded memory, for feature-method plugins.
+
+:class:`AbsHistogram` keeps a fine histogram of ``|x|`` whose range grows by merging bins in
+powers of two, so one pass over any number of calibration batches needs ``O(bins)`` memory
+and the final histogram still has at least ``bins / 2`` bins below the true maximum.
+``resample`` turns it into the fixed-range histogram that MNN's two-pass KL builds
+(``bins`` equal bins over ``[0, max|x|]``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+FINE_BINS = 16384
+
+
+class AbsHistogram:
+    """Histogram of ``|x|`` over ``[0, width * bins)``, streamed.
+
+    ``counts[b]`` counts values in bin ``b`` and ``sums[b]`` adds up their ``|x|`` (exact first
+    moments per bin). Values with ``|x| <= skip`` are left out of the bins (MNN's KL ignores
+    ``|x| <= 1e-6``) but still count towards ``max``.
+    """
+
+    def __init__(self, bins: int = FINE_BINS, skip: float = 0.0):
+        self.bins = int(bins)
+        self.skip = float(skip)
+        self.counts = np.zeros(self.bins, dtype=np.float64)
+        self.sums = np.zeros(self.bins, dtype=np.float64)
+        self.width = 0.0
+        self.max = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        """Add the values of ``x`` (any shape)."""
+        a = np.abs(np.asarray(x, dtype=np.float64)).ravel()
+        if a.size == 0:
+            return
+        top = float(a.max())
+        if not math.isfinite(top):
+            a = a[np.isfinite(a)]
+            top = float(a.max()) if a.size else 0.0
+        self.max = max(self.max, top)
+        a = a[a > self.skip]
+        if a.size == 0:
+            return
+        if self.width == 0.0:
+            self.width = top / self.bins
+        elif top >= self.width * self.bins:
+            self._grow(2 ** math.ceil(math.log2(top / (self.width * self.bins)) + 1e-12))
+        idx = np.minimum((a / self.width).astype(np.int64), self.bins - 1)
+        self.counts += np.bincount(idx, minlength=self.bins)
+        self.sums += np.bincount(idx, weights=a, minlength=self.bins)
+
+    def _grow(self, factor: int) -> None:
+        factor = max(int(factor), 2)
+        merged_counts = np.zeros_like(self.counts)
+        merged_sums = np.zeros_like(self.sums)
+        if factor >= self.bins:
+            merged_counts[0], merged_sums[0] = self.counts.sum(), self.sums.sum()
+        else:
+            n = self.bins // factor
+            merged_counts[:n] = self.counts.reshape(n, factor).sum(axis=1)
+            merged_sums[:n] = self.sums.reshape(n, factor).sum(axis=1)
+        self.counts, self.sums = merged_counts, merged_sums
+        self.width *= factor
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+    def centers(self) -> np.ndarray:
+        """Mean ``|x|`` of each bin (its midpoint when empty), shape ``[bins]``."""
+        mid = (np.arange(self.bins) + 0.5) * self.width
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.sums / self.counts
+        return np.where(self.counts > 0, mean, mid)
+
+    def resample(self, n: int, upper: Optional[float] = None) -> np.ndarray:
+        """Counts in ``n`` equal bins over ``[0, upper]`` (default ``max``), spreading each fine
+        bin uniformly; counts above ``upper`` land in the last bin. Shape ``[n]``."""
+        upper = self.max if upper is None else float(upper)
+        if self.width == 0.0 or upper <= 0.0:
+            return np.zeros(n, dtype=np.float64)
+        edges = np.arange(self.bins + 1, dtype=np.float64) * self.width
+        cdf = np.concatenate([[0.0], np.cumsum(self.counts)])
+        target = np.linspace(0.0, upper, n + 1)
+        at = np.interp(target, edges, cdf)
+        out = np.diff(at)
+        out[-1] += cdf[-1] - at[-1]
+        return np.maximum(out, 0.0)
+
+
+def min_max(x: np.ndarray) -> Tuple[float, float]:
+    """``(min, max)`` of the finite values of ``x`` (``(0, 0)`` when there are none)."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    lo, hi = float(a.min()), float(a.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
+    a = a[np.isfinite(a)]
+    return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
