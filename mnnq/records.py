@@ -57,7 +57,8 @@ class FeatureMethod:
     ``make_observer()`` returns a fresh object with ``update(x: np.ndarray)`` called once per
     calibration batch for one tensor (streamed; memory must not grow with batches), and
     ``finish(bits: int, clamp: int) -> tuple[float, int]`` returning ``(scale, zero_point)``
-    with ``real = scale * (q - zero_point)``.
+    with ``real = scale * (q - zero_point)``. An observer may also have ``end_batch()``,
+    called after every ``batch_size`` samples (EMA's moving average steps once per batch).
     """
 
     name: str

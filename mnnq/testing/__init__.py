@@ -1,5 +1,23 @@
-"""Tiny real models and MNN test dirs, for mnnq's own tests and for plugin authors' tests."""
+"""Tiny real models and MNN test dirs, for mnnq's own tests and for plugin authors' tests.
 
+:mod:`mnnq.testing.models` builds small ONNX models and converts them to MNN;
+:mod:`mnnq.testing.builders` adds a model-plus-test-set builder (``tiny_model``), calibration
+configs, ``plugins_installed`` and an in-process CLI runner; :mod:`mnnq.testing.fixtures` wraps
+them as pytest fixtures (``pytest_plugins = ["mnnq.testing.fixtures"]``).
+"""
+
+from mnnq.testing.builders import (
+    MODELS,
+    CliRun,
+    TinyModel,
+    make_testset,
+    model_inputs,
+    plugins_installed,
+    random_inputs,
+    run_cli,
+    tiny_model,
+    write_calibration_config,
+)
 from mnnq.testing.models import (
     OnnxGraph,
     build_convnet,
@@ -14,14 +32,24 @@ from mnnq.testing.models import (
 )
 
 __all__ = [
+    "MODELS",
+    "CliRun",
     "OnnxGraph",
+    "TinyModel",
     "build_convnet",
     "build_int_input",
     "build_matmul_mlp",
     "build_tiny_weight",
     "build_two_input",
     "export_and_convert",
+    "make_testset",
+    "model_inputs",
+    "plugins_installed",
+    "random_inputs",
     "reference_outputs",
+    "run_cli",
+    "tiny_model",
+    "write_calibration_config",
     "write_multi_testdir",
     "write_testdir",
 ]
