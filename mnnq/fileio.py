@@ -181,14 +181,18 @@ def check_output_path(dst: Path, sources: Iterable[Path], flag: str) -> Path:
             raise BadInput(f"{flag} {dst} is the input file {src}; write to a new path (sources are never overwritten)")
         if src is not None and Path(src).resolve() == dst.resolve():
             raise BadInput(f"{flag} {dst} is the input file {src}; write to a new path (sources are never overwritten)")
-    parent = dst.parent if str(dst.parent) else Path(".")
+    check_writable_folder(dst.parent if str(dst.parent) else Path("."), flag)
+    return dst
+
+
+def check_writable_folder(parent: Path, flag: str) -> None:
+    """The folder exists and a file can be created in it (BadInput naming ``flag`` if not)."""
     if not parent.is_dir():
         raise BadInput(f"{flag} folder does not exist: {parent}; create it first")
     # os.access is no proof (root passes it, yet read-only mounts and /proc refuse): try it.
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".probe", dir=str(parent))
+        fd, probe = tempfile.mkstemp(prefix=".mnnq-", suffix=".probe", dir=str(parent))
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise BadInput(f"{flag} folder is not writable: {parent} ({exc.strerror or exc})") from None
-    return dst

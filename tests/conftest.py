@@ -12,3 +12,8 @@ def pm():
     from mnnq.plugin_manager import get_plugin_manager
 
     return get_plugin_manager()
+
+
+# mnnq's own fixtures for plugin authors (tiny_model, tiny_convnet, mnnq_install, ...) are
+# used by the project's tests too.
+pytest_plugins = ["mnnq.testing.fixtures"]

@@ -11,7 +11,6 @@ from mnnq import api, hookimpl
 from mnnq.errors import BadInput, MnnqError, PluginError
 from mnnq.plugin_manager import get_plugin_manager
 from mnnq.records import Metric
-from mnnq.testing.fixtures import mnnq_install, tiny_convnet, tiny_model  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

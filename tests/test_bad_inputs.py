@@ -490,8 +490,6 @@ QUANTIZE_MODEL_ROWS = [
     ("length-bomb", "length-bomb", r"\S*bomb\.mnn is not an MNN model the inventory can read"),
     ("bad-index", "bad-index", r"MNN runtime crashed \(killed by SIGSEGV\) while loading \S*bad-index\.mnn"),
 ]
-IN_PROCESS_CRASH = ("{command} runs the user's float model with the MNN runtime in-process (no child probe): a file "
-                    "the converter accepts but the runtime crashes on kills mnnq with SIGSEGV, no error line")
 for sfx, kind, expect in QUANTIZE_MODEL_ROWS:
     ROWS.append(Row(f"quantize/model-{sfx}", lambda c, k=kind: qz(c, model=c.model(k)), expect, isolate=True))
 ROWS += [
@@ -521,9 +519,7 @@ ROWS += [
         r"config key 'path': no readable images in \S*/images \(2 unreadable files\)"),
     Row("quantize/calibration-image-truncated", lambda c: qz(c, config=qcfg(c, {
         "path": str(image_folder(c, {"2.png": good_png(c)[:60]})), "width": 16, "height": 16})),
-        r"2\.png", isolate=True,
-        xfail="a PNG cut after its header passes MNN.cv.haveImageReader, then MNN.cv.imread returns a "
-              "broken image and mnnq quantize dies with SIGSEGV (in-process decoding)"),
+        r"2\.png", isolate=True),
     Row("quantize/calibration-nan", lambda c: qz(c, config=qcfg(c, {"path": str(c.testset(nan_input)),
                                                                     "input_type": "sequence"})),
         r"NaN"),
@@ -568,15 +564,11 @@ ROWS += [
     Row("testdir/make-model-truncated", lambda c: tm(c, c.model("truncated")), r"truncated\.mnn", isolate=True),
     Row("testdir/make-model-tail-cut", lambda c: tm(c, c.model("tail-cut")), r"tail-cut\.mnn", isolate=True),
     Row("testdir/make-model-text", lambda c: tm(c, c.model("text")), r"notes\.mnn", isolate=True),
-    Row("testdir/make-model-bad-index", lambda c: tm(c, c.model("bad-index")), r"bad-index\.mnn", isolate=True,
-        xfail=IN_PROCESS_CRASH.format(command="mnnq testdir make")),
+    Row("testdir/make-model-bad-index", lambda c: tm(c, c.model("bad-index")), r"bad-index\.mnn", isolate=True),
     Row("testdir/show-model-bad-index", lambda c: ["testdir", "show", c.w.test_dir, "--model", c.model("bad-index")],
-        r"bad-index\.mnn", isolate=True, xfail=IN_PROCESS_CRASH.format(command="mnnq testdir show --model")),
+        r"bad-index\.mnn", isolate=True),
     Row("testdir/make-out-is-a-file", lambda c: tm(c, None, c.w.model, "--random"), r"convnet\.mnn"),
-    Row("testdir/make-out-unwritable", lambda c: tm(c, None, c.unwritable_dir() / "ts", "--random"), r"not writable",
-        xfail="testdir make does not check that --out's folder is writable: tempfile.mkdtemp fails there and only "
-              "the CLI's generic OSError line remains, naming a temporary folder ('Operation not permitted "
-              "(/sys/.ts.XXXX.mnnq-tmp)') instead of --out"),
+    Row("testdir/make-out-unwritable", lambda c: tm(c, None, c.unwritable_dir() / "ts", "--random"), r"not writable"),
     Row("testdir/make-npy-wrong-shape", lambda c: tm(c, None, None, "--npy", _npy(c, np.zeros((1, 3, 8, 8), "f4"))),
         r"x\.npy|shape"),
     Row("testdir/make-npy-nan", lambda c: tm(c, None, None, "--npy", _npy(c, np.full((1, 3, 16, 16), np.nan, "f4"))),
@@ -585,9 +577,7 @@ ROWS += [
     Row("testdir/make-images-unreadable", lambda c: tm(c, None, None, "--images", image_folder(c, {
         "0.png": b"junk", "1.png": b"junk"})), r"images"),
     Row("testdir/make-image-truncated", lambda c: tm(c, None, None, "--images", image_folder(c, {
-        "2.png": good_png(c)[:60]})), r"2\.png", isolate=True,
-        xfail="a PNG cut after its header passes MNN.cv.haveImageReader, then MNN.cv.imread returns a broken "
-              "image and mnnq testdir make dies with SIGSEGV (in-process decoding)"),
+        "2.png": good_png(c)[:60]})), r"2\.png", isolate=True),
     Row("testdir/show-no-input-json", lambda c: ["testdir", "show", c.testset(no_input_json, True)],
         r"testset.*input\.json"),
     Row("testdir/show-malformed-input-json", lambda c: ["testdir", "show", c.testset(bad_json, True)],

@@ -18,7 +18,6 @@ from mnnq.hookspecs import MnnqSpecs
 from mnnq.layers import Layer, LayerSetting
 from mnnq.measure import Measurement
 from mnnq.plugin_manager import KINDS, MnnqPluginManager
-from mnnq.testing.fixtures import tiny_convnet, tiny_model  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "plugins.md"

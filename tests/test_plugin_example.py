@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.testing.fixtures import tiny_convnet, tiny_model  # noqa: F401  (fixtures)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnnq-plugin-example"
 CAN_BUILD = """

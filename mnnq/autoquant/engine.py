@@ -37,7 +37,6 @@ from mnnq.mnn_backend.isolated import run_isolated
 from mnnq.mnn_backend.native import probe_limits
 from mnnq.mnn_backend.runtime import model_io_names
 from mnnq.mnn_backend.swap import SwappableModel
-from mnnq.params import template_layers
 from mnnq.plugin_manager import MnnqPluginManager
 from mnnq.records import SearchStrategy
 from mnnq.testset import TestSet, load_testset

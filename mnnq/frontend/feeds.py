@@ -48,6 +48,10 @@ def model_inputs(mnn_path: Path) -> Tuple[List[ModelInput], List[str]]:
     """(inputs, output names) the float MNN model declares."""
     import MNN.nn as nn
 
+    from mnnq.mnn_backend.isolated import probe_runtime
+
+    probe_runtime(mnn_path)  # in a child: a file the runtime crashes on never reaches this process
+
     try:
         module = nn.load_module_from_file(str(mnn_path), [], [])
     except Exception:  # MNN raises SystemError on a file it cannot parse

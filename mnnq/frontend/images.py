@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from mnnq.errors import BadInput
+from mnnq.mnn_backend.isolated import check_images_decodable
 
 FORMATS = {"RGB": 3, "BGR": 3, "RGBA": 4, "BGRA": 4, "GRAY": 1}
 KEYS = ("path", "format", "mean", "normal", "width", "height", "center_crop_h", "center_crop_w",
@@ -154,6 +155,7 @@ def list_images(folder: Path, limit: int = 0) -> Tuple[List[Path], List[str]]:
     if not chosen:
         extra = f" ({len(skipped)} files it cannot decode)" if skipped else ""
         raise BadInput(f"--images {folder}: no readable images{extra}; put JPEG/PNG/BMP files there")
+    check_images_decodable(chosen)  # in a child: a damaged file must not crash this process
     return chosen, skipped
 
 

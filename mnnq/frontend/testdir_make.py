@@ -24,6 +24,7 @@ from mnnq.errors import BadInput
 from mnnq.frontend import feeds as F
 from mnnq.frontend import images as I
 from mnnq.frontend.references import MnnReference, check_outputs, choose, make_reference, max_rel
+from mnnq.fileio import check_writable_folder
 from mnnq.frontend.sources import file_sha256, mnn_version, resolve_model
 
 METADATA = "mnnq-testset.json"
@@ -63,11 +64,7 @@ def looks_like_testset(folder: Path) -> bool:
 
 
 def _check_out(out: Path, force: bool, model: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"--out folder does not exist: {parent}; create it first")
-    if not os.access(parent, os.W_OK):
-        raise BadInput(f"--out folder is not writable: {parent}")
+    check_writable_folder(out.parent if str(out.parent) else Path("."), "--out")
     if out.exists():
         if not out.is_dir():
             raise BadInput(f"--out {out} is a file; give a folder path")

@@ -11,7 +11,7 @@ float weight and bias, and for a weight-quantized file the ``IDSTQuan`` paramete
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 

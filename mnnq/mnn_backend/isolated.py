@@ -105,3 +105,35 @@ def run_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeo
                 tail=output_tail(proc.stdout.decode("utf-8", "replace")))
         with open(files["outputs"], "rb") as fh:
             return pickle.load(fh)
+
+
+_IMAGES_CHILD = FAULT_CODE + """
+import sys
+inject_fault("runtime", sys.argv[1:])
+import MNN.cv as cv
+for i, path in enumerate(sys.argv[1:]):
+    print("MNNQ-IMG %d" % i, flush=True)
+    if cv.haveImageReader(path):
+        cv.imread(path).read()
+print("MNNQ-IMG done", flush=True)
+"""
+
+
+def check_images_decodable(paths: List[Path], timeout: Optional[float] = None) -> None:
+    """Decode every image in a child first: MNN's decoder crashes on some damaged files (a PNG
+    cut after its header passes ``haveImageReader``). BadInput names the first such image."""
+    if not paths:
+        return
+    with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
+        proc = run_child([sys.executable, "-c", _IMAGES_CHILD, *[str(Path(p).resolve()) for p in paths]],
+                         f"decoding {len(paths)} images", cwd=work, limits=Limits(timeout=timeout))
+    output = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode == 0 and "MNNQ-IMG done" in output:
+        return
+    started = [ln.split()[1] for ln in output.splitlines() if ln.startswith("MNNQ-IMG ") and ln.split()[1].isdigit()]
+    if not started:
+        raise NativeFailure(f"MNN's image decoder crashed ({exit_text(proc.returncode)}) before reading any image",
+                            tail=output_tail(output))
+    bad = Path(paths[int(started[-1])])
+    raise BadInput(f"image {bad} cannot be decoded (MNN's image decoder crashed on it, "
+                   f"{exit_text(proc.returncode)}); remove it or save it again")

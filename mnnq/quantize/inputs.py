@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import BadInput
+from mnnq.mnn_backend.isolated import check_images_decodable
 from mnnq.quantize.config import FORMATS, InputSpec, QuantizeConfig
 
 Feeds = Dict[str, np.ndarray]
@@ -155,6 +156,7 @@ def image_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
         extra = f" ({len(skipped)} unreadable files)" if skipped else ""
         raise BadInput(f"config key 'path': no readable images in {cfg.path}{extra}; "
                        "put JPEG/PNG/BMP files there (or use input_type: sequence for test dirs)")
+    check_images_decodable(chosen)  # in a child: a damaged file must not crash this process
 
     def load(i: int) -> Feeds:
         x = preprocess(read_image(chosen[i]), cfg, width, height)
