@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import BadInput
+from mnnq.frontend.images import ImageConfig, read_bgr
+from mnnq.frontend.images import preprocess as preprocess_image
 from mnnq.mnn_backend.isolated import check_images_decodable
 from mnnq.quantize.config import FORMATS, InputSpec, QuantizeConfig
 
@@ -53,53 +55,13 @@ class Samples:
 
 # ------------------------------------------------------------------------------- images
 
-def _to_rgba(bgr: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` BGR (or ``[H, W]`` grey) uint8 -> contiguous ``[H, W, 4]`` RGBA (alpha 255),
-    the bitmap stb_image gives quantized.out."""
-    if bgr.ndim == 2:
-        bgr = np.repeat(bgr[:, :, None], 3, axis=2)
-    h, w = bgr.shape[:2]
-    rgba = np.empty((h, w, 4), dtype=np.uint8)
-    rgba[..., 0], rgba[..., 1], rgba[..., 2] = bgr[..., 2], bgr[..., 1], bgr[..., 0]
-    rgba[..., 3] = 255
-    return rgba
-
-
-def crop_box(height: int, width: int, crop_h: float, crop_w: float):
-    """quantized.out's centred crop: ``(top, left, bottom, right)`` (exclusive ends)."""
-    ch, cw = int(height * crop_h), int(width * crop_w)
-    if ch <= 0 or cw <= 0:
-        raise BadInput(f"center crop of a {width}x{height} image keeps no pixels; "
-                       "raise center_crop_h / center_crop_w")
-    top, left = (height - ch) // 2, (width - cw) // 2
-    return top, left, top + ch, left + cw
-
-
 def preprocess(bgr: np.ndarray, cfg: QuantizeConfig, width: int, height: int) -> np.ndarray:
-    """A decoded image (``[H, W, 3]`` BGR uint8) -> ``[1, C, height, width]`` float32, through
-    MNN's own ImageProcess with quantized.out's settings (bilinear, RGBA source, crop corners
-    mapped onto output corners, ``(v - mean) * normal``)."""
-    import MNN
-
-    rgba = _to_rgba(bgr)
-    ih, iw = rgba.shape[:2]
-    top, left, bottom, right = crop_box(ih, iw, cfg.center_crop_h, cfg.center_crop_w)
-    channels = FORMATS[cfg.format]
-    process = MNN.CVImageProcess({
-        "sourceFormat": MNN.CV_ImageFormat_RGBA,
-        "destFormat": getattr(MNN, f"CV_ImageFormat_{cfg.format}"),
-        "mean": tuple(cfg.mean), "normal": tuple(cfg.normal),
-        "filterType": MNN.CV_Filter_BILINEAL,
-    })
-    matrix = MNN.CVMatrix()
-    matrix.setPolyToPoly([0, 0, 0, height - 1, width - 1, 0, width - 1, height - 1],
-                         [left, top, left, bottom - 1, right - 1, top, right - 1, bottom - 1])
-    process.setMatrix(matrix)
-    shape = (1, channels, height, width)
-    tensor = MNN.Tensor(shape, MNN.Halide_Type_Float, np.zeros(shape, dtype=np.float32),
-                        MNN.Tensor_DimensionType_Caffe)
-    process.convert(np.ascontiguousarray(rgba).reshape(-1), iw, ih, 0, tensor)
-    return np.array(tensor.getNumpyData(), dtype=np.float32).reshape(shape)
+    """A decoded image (``[H, W, 3]`` BGR uint8) -> ``[1, C, height, width]`` float32, exactly as
+    quantized.out makes it. One implementation serves ``mnnq quantize`` and ``mnnq testdir
+    make``: :func:`mnnq.frontend.images.preprocess` (MNN's own ImageProcess)."""
+    return preprocess_image(bgr, ImageConfig(
+        format=cfg.format, mean=tuple(cfg.mean), normal=tuple(cfg.normal), width=width, height=height,
+        center_crop_h=cfg.center_crop_h, center_crop_w=cfg.center_crop_w))
 
 
 def _readable(path: Path) -> bool:
@@ -110,15 +72,9 @@ def _readable(path: Path) -> bool:
 
 def read_image(path: Path) -> np.ndarray:
     """``[H, W, 3]`` BGR uint8 of an image file."""
-    import MNN.cv as cv
-
     if not _readable(path):
         raise BadInput(f"cannot decode image {path}; remove it from the calibration folder")
-    var = cv.imread(str(path))
-    arr = np.array(var.read(), dtype=np.uint8, copy=True)
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise BadInput(f"cannot decode image {path}; remove it from the calibration folder")
-    return arr
+    return read_bgr(path)
 
 
 def image_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
