@@ -222,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_BAD_INPUT
+    if args.command != "plugins":
+        _import_mnn_quietly()
     handler = COMMANDS.get(args.command)
     if handler is None:
         import importlib
@@ -258,6 +260,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             os.environ.pop(DISABLE_ENV, None)
         else:
             os.environ[DISABLE_ENV] = saved
+
+
+def _import_mnn_quietly() -> None:
+    """Import MNN with fd 1 silenced: it prints a CPU-feature line on import, which would
+    otherwise land in the middle of mnnq's reports (and of anything parsing them)."""
+    if "MNN" in sys.modules:
+        return
+    from mnnq.mnn_backend.runtime import quiet_native_stdout
+
+    sys.stdout.flush()
+    with quiet_native_stdout():
+        import MNN  # noqa: F401
 
 
 def _error_line(exc: Exception) -> None:
