@@ -14,6 +14,7 @@ from typing import Optional
 
 from mnnq.errors import BadInput, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
+from mnnq.frontend.sources import resolve_model
 from mnnq.measure import compare
 from mnnq.mnn_backend.converter import params_template, weight_quantize
 from mnnq.mnn_backend.isolated import probe_runtime, run_isolated
@@ -31,6 +32,7 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
     check_output_path(out, [model, params_path], "output model")
     if report_json is not None:
         check_output_path(report_json, [model, params_path, out], "--report-json")
+    model = resolve_model(model)  # an ONNX / TFLite source becomes its cached float .mnn
     doc = read_params_file(params_path)
     settings = settings_from_params(doc, str(params_path))
     metrics = pm.metrics()

@@ -15,8 +15,6 @@ from rich.console import Console
 
 from mnnq import __version__
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, Interrupted, MnnqError, NativeFailure
-from mnnq.fileio import check_output_path
-from mnnq.frontend.sources import resolve_model
 
 
 def _flag(parser, *names, **kw):
@@ -141,13 +139,10 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
     from mnnq.plugin_manager import get_plugin_manager
     from mnnq.report import print_autoquant
 
-    check_output_path(Path(args.quant_model), [Path(args.model)], "--quant_model")
-    if args.report_json:
-        check_output_path(Path(args.report_json), [Path(args.model)], "--report-json")
     pm = get_plugin_manager()
     _report_plugin_failures(pm, err)
     opts = AutoQuantOptions(
-        model=resolve_model(Path(args.model)), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
+        model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
         select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
         metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
@@ -174,7 +169,7 @@ def cmd_apply(args, out: Console, err: Console) -> int:
 
     pm = get_plugin_manager()
     _report_plugin_failures(pm, err)
-    result = apply_params(resolve_model(Path(args.model)), Path(args.out), Path(args.params), hqq=args.hqq,
+    result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm,
                           report_json=Path(args.report_json) if args.report_json else None)

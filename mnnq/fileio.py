@@ -38,50 +38,41 @@ def _failed(dst: Path, exc: OSError) -> BadInput:
     return BadInput(f"cannot write {dst}: {exc.strerror or exc}; the previous file (if any) is unchanged")
 
 
-def _stage_bytes(dst: Path, data: bytes) -> Path:
+def _stage(dst: Path, fill) -> Path:
+    """A temporary file beside ``dst`` filled by ``fill(fd, tmp)``; removed again if that fails."""
     fd, tmp = _tmp_in(dst)
     try:
+        fill(fd, tmp)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _failed(dst, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _stage_bytes(dst: Path, data: bytes) -> Path:
+    def fill(fd: int, tmp: Path) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _failed(dst, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+
+    return _stage(dst, fill)
 
 
 def _stage_copy(src: Path, dst: Path) -> Path:
-    fd, tmp = _tmp_in(dst)
-    os.close(fd)
-    try:
+    def fill(fd: int, tmp: Path) -> None:
+        os.close(fd)
         shutil.copyfile(src, tmp)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _failed(dst, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
-
-def _replace(tmp: Path, dst: Path) -> None:
-    try:
-        os.replace(tmp, dst)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _failed(dst, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return _stage(dst, fill)
 
 
 def atomic_write_bytes(dst: Path, data: bytes) -> None:
-    dst = Path(dst)
-    _replace(_stage_bytes(dst, data), dst)
+    with OutputSet() as outputs:
+        outputs.write_bytes(Path(dst), data)
 
 
 def atomic_write_text(dst: Path, text: str) -> None:
@@ -89,8 +80,8 @@ def atomic_write_text(dst: Path, text: str) -> None:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
-    dst = Path(dst)
-    _replace(_stage_copy(Path(src), dst), dst)
+    with OutputSet() as outputs:
+        outputs.copy(Path(src), Path(dst))
 
 
 class OutputSet:
@@ -176,10 +167,9 @@ def check_output_path(dst: Path, sources: Iterable[Path], flag: str) -> Path:
     dst = Path(dst)
     if dst.exists() and dst.is_dir():
         raise BadInput(f"{flag} {dst} is a folder; give a file path")
-    for src in sources:
-        if src is not None and Path(src).exists() and dst.exists() and os.path.samefile(src, dst):
-            raise BadInput(f"{flag} {dst} is the input file {src}; write to a new path (sources are never overwritten)")
-        if src is not None and Path(src).resolve() == dst.resolve():
+    for src in (Path(s) for s in sources if s is not None):
+        same_file = src.exists() and dst.exists() and os.path.samefile(src, dst)  # hard links too
+        if same_file or src.resolve() == dst.resolve():
             raise BadInput(f"{flag} {dst} is the input file {src}; write to a new path (sources are never overwritten)")
     check_writable_folder(dst.parent if str(dst.parent) else Path("."), flag)
     return dst

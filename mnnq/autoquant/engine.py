@@ -29,13 +29,13 @@ from mnnq.autoquant.context import SearchContext, StopSearch, Trial
 from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator
 from mnnq.errors import BadInput, Interrupted, MnnqError, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
+from mnnq.frontend.sources import resolve_model
 from mnnq.layers import LayerSetting, effective_block
 from mnnq.measure import Measurement, compare
 from mnnq.mnn_backend.converter import params_template
 from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
 from mnnq.mnn_backend.isolated import run_isolated
 from mnnq.mnn_backend.native import probe_limits
-from mnnq.mnn_backend.runtime import model_io_names
 from mnnq.mnn_backend.swap import SwappableModel
 from mnnq.plugin_manager import MnnqPluginManager
 from mnnq.records import SearchStrategy
@@ -165,14 +165,6 @@ def _validate(opts: AutoQuantOptions) -> None:
                           "--report-json")
 
 
-def _check_io(model: Path, testset: TestSet) -> None:
-    inputs, _outputs = model_io_names(model)
-    unknown = [n for n in testset.input_names if inputs and n not in inputs]
-    if unknown:
-        raise BadInput(f"test set {testset.root} feeds {', '.join(unknown)} but the model's inputs are "
-                       f"{', '.join(inputs)}; fix input.json")
-
-
 class _Progress:
     """Where a run is, for the one line an interrupted run prints."""
 
@@ -229,14 +221,13 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     method = pm.pick("mnnq_weight_methods", opts.weight_method or ("hqq" if opts.hqq else "max_abs"))
     pipeline = _pipeline(pm, opts)
     testset = load_testset(Path(opts.test_dir))
-    model = Path(opts.model)
+    model = resolve_model(Path(opts.model))  # an ONNX / TFLite source becomes its cached float .mnn
     template, ops, float_outputs = _read_model(model, testset)
     float_measure = compare(testset, float_outputs, metrics)
     layers = layers_from_template(template, ops=ops)
     if not layers:
         raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
                        "constant weights); nothing to quantize")
-    _check_io(model, testset)
     notes: List[str] = []
 
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as work:
