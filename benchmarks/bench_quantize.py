@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mnnq.mnn_backend.native import run_tool  # noqa: E402
-from mnnq.mnn_backend.runtime import LoadedModel  # noqa: E402
+from mnnq.mnn_backend.runtime import LoadedModel, model_io_names  # noqa: E402
+from mnnq.quantize.calibrate import cosine  # noqa: E402
 from mnnq.testing.models import write_multi_testdir  # noqa: E402
 from mnnq.testset import load_testset  # noqa: E402
 
@@ -138,24 +139,25 @@ def config_for(case: Case, inputs: str, method: str) -> dict:
             "feature_quantize_method": method, "weight_quantize_method": "MAX_ABS"}
 
 
-def heldout_cosine(float_mnn: Path, quant_mnn: Path, heldout: List[Dict[str, np.ndarray]]) -> Tuple[float, float]:
-    import MNN.nn as nn
+def float_outputs(float_mnn: Path, heldout: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+    """The float model's outputs on every held-out input (computed once per case)."""
+    ref = LoadedModel(float_mnn, list(heldout[0]), model_io_names(float_mnn)[1])
+    return [ref.run(feeds) for feeds in heldout]
 
-    names = list(heldout[0])
-    out_names = nn.load_module_from_file(str(float_mnn), [], []).get_info()["outputNames"]
-    ref = LoadedModel(float_mnn, names, out_names)
-    got = LoadedModel(quant_mnn, names, out_names)
+
+def heldout_cosine(quant_mnn: Path, heldout: List[Dict[str, np.ndarray]],
+                   references: List[Dict[str, np.ndarray]]) -> Tuple[float, float]:
+    out_names = list(references[0])
+    got = LoadedModel(quant_mnn, list(heldout[0]), out_names)
     per_sample = []
-    for feeds in heldout:
-        a, b = ref.run(feeds), got.run(feeds)
+    for feeds, a in zip(heldout, references):
+        b = got.run(feeds)
         worst = 1.0
         for n in out_names:
-            x, y = a[n].astype(np.float64).ravel(), b[n].astype(np.float64).ravel()
-            if not np.all(np.isfinite(y)):
+            if not np.all(np.isfinite(b[n])):
                 worst = 0.0
                 continue
-            nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-            worst = min(worst, float(x @ y / (nx * ny)) if nx > 0 and ny > 0 else float(nx == ny))
+            worst = min(worst, cosine(a[n], b[n]))
         per_sample.append(worst)
     return float(np.mean(per_sample)), float(np.min(per_sample))
 
@@ -189,6 +191,7 @@ def run_mnnq(src: Path, dst: Path, cfg: Path, timeout: float) -> Tuple[str, floa
 def bench_case(case: Case, methods: Sequence[str], inputs: Sequence[str], work: Path, timeout: float) -> List[Row]:
     rows: List[Row] = []
     size_float = case.float_mnn.stat().st_size
+    references = float_outputs(case.float_mnn, case.heldout)
     rows.append(Row(case.name, "-", "-", "float", "ok", 0.0, 1.0, 1.0, size_float))
     for kind in inputs:
         if kind == "image" and case.image is None:
@@ -201,7 +204,7 @@ def bench_case(case: Case, methods: Sequence[str], inputs: Sequence[str], work: 
                 status, seconds, note = runner(case.float_mnn, dst, cfg, timeout)
                 row = Row(case.name, kind, method, tool, status, seconds, note=note)
                 if status == "ok":
-                    row.cosine_mean, row.cosine_min = heldout_cosine(case.float_mnn, dst, case.heldout)
+                    row.cosine_mean, row.cosine_min = heldout_cosine(dst, case.heldout, references)
                     row.size_bytes = dst.stat().st_size
                 rows.append(row)
                 print(f"  {case.name:18s} {kind:8s} {method:4s} {tool:6s} {status:8s} {seconds:7.2f} s "

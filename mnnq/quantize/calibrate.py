@@ -24,7 +24,7 @@ import numpy as np
 
 from mnnq.errors import BadInput, NativeFailure
 from mnnq.mnn_backend.inventory import OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE, read_conv_ops
-from mnnq.mnn_backend.runtime import LoadedModel
+from mnnq.mnn_backend.runtime import LoadedModel, model_io_names
 from mnnq.quantize.inputs import Samples
 
 PROBE_SUFFIX = "__mnnq_probe"
@@ -146,8 +146,7 @@ def build_probe_model(model: Path, tensors: Sequence[str], dst: Path) -> Path:
 
     try:
         variables = F.load_as_dict(str(model))
-        info = io_names(model)
-        outputs = [variables[n] for n in info[1]]
+        outputs = [variables[n] for n in model_io_names(model)[1]]
     except Exception as exc:  # MNN raises plain exceptions for graphs it cannot rebuild
         raise NativeFailure(f"could not rebuild {model} to probe its layers ({exc})") from None
     probes = []
@@ -208,14 +207,6 @@ def unsafe_layers(layers: Sequence[QuantLayer], graph: GraphInfo,
                                    "MNN's INT8 pooling gets wrong")
                 break
     return out
-
-
-def io_names(model: Path) -> Tuple[List[str], List[str]]:
-    """``(input names, output names)`` the model declares."""
-    import MNN.nn as nn
-
-    info = nn.load_module_from_file(str(model), [], []).get_info()
-    return list(info.get("inputNames", [])), list(info.get("outputNames", []))
 
 
 # ------------------------------------------------------------------------------- measuring

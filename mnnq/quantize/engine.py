@@ -15,7 +15,7 @@
    ``rate``, each layer's sensitivity is measured by writing it as the only INT8 layer, and the
    most sensitive layers are kept float, one at a time, until it holds. With ``debug`` a probe
    copy (:mod:`calibrate`) measures every layer of the final configuration.
-6. The final model is written atomically, its params next to it as ``<out>.json``, and it is
+6. The final model and its params (``<out>.json``) are written atomically, as one set, and it is
    re-measured.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from mnnq.errors import BadInput, NativeFailure, PluginError
-from mnnq.fileio import atomic_copy, atomic_write_text, check_output_path
+from mnnq.fileio import OutputSet, check_output_path
 from mnnq.mnn_backend.isolated import probe_runtime
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize.config import QuantizeConfig, load_config
@@ -153,9 +153,8 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     except PluginError as exc:
         raise BadInput(str(exc)) from None
     layers, other = cal.find_layers(model, cfg.skip_quant_op_names)
-    probe_runtime(model)             # a file the runtime crashes on must not kill this process
+    _, output_names = probe_runtime(model)   # a file the runtime crashes on must not kill this process
     inputs = model_inputs(model)
-    output_names = cal.io_names(model)[1]
     notes = list(cfg.warnings)
     known = {l.name for l in layers} | {n for n, _ in other}
     for name in cfg.skip_quant_op_names:
@@ -240,9 +239,10 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
         if not final_ev.finite:
             raise NativeFailure("the INT8 model gives non-finite outputs even with every layer float "
                                 f"({', '.join(final_ev.nonfinite[:3])}); the float model may be broken")
-        atomic_copy(final, Path(opts.out))
         params_path = Path(str(opts.out) + ".json")
-        atomic_write_text(params_path, json.dumps(m.params(keep), indent=1) + "\n")
+        with OutputSet() as outputs:     # the model and its params file replace the old pair together
+            outputs.copy(final, Path(opts.out))
+            outputs.write_text(params_path, json.dumps(m.params(keep), indent=1) + "\n")
 
     layers = _layer_reports(job, acts, keep, layer_ev, clamp)
     met = _holds(final_ev, opts)

@@ -25,7 +25,8 @@ from mnnq.errors import BadInput
 from mnnq.frontend.images import ImageConfig, read_bgr
 from mnnq.frontend.images import preprocess as preprocess_image
 from mnnq.mnn_backend.isolated import check_images_decodable
-from mnnq.quantize.config import FORMATS, InputSpec, QuantizeConfig
+from mnnq.quantize.config import InputSpec, QuantizeConfig
+from mnnq.testset import read_values
 
 Feeds = Dict[str, np.ndarray]
 
@@ -80,7 +81,7 @@ def read_image(path: Path) -> np.ndarray:
 def image_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
     first = inputs[0]
     spec = _spec(cfg, first.name)
-    channels = FORMATS[cfg.format]
+    channels = cfg.channels
     if spec is not None and spec.shape is not None:
         if len(spec.shape) != 4:
             raise BadInput(f"config key 'inputs': image input '{first.name}' needs a 4-D shape [1, C, H, W], "
@@ -139,23 +140,6 @@ def _constants(cfg: QuantizeConfig, inputs: Sequence[ModelInput], why: str) -> F
     return out
 
 
-def read_numbers(path: Path, what: str) -> np.ndarray:
-    """A whitespace-separated text file of numbers as a flat float64 array (NaN/Inf rejected)."""
-    try:
-        tokens = path.read_text().split()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
-    try:
-        values = np.array(tokens, dtype=np.float64)
-    except ValueError as exc:
-        raise BadInput(f"{what} file {path} holds a non-number ({exc}); write one number per value") from None
-    if values.size == 0:
-        raise BadInput(f"{what} file {path} is empty")
-    if not np.all(np.isfinite(values)):
-        raise BadInput(f"{what} file {path} contains NaN or Inf")
-    return values
-
-
 def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Feeds:
     doc_path = folder / "input.json"
     try:
@@ -177,7 +161,7 @@ def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[Mo
                 feeds[inp.name] = np.full(spec.shape, spec.value, dtype=np.float32)
                 continue
             raise BadInput(f"sample {folder} has no data for model input '{inp.name}' (expected {inp.name}.txt)")
-        values = read_numbers(path, f"input '{inp.name}'")
+        values = read_values(path, f"input '{inp.name}'")
         if not shape or any((not isinstance(d, int)) or d <= 0 for d in shape):
             raise BadInput(f"sample {folder}: no shape for input '{inp.name}'; add \"shape\" to its input.json")
         if values.size != int(np.prod(shape)):
