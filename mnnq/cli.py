@@ -1,4 +1,5 @@
-"""mnnq's command line: ``mnnq auto-quant``, ``mnnq apply``, ``mnnq plugins``.
+"""mnnq's command line: ``auto-quant``, ``apply`` and ``plugins`` here; ``quantize``, ``validate``,
+``check``, ``convert`` and ``testdir`` in the modules listed in COMMAND_MODULES.
 
 Exit codes: 0 ok / within budget, 1 budget missed (outputs written and marked), 2 bad input
 or usage (nothing written), 130 interrupted.
@@ -17,14 +18,14 @@ from mnnq import __version__
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, Interrupted, MnnqError, NativeFailure
 
 
-def _flag(parser, *names, **kw):
-    """Add a flag under auto_quant.py's underscore spelling and the hyphenated one."""
-    spellings = []
-    for n in names:
-        spellings.append(n)
-        alt = n.replace("_", "-") if "_" in n[2:] else n
-        if alt not in spellings:
-            spellings.append(alt)
+def add_flag(parser, *names, **kw):
+    """Add a flag under its underscore spelling (auto_quant.py's ``--quant_model``) and its
+    hyphenated one (``--quant-model``); every command uses this."""
+    spellings: List[str] = []
+    for name in names:
+        for alt in (name, "--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+            if alt not in spellings:
+                spellings.append(alt)
     return parser.add_argument(*spellings, **kw)
 
 
@@ -49,42 +50,42 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnnq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mnnq", description="Quantize MNN models to an error budget, prove it, and keep it proven in CI.")
     parser.add_argument("--version", action="version", version=f"mnnq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     aq = sub.add_parser("auto-quant", help="search per-layer weight bits/blocks under an error budget "
                                            "(drop-in for MNN's auto_quant.py)")
-    _flag(aq, "--model", required=True, help="float .mnn model")
-    _flag(aq, "--quant_model", required=True, help="quantized model to write (params go to <quant_model>.json)")
-    _flag(aq, "--test_dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
-    _flag(aq, "--rate", type=_positive_float, default=0.05, help="error budget (default 0.05)")
-    _flag(aq, "--select_bits", type=_int01, default=1, help="try 4 bits per layer (default 1)")
-    _flag(aq, "--select_block", type=_int01, default=1, help="search block sizes (default 1)")
-    _flag(aq, "--hqq", type=_int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
-    _flag(aq, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
-    _flag(aq, "--weight_method", default=None, help="weight method plugin (default: hqq if --hqq 1 else max_abs)")
-    _flag(aq, "--strategy", action="append", default=None,
+    add_flag(aq, "--model", required=True, help="float .mnn model")
+    add_flag(aq, "--quant_model", required=True, help="quantized model to write (params go to <quant_model>.json)")
+    add_flag(aq, "--test_dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
+    add_flag(aq, "--rate", type=_positive_float, default=0.05, help="error budget (default 0.05)")
+    add_flag(aq, "--select_bits", type=_int01, default=1, help="try 4 bits per layer (default 1)")
+    add_flag(aq, "--select_block", type=_int01, default=1, help="search block sizes (default 1)")
+    add_flag(aq, "--hqq", type=_int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
+    add_flag(aq, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
+    add_flag(aq, "--weight_method", default=None, help="weight method plugin (default: hqq if --hqq 1 else max_abs)")
+    add_flag(aq, "--strategy", action="append", default=None,
           help="search strategy plugin to run, in order; repeat or comma-separate (default: the default pipeline)")
-    _flag(aq, "--evaluator", default="auto", choices=("auto", "fast", "exact"),
+    add_flag(aq, "--evaluator", default="auto", choices=("auto", "fast", "exact"),
           help="trial evaluator: fast (in-process simulation), exact (convert + run), auto (fast when possible)")
-    _flag(aq, "--memory_mode", default="auto", choices=("auto", "low", "normal"),
+    add_flag(aq, "--memory_mode", default="auto", choices=("auto", "low", "normal"),
           help="runtime memory mode to meet the budget in; auto = low, falling back to normal like auto_quant.py")
-    _flag(aq, "--time_budget", type=_positive_float, default=None,
+    add_flag(aq, "--time_budget", type=_positive_float, default=None,
           help="stop searching after this many seconds and keep the best configuration so far")
-    _flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
-    _flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
+    add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
 
     ap = sub.add_parser("apply", help="write a weight-quantized model from a (hand-edited) params file")
     ap.add_argument("model", help="float .mnn model")
     ap.add_argument("out", help="quantized .mnn to write")
-    _flag(ap, "--params", required=True, help="compression params JSON (e.g. the q.mnn.json auto-quant wrote)")
-    _flag(ap, "--hqq", action="store_true", help="use HQQ (as auto-quant does by default)")
-    _flag(ap, "--test_dir", default=None, help="re-measure the written model on this test set")
-    _flag(ap, "--rate", type=_positive_float, default=None, help="with --test-dir: exit 1 when the error exceeds it")
-    _flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
-    _flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
-    _flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(ap, "--params", required=True, help="compression params JSON (e.g. the q.mnn.json auto-quant wrote)")
+    add_flag(ap, "--hqq", action="store_true", help="use HQQ (as auto-quant does by default)")
+    add_flag(ap, "--test_dir", default=None, help="re-measure the written model on this test set")
+    add_flag(ap, "--rate", type=_positive_float, default=None, help="with --test-dir: exit 1 when the error exceeds it")
+    add_flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
+    add_flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
+    add_flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
 
     sub.add_parser("plugins", help="list loaded plugins by kind")
     for module in _command_modules():

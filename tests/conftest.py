@@ -17,3 +17,12 @@ def pm():
 # mnnq's own fixtures for plugin authors (tiny_model, tiny_convnet, mnnq_install, ...) are
 # used by the project's tests too.
 pytest_plugins = ["mnnq.testing.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def gate_model_files(tmp_path_factory):
+    """The gate tests' models (good / bad / corrupt / ... from ``test_gate_validate.gate_models``),
+    built once per session: each costs converter runs, and the tests only read or copy them."""
+    from test_gate_validate import gate_models
+
+    return gate_models(tmp_path_factory.mktemp("gate-models"))

@@ -8,21 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnnq.cli import main
 from mnnq.errors import BadInput
 from mnnq.frontend import sources
 from mnnq.frontend.sources import resolve_model
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testing import build_convnet, reference_outputs, write_testdir
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from test_frontend_testdir import run
 
 
 @pytest.fixture(scope="module")

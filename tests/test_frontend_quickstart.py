@@ -8,20 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnnq.cli import main
 from mnnq.frontend.images import read_bgr
 from mnnq.testing.models import OnnxGraph
-
-IMAGENET = ["--format", "RGB", "--mean", "123.675", "116.28", "103.53", "--normal", "0.017125", "0.017507", "0.017429"]
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from test_frontend_testdir import IMAGENET, run
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,15 @@ import pytest
 import yaml
 
 from action_harness import Context, parse_output_file, run_action
-from test_gate_validate import DIGITS, gate_models
+from test_gate_validate import DIGITS
 
 REPO = Path(__file__).resolve().parents[1]
 SHA_PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return gate_models(tmp_path_factory.mktemp("action-models"))
+@pytest.fixture
+def models(gate_model_files):
+    return gate_model_files  # built once per session (conftest.py)
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from mnnq.cli import main
 from mnnq.errors import BadInput
 from mnnq.gate.check_command import rebuild_argv
 from mnnq.gate.project import find_config, load_config
-from test_gate_validate import DIGITS, Output, gate_models
+from test_gate_validate import DIGITS, Output
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return gate_models(tmp_path_factory.mktemp("check-models"))
+@pytest.fixture
+def models(gate_model_files):
+    return gate_model_files  # built once per session (conftest.py)
 
 
 def make_project(root: Path, models: dict, quantized: dict, extra: str = "") -> Path:

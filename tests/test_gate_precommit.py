@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gate_validate import DIGITS, gate_models
+from test_gate_validate import DIGITS
 
 pytest.importorskip("pre_commit")
 if shutil.which("git") is None:  # pragma: no cover
@@ -44,7 +44,7 @@ def sh(args, cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, gate_model_files):
     root = tmp_path_factory.mktemp("precommit")
     env = git_env(root / "pre-commit-home")
     hook_repo = root / "hook-repo"
@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
     sh(["git", "commit", "-q", "-m", "mnnq hook repo"], hook_repo, env)
     rev = sh(["git", "rev-parse", "HEAD"], hook_repo, env).stdout.strip()
     return {"root": root, "env": env, "hook_repo": hook_repo, "rev": rev,
-            "models": gate_models(root / "models")}
+            "models": gate_model_files}
 
 
 def commit(project: Path, env: dict, message: str) -> subprocess.CompletedProcess:

@@ -63,9 +63,9 @@ def gate_models(directory: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return gate_models(tmp_path_factory.mktemp("gate-models"))
+@pytest.fixture
+def models(gate_model_files):
+    return gate_model_files  # built once per session (conftest.py)
 
 
 class Output:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnnq.errors import EXIT_MISSED, EXIT_OK
+from mnnq.cli import add_flag
 
 
 def _positive_int(text: str) -> int:
@@ -35,11 +36,6 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _flag(parser, name: str, **kw):
-    spellings = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
-    return parser.add_argument(*spellings, **kw)
-
-
 def add_parser(subparsers):
     p = subparsers.add_parser("testdir", help="make an MNN test set from images / arrays / random data, or show one",
                               description=__doc__.splitlines()[0])
@@ -51,39 +47,39 @@ def add_parser(subparsers):
                     "come from the float MNN model, or from onnxruntime when --model is an ONNX file. Inputs from "
                     "--images (preprocessed as quantized.out does), --npy arrays, or seeded --random data "
                     "(the fallback when nothing else is given). Exit 0 written, 2 bad input (nothing written).")
-    _flag(mk, "--model", required=True, help=".mnn, .onnx or .tflite model (ONNX/TFLite are converted and cached)")
-    _flag(mk, "--out", required=True, help="folder to write (must be new or empty, or use --force)")
-    _flag(mk, "--samples", type=_positive_int, default=None,
+    add_flag(mk, "--model", required=True, help=".mnn, .onnx or .tflite model (ONNX/TFLite are converted and cached)")
+    add_flag(mk, "--out", required=True, help="folder to write (must be new or empty, or use --force)")
+    add_flag(mk, "--samples", type=_positive_int, default=None,
           help="number of samples (images/arrays: at most this many; random: this many; default all / 1)")
     g = mk.add_argument_group("images (quantized.out's preprocessing keys)")
-    _flag(g, "--images", default=None, help="folder of JPEG/PNG/BMP images for the image input (sorted by name)")
-    _flag(g, "--image-config", default=None,
+    add_flag(g, "--images", default=None, help="folder of JPEG/PNG/BMP images for the image input (sorted by name)")
+    add_flag(g, "--image-config", default=None,
           help="YAML/JSON file with format/mean/normal/width/height[/center_crop_h/w/path] "
                "(a quantized.out config works)")
-    _flag(g, "--image-input", default=None, help="input the images feed (default: the model's first input)")
-    _flag(g, "--format", default=None, type=str.upper, choices=("RGB", "BGR", "RGBA", "BGRA", "GRAY"),
+    add_flag(g, "--image-input", default=None, help="input the images feed (default: the model's first input)")
+    add_flag(g, "--format", default=None, type=str.upper, choices=("RGB", "BGR", "RGBA", "BGRA", "GRAY"),
           help="colour order the model wants (default BGR, as quantized.out)")
-    _flag(g, "--mean", type=_float, nargs="+", default=None, help="per-channel mean (dst = (src - mean) * normal)")
-    _flag(g, "--normal", type=_float, nargs="+", default=None, help="per-channel scale")
-    _flag(g, "--width", type=_positive_int, default=None, help="resize width (default: the model's)")
-    _flag(g, "--height", type=_positive_int, default=None, help="resize height (default: the model's)")
-    _flag(g, "--center-crop-h", type=_float, default=None, help="fraction of the height kept, centred (default 1)")
-    _flag(g, "--center-crop-w", type=_float, default=None, help="fraction of the width kept, centred (default 1)")
+    add_flag(g, "--mean", type=_float, nargs="+", default=None, help="per-channel mean (dst = (src - mean) * normal)")
+    add_flag(g, "--normal", type=_float, nargs="+", default=None, help="per-channel scale")
+    add_flag(g, "--width", type=_positive_int, default=None, help="resize width (default: the model's)")
+    add_flag(g, "--height", type=_positive_int, default=None, help="resize height (default: the model's)")
+    add_flag(g, "--center-crop-h", type=_float, default=None, help="fraction of the height kept, centred (default 1)")
+    add_flag(g, "--center-crop-w", type=_float, default=None, help="fraction of the width kept, centred (default 1)")
     a = mk.add_argument_group("arrays and random data")
-    _flag(a, "--npy", action="append", default=[], metavar="[NAME=]FILE",
+    add_flag(a, "--npy", action="append", default=[], metavar="[NAME=]FILE",
           help="a .npy (one input; NAME= when the model has several) or .npz keyed by input name; an array may "
                "stack samples along a leading axis; repeatable")
-    _flag(a, "--random", action="store_true", help="seeded uniform random data for inputs without other data")
-    _flag(a, "--seed", type=int, default=0, help="random seed (default 0)")
-    _flag(a, "--range", type=_float, nargs=2, metavar=("LO", "HI"), default=None,
+    add_flag(a, "--random", action="store_true", help="seeded uniform random data for inputs without other data")
+    add_flag(a, "--seed", type=int, default=0, help="random seed (default 0)")
+    add_flag(a, "--range", type=_float, nargs=2, metavar=("LO", "HI"), default=None,
           help="random range for every input (default 0 1 for float inputs; integer inputs need one)")
-    _flag(a, "--input-range", action="append", default=[], metavar="NAME=LO,HI", help="random range of one input")
-    _flag(mk, "--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+    add_flag(a, "--input-range", action="append", default=[], metavar="NAME=LO,HI", help="random range of one input")
+    add_flag(mk, "--shape", action="append", default=[], metavar="NAME=D0,D1,...",
           help="size of an input with dynamic dimensions, e.g. x=1,3,224,224; repeatable")
-    _flag(mk, "--reference", choices=("auto", "mnn", "onnxruntime"), default="auto",
+    add_flag(mk, "--reference", choices=("auto", "mnn", "onnxruntime"), default="auto",
           help="what computes the reference outputs: the float MNN model, or onnxruntime on the ONNX source "
                "(needs mnnq[onnx]); auto = onnxruntime for an ONNX model when installed, else mnn")
-    _flag(mk, "--force", action="store_true", help="replace an existing test set at --out")
+    add_flag(mk, "--force", action="store_true", help="replace an existing test set at --out")
 
     sh = sub.add_parser(
         "show", help="print what a test set holds and flag problems (exit 1 when it finds any)",
@@ -91,16 +87,14 @@ def add_parser(subparsers):
                     "NaN/Inf, size mismatches, missing files, outputs under max_rel's 0.01 floor in every sample. "
                     "Exit 0 clean, 1 problems found, 2 not a readable test set.")
     sh.add_argument("dir", help="test dir, or a folder of test dirs")
-    _flag(sh, "--model", default=None, help="also check names and output sizes against this model (.mnn/.onnx/.tflite)")
+    add_flag(sh, "--model", default=None, help="also check names and output sizes against this model (.mnn/.onnx/.tflite)")
     return p
 
 
 def run(args, out: Console, err: Console) -> int:
     from mnnq.errors import BadInput
-    from mnnq.mnn_backend.runtime import quiet_native_stdout
 
-    with quiet_native_stdout():
-        import MNN  # noqa: F401  (prints a CPU-feature line on import)
+    # MNN is already imported quietly: mnnq.cli.main does it before every command but `plugins`.
     if args.testdir_command == "make":
         return _make(args, out, err)
     if args.testdir_command == "show":

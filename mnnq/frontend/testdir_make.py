@@ -197,36 +197,16 @@ def make_testdir(opts: MakeOptions) -> MakeResult:
     return MakeResult(out, metadata, notes)
 
 
-def write_tensor(path: Path, value: np.ndarray) -> None:
-    """One whitespace-separated text file: integers as integers, floats with 9 significant digits
-    (enough to round-trip float32)."""
-    flat = np.asarray(value).reshape(-1)
-    if np.issubdtype(flat.dtype, np.integer):
-        text = "\n".join(str(int(v)) for v in flat)
-    else:
-        text = "\n".join(f"{float(v):.9g}" for v in flat)
-    path.write_text(text + "\n")
-
-
-def write_sample(directory: Path, inputs: Dict[str, np.ndarray], outputs: Dict[str, np.ndarray]) -> None:
-    """An MNN test dir: ``input.json`` and ``<name>.txt`` per input and output."""
-    directory.mkdir(parents=True, exist_ok=True)
-    spec = {"inputs": [{"name": n, "shape": [int(d) for d in np.shape(v)]} for n, v in inputs.items()],
-            "outputs": list(outputs)}
-    (directory / "input.json").write_text(json.dumps(spec, indent=1) + "\n")
-    for name, value in {**inputs, **outputs}.items():
-        write_tensor(directory / f"{name}.txt", value)
-
-
 def _write(out: Path, pairs, metadata: Dict[str, Any]) -> None:
+    from mnnq.testing.models import write_multi_testdir, write_testdir  # onnx is imported lazily there
+
     parent = out.parent if str(out.parent) else Path(".")
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".mnnq-tmp", dir=parent))
     try:
         if len(pairs) == 1:
-            write_sample(work, *pairs[0])
+            write_testdir(work, *pairs[0])
         else:
-            for i, (inputs, outputs) in enumerate(pairs):
-                write_sample(work / f"{i:03d}", inputs, outputs)
+            write_multi_testdir(work, pairs)
         (work / METADATA).write_text(json.dumps(metadata, indent=1) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.mnnq-old")

@@ -214,6 +214,7 @@ def _rel(root: Path, path: Path) -> str:
 def _check_model(result: ShowResult, model: Path) -> None:
     """Names and sizes against the model; runs the first sample through it."""
     from mnnq.frontend.feeds import model_inputs
+    from mnnq.frontend.references import max_rel
     from mnnq.frontend.sources import resolve_model
     from mnnq.mnn_backend.runtime import LoadedModel
 
@@ -245,9 +246,9 @@ def _check_model(result: ShowResult, model: Path) -> None:
             result.problems.append(f"output '{name}': the reference has {t.values.size} values, the model gives "
                                    f"{got[name].size}")
         elif t.values is not None and np.all(np.isfinite(t.values)):
-            scale = float(np.max(np.abs(t.values)))
-            if scale > 0:
-                errors.append(f"{name} {float(np.max(np.abs(got[name].ravel() - t.values))) / scale:.2e}")
+            err = max_rel(t.values, got[name])
+            if err is not None:
+                errors.append(f"{name} {err:.2e}")
     if errors:
         result.notes.append(f"the model on sample {sample.directory.name}: max|out-ref|/max|ref| "
                             + ", ".join(errors))

@@ -15,10 +15,8 @@ tensor of the float model under the gate's metric, on the first few samples.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from mnnq.errors import MnnqError
+from mnnq.errors import MnnqError, NativeFailure
 from mnnq.measure import OutputError, compare
 from mnnq.records import Metric
 
@@ -199,13 +197,12 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
 
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    from mnnq.mnn_backend.native import Limits, output_tail, run_child
+
     try:
-        proc = subprocess.run([sys.executable, "-m", "mnnq.gate.child", str(work / "request.json")], cwd=str(work),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        proc = run_child([sys.executable, "-m", "mnnq.gate.child", str(work / "request.json")], "the gate's child",
+                         cwd=str(work), limits=Limits(timeout=timeout))
+    except NativeFailure:  # run_child's timeout
         return f"did not finish within {timeout:g} s"
     code = proc.returncode
     if code in (0, 3):
@@ -217,10 +214,9 @@ def _run_child(work: Path, timeout: Optional[float]) -> str:
             what = f"crashed (signal {-code})"
     else:
         what = f"exited with status {code}"
-    lines = [ln for ln in proc.stdout.decode("utf-8", "replace").splitlines()
-             if ln.strip() and "device supports" not in ln]
-    if lines:
-        what += " after printing: " + " | ".join(lines[-CHILD_TAIL_LINES:])
+    tail = output_tail(proc.stdout.decode("utf-8", "replace"), CHILD_TAIL_LINES)
+    if tail:
+        what += " after printing: " + " | ".join(tail.splitlines())
     return what
 
 

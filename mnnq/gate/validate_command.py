@@ -6,34 +6,13 @@ crashing, an output missing, a size mismatch, NaN/Inf, a missing or malformed te
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
-from typing import List
 
 from rich.console import Console
 
+from mnnq.cli import _positive_float, add_flag
 from mnnq.fileio import check_output_path
 from mnnq.frontend.sources import resolve_model
-
-
-def add_flag(parser, *names, **kw):
-    """Add a flag under its hyphenated and underscore spellings (``--test-dir`` / ``--test_dir``)."""
-    spellings: List[str] = []
-    for name in names:
-        for alt in (name, "--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
-            if alt not in spellings:
-                spellings.append(alt)
-    return parser.add_argument(*spellings, **kw)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
 
 
 def add_report_flags(parser) -> None:
@@ -70,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "1 over it, 2 when the model cannot be measured.")
     add_flag(p, "--model", required=True, help="quantized .mnn model to measure")
     add_flag(p, "--test-dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
-    add_flag(p, "--rate", type=positive_float, required=True, help="error budget: fail when the error exceeds it")
+    add_flag(p, "--rate", type=_positive_float, required=True, help="error budget: fail when the error exceeds it")
     add_flag(p, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
     add_flag(p, "--memory-mode", default="normal", choices=("normal", "low"),
              help="runtime memory mode to measure in (default normal)")
