@@ -159,6 +159,16 @@ def _manager(plugin_manager=None, disable_plugins: Any = None):
 # the jobs
 
 
+def _writer_result(command: str, result: Any, model_path: PathLike, report: Dict[str, Any]) -> Result:
+    """The :class:`Result` of a job that wrote a model (auto-quant, quantize): ``result`` is the
+    engine's (``met``, ``status``, ``params_path``, ``metric``, ``rate``, ``errors``, ``notes``)."""
+    return Result(
+        command=command, passed=bool(result.met), status=result.status, model_path=Path(model_path),
+        params_path=Path(result.params_path), metric=result.metric, rate=result.rate,
+        error=result.errors.get(result.metric), metrics=dict(result.errors), layers=report["layers"],
+        notes=list(result.notes), report=report, details=result)
+
+
 def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate: float = 0.05, *,
                on_trial: Optional[Callable[[Any], None]] = None, **options) -> Result:
     """Weight-only auto-quant, as ``mnnq auto-quant``: writes ``quant_model`` and ``<quant_model>.json``.
@@ -187,12 +197,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
         AutoQuantOptions(model=_path(model, "model"), quant_model=_path(quant_model, "quant_model"),
                          test_dir=_path(test_dir, "test_dir"), rate=_positive(rate, "rate"), **opts),
         pm, on_trial=on_trial or (lambda trial: None))
-    report = autoquant_dict(result)
-    return Result(
-        command="auto-quant", passed=bool(result.met), status=result.status, model_path=Path(result.quant_model),
-        params_path=Path(result.params_path), metric=result.metric, rate=result.rate,
-        error=result.errors.get(result.metric), metrics=dict(result.errors), layers=report["layers"],
-        notes=list(result.notes), report=report, details=result)
+    return _writer_result("auto-quant", result, result.quant_model, autoquant_dict(result))
 
 
 def quantize(model: PathLike, out: PathLike, config: Union[PathLike, Mapping[str, Any]], *,
@@ -231,12 +236,7 @@ def quantize(model: PathLike, out: PathLike, config: Union[PathLike, Mapping[str
             config_path = _path(config, "config")
         result = run_quantize(QuantizeOptions(model=_path(model, "model"), out=_path(out, "out"),
                                               config=config_path, **opts), pm, on_progress)
-    report = result_dict(result)
-    return Result(
-        command="quantize", passed=bool(result.met), status=result.status, model_path=Path(result.out),
-        params_path=Path(result.params_path), metric=result.metric, rate=result.rate,
-        error=result.errors.get(result.metric), metrics=dict(result.errors), layers=report["layers"],
-        notes=list(result.notes), report=report, details=result)
+    return _writer_result("quantize", result, result.out, result_dict(result))
 
 
 def validate(model: PathLike, test_dir: PathLike, rate: float, **options) -> Result:

@@ -195,10 +195,16 @@ def dequantize_asymmetric(q: np.ndarray, mn: np.ndarray, scale: np.ndarray, bits
 
 def qdq_min_max(weight: np.ndarray, bits: int, block: int) -> np.ndarray:
     """Asymmetric min-max quantize-dequantize (converter ``asymmetric: true``)."""
+    return _qdq_asymmetric(quantize_asymmetric, weight, bits, block)
+
+
+def _qdq_asymmetric(quantize, weight: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """``quantize`` (returning ``(q, min, scale)``) then the runtime's asymmetric rebuild, in
+    ``weight``'s shape; ``bits <= 0`` is a float copy."""
     w = np.asarray(weight)
     if int(bits) <= 0:
         return np.array(w, dtype=F32, copy=True)
-    q, mn, scale = quantize_asymmetric(w, bits, block)
+    q, mn, scale = quantize(w, bits, block)
     return dequantize_asymmetric(q, mn, scale, bits).reshape(w.shape)
 
 
@@ -282,11 +288,7 @@ def quantize_hqq(weight: np.ndarray, bits: int, block: int
 
 def qdq_hqq(weight: np.ndarray, bits: int, block: int) -> np.ndarray:
     """HQQ quantize-dequantize (converter ``--hqq``, asymmetric)."""
-    w = np.asarray(weight)
-    if int(bits) <= 0:
-        return np.array(w, dtype=F32, copy=True)
-    q, mn, scale = quantize_hqq(w, bits, block)
-    return dequantize_asymmetric(q, mn, scale, bits).reshape(w.shape)
+    return _qdq_asymmetric(quantize_hqq, weight, bits, block)
 
 
 def underflows_hqq(weight: np.ndarray, bits: int, block: int) -> bool:

@@ -340,6 +340,17 @@ TESTSET_ROWS = [  # (id suffix, mutate, single, expected)
 ]
 
 
+def output_folder_rows(command: str, argv: Callable[[Case, Path], List], shown: str, name: str) -> List[Row]:
+    """The rows every model-writing command has: ``argv(c, output)`` with the output ``name`` in a
+    missing folder and in an unwritable one; ``shown`` is how the error line names the output."""
+    return [
+        Row(f"{command}/output-folder-missing", lambda c: argv(c, c.out / "sub" / name),
+            rf"{shown} folder does not exist: \S*out/sub"),
+        Row(f"{command}/output-unwritable", lambda c: argv(c, c.unwritable_dir() / name),
+            rf"{shown} folder is not writable: \S+"),
+    ]
+
+
 def _testset_arg(c: Case, mutate, single):
     return c.dir / "nowhere" if single is None else c.testset(mutate, single)
 
@@ -354,11 +365,8 @@ ROWS.append(Row("auto-quant/runtime-crash", lambda c: aq(c), r"MNN runtime crash
 for sfx, mutate, single, expect in TESTSET_ROWS:
     ROWS.append(Row(f"auto-quant/{sfx}", lambda c, m=mutate, s=single: aq(c, test_dir=_testset_arg(c, m, s)), expect))
 ROWS += [
-    Row("auto-quant/output-folder-missing", lambda c: aq(c, quant=c.out / "sub" / "q.mnn"),
-        r"--quant_model folder does not exist: \S*out/sub"),
+    *output_folder_rows("auto-quant", lambda c, out: aq(c, quant=out), "--quant_model", "q.mnn"),
     Row("auto-quant/output-is-a-folder", lambda c: aq(c, quant=c.out), r"--quant_model \S*out is a folder"),
-    Row("auto-quant/output-unwritable", lambda c: aq(c, quant=c.unwritable_dir() / "q.mnn"),
-        r"--quant_model folder is not writable: \S+"),
     Row("auto-quant/output-is-the-model", lambda c: aq(c, quant=c.w.model),
         r"--quant_model \S*convnet\.mnn is the input file"),
     Row("auto-quant/report-is-the-model", lambda c: aq(c, None, None, None, "--report_json", c.w.model),
@@ -387,10 +395,7 @@ ROWS += [
     Row("apply/output-is-the-model", lambda c: ap(c, out=c.w.model), r"output model \S*convnet\.mnn is the input file"),
     Row("apply/output-is-the-params", lambda c: ap(c, out=c.w.params),
         r"output model \S*q\.mnn\.json is the input file"),
-    Row("apply/output-folder-missing", lambda c: ap(c, out=c.out / "sub" / "q.mnn"),
-        r"output model folder does not exist: \S*out/sub"),
-    Row("apply/output-unwritable", lambda c: ap(c, out=c.unwritable_dir() / "q.mnn"),
-        r"output model folder is not writable: \S+"),
+    *output_folder_rows("apply", lambda c, out: ap(c, out=out), "output model", "q.mnn"),
     Row("apply/report-is-the-params", lambda c: ap(c, None, None, None, "--report_json", c.w.params),
         r"--report-json \S*q\.mnn\.json is the input file"),
     Row("apply/testdir-no-input-json", lambda c: ap(c, None, None, None, "--test_dir", c.testset(no_input_json, True)),
@@ -528,10 +533,7 @@ ROWS += [
         r"x\.txt.*767"),
     Row("quantize/output-is-the-model", lambda c: qz(c, out=c.w.model),
         r"output model \S*convnet\.mnn is the input file"),
-    Row("quantize/output-folder-missing", lambda c: qz(c, out=c.out / "sub" / "int8.mnn"),
-        r"output model folder does not exist: \S*out/sub"),
-    Row("quantize/output-unwritable", lambda c: qz(c, out=c.unwritable_dir() / "int8.mnn"),
-        r"output model folder is not writable"),
+    *output_folder_rows("quantize", lambda c, out: qz(c, out=out), "output model", "int8.mnn"),
 ]
 
 # ---- convert
@@ -545,10 +547,7 @@ ROWS += [
     Row("convert/unknown-format", lambda c: cv(c, fmt="PYTORCH"), r"-f PYTORCH: unknown source format"),
     Row("convert/output-is-the-source", lambda c: cv(c, dst=c.w.onnx),
         r"--MNNModel \S*convnet\.onnx is the input file"),
-    Row("convert/output-folder-missing", lambda c: cv(c, dst=c.out / "sub" / "m.mnn"),
-        r"--MNNModel folder does not exist: \S*out/sub"),
-    Row("convert/output-unwritable", lambda c: cv(c, dst=c.unwritable_dir() / "m.mnn"),
-        r"--MNNModel folder is not writable"),
+    *output_folder_rows("convert", lambda c, out: cv(c, dst=out), "--MNNModel", "m.mnn"),
     Row("convert/testdir-no-input-json", lambda c: cv(c, None, None, "--testdir", c.testset(no_input_json, True)),
         r"--testdir \S*testset has no input\.json"),
     Row("convert/testdir-wrong-references", lambda c: cv(c, None, None, "--testdir", c.testset(

@@ -7,7 +7,6 @@ converter and run by the runtime in child processes.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import mnnq.autoquant.engine as engine
 from mnnq.mnn_backend.native import FAULT_ENV, Limits
 from mnnq.testing import run_cli, tiny_model
 
+from test_bad_inputs import bad_tensor_index, snapshot
+
 
 @pytest.fixture(scope="module")
 def convnet(tmp_path_factory):
@@ -25,10 +26,6 @@ def convnet(tmp_path_factory):
     run = run_cli(["auto-quant", "--model", tm.model, "--quant_model", q, "--test_dir", tm.test_dir, "--rate", "0.1"])
     assert run.code == 0, run.err
     return tm, Path(str(q) + ".json")
-
-
-def digest(folder: Path) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def error_lines(err: str):
@@ -42,7 +39,7 @@ SIGNALS = [("segv", "SIGSEGV"), ("abort", "SIGABRT"), ("kill", "SIGKILL")]
 def test_converter_killed_while_writing_the_model(convnet, tmp_path, monkeypatch, how, name):
     """auto-quant searches, then the converter child writing the final model dies: exit 2."""
     tm, _ = convnet
-    before = digest(tm.directory)
+    before = snapshot(tm.directory)
     out = tmp_path / "out"
     out.mkdir()
     # Only the conversions that weight-quantize: the search (fast evaluator) runs in-process,
@@ -57,18 +54,18 @@ def test_converter_killed_while_writing_the_model(convnet, tmp_path, monkeypatch
     assert f"mnnq fault injection: {how} in mnnconvert" in run.err  # the tail of the child's output
     assert "Traceback" not in run.err
     assert list(out.iterdir()) == []
-    assert digest(tm.directory) == before
+    assert snapshot(tm.directory) == before
 
 
 def test_converter_killed_in_apply(convnet, tmp_path, monkeypatch):
     tm, params = convnet
-    before = digest(tm.directory)
+    before = snapshot(tm.directory)
     monkeypatch.setenv(FAULT_ENV, "segv:mnnconvert:--weightQuantBits")
     run = run_cli(["apply", tm.model, tmp_path / "q.mnn", "--params", params, "--test_dir", tm.test_dir])
     assert run.code == 2
     [line] = error_lines(run.err)
     assert "MNN converter crashed (killed by SIGSEGV)" in line and "mnnq fault injection" in run.err
-    assert not (tmp_path / "q.mnn").exists() and digest(tm.directory) == before
+    assert not (tmp_path / "q.mnn").exists() and snapshot(tm.directory) == before
 
 
 def test_converter_killed_on_the_first_read(convnet, tmp_path, monkeypatch):
@@ -182,8 +179,6 @@ def test_apply_validates_before_loading_in_process(convnet, tmp_path, monkeypatc
 @pytest.mark.parametrize("command", ["auto-quant", "apply"])
 def test_a_file_the_runtime_crashes_on_never_reaches_this_process(convnet, tmp_path, monkeypatch, command):
     """The converter accepts this damaged file; the runtime dies on it - in a child."""
-    from test_bad_inputs import bad_tensor_index
-
     tm, params = convnet
     bad = tmp_path / "bad.mnn"
     bad.write_bytes(bad_tensor_index(tm.model.read_bytes()))

@@ -37,7 +37,6 @@ def convert(
     source_format: str = "MNN",
     extra: Sequence[str] = (),
     what: str = "converting",
-    timeout: Optional[float] = None,
     limits: Optional[Limits] = None,
 ) -> NativeRun:
     """Convert ``src`` into ``dst`` (written inside a temporary folder, then moved)."""
@@ -48,7 +47,7 @@ def convert(
         out = Path(work) / "out.mnn"
         argv = ["mnnconvert", "-f", source_format, "--modelFile", str(src), "--MNNModel", str(out),
                 "--bizCode", "mnnq", *extra]
-        run = run_tool("mnnconvert", argv, cwd=work, timeout=timeout, limits=limits)
+        run = run_tool("mnnconvert", argv, cwd=work, limits=limits)
         _check_written(run, out, what)
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
@@ -140,8 +139,3 @@ def weight_quantize(
         raise BadInput("MNN converter rejected the compression params (it would write a float model): "
                        + run.tail(3).replace("\n", " "))
     return run
-
-
-def trainable_copy(src: Path, dst: Path) -> NativeRun:
-    """Re-save ``src`` with ``--forTraining`` so conv weights become swappable parameters."""
-    return convert(src, dst, "MNN", ["--forTraining"], what="preparing the in-process model")

@@ -94,36 +94,25 @@ class _Buf:
         n = self.u32(vec)
         return np.frombuffer(self.data, dtype=dtype, count=n, offset=vec + 4)
 
+    def _text(self, pos: int) -> str:
+        """The string whose length prefix is at ``pos``."""
+        n = self.u32(pos)
+        return bytes(self.mv[pos + 4: pos + 4 + n]).decode("utf-8", "replace")
+
     def string(self, table: int, slot: int) -> Optional[str]:
         vec = self.indirect(table, slot)
-        if not vec:
-            return None
-        n = self.u32(vec)
-        return bytes(self.mv[vec + 4: vec + 4 + n]).decode("utf-8", "replace")
+        return self._text(vec) if vec else None
 
     def tables(self, table: int, slot: int) -> List[int]:
+        """Positions of the tables (or strings) a vector of offsets points to."""
         vec = self.indirect(table, slot)
         if not vec:
             return []
         n = self.u32(vec)
-        out = []
-        for i in range(n):
-            p = vec + 4 + 4 * i
-            out.append(p + self.u32(p))
-        return out
+        return [p + self.u32(p) for p in range(vec + 4, vec + 4 + 4 * n, 4)]
 
     def strings(self, table: int, slot: int) -> List[str]:
-        vec = self.indirect(table, slot)
-        if not vec:
-            return []
-        n = self.u32(vec)
-        out = []
-        for i in range(n):
-            p = vec + 4 + 4 * i
-            s = p + self.u32(p)
-            ln = self.u32(s)
-            out.append(bytes(self.mv[s + 4: s + 4 + ln]).decode("utf-8", "replace"))
-        return out
+        return [self._text(s) for s in self.tables(table, slot)]
 
 
 @dataclass

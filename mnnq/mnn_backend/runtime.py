@@ -5,6 +5,7 @@ float64/int arrays keyed by output name.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
@@ -107,20 +108,15 @@ def model_io_names(path: Path) -> tuple:
     return list(info.get("inputNames", [])), list(info.get("outputNames", []))
 
 
+@contextlib.contextmanager
 def quiet_native_stdout():
-    """Context manager that silences what MNN prints on fd 1 (e.g. at import)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _quiet():
-        saved = os.dup(1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 1)
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(devnull)
-            os.close(saved)
-
-    return _quiet()
+    """Silence what MNN prints on fd 1 (e.g. at import) inside the ``with`` block."""
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(devnull)
+        os.close(saved)

@@ -37,7 +37,7 @@ import numpy as np
 
 from mnnq.errors import BadInput, MnnqError, NativeFailure
 from mnnq.layers import Layer
-from mnnq.mnn_backend.converter import convert, trainable_copy
+from mnnq.mnn_backend.converter import convert
 from mnnq.mnn_backend.inventory import ConvOp, read_conv_ops
 from mnnq.mnn_backend.runtime import _mnn, read_output, to_input_var
 
@@ -119,9 +119,8 @@ class SwappableModel:
 
         ``prepare`` says which file is used: ``"convert"`` (default) re-converts ``float_mnn``
         MNN -> MNN into ``workdir`` with no quantization, i.e. exactly the graph and float
-        weights the weight-quantizing conversion starts from; ``"trainable"`` re-saves it with
-        ``--forTraining`` (weights checked against ``float_mnn``); ``"none"`` uses
-        ``float_mnn`` as is. ``mode`` picks the backend (see the module docstring).
+        weights the weight-quantizing conversion starts from; ``"none"`` uses ``float_mnn`` as
+        is. ``mode`` picks the backend (see the module docstring).
         Raises :class:`SwapMappingError` when a layer is missing, unsupported or not matched
         one-to-one, :class:`NativeFailure` when MNN fails.
         """
@@ -133,14 +132,10 @@ class SwappableModel:
         if prepare == "convert":
             model_path = workdir / "swappable.mnn"
             convert(float_mnn, model_path, "MNN", what="preparing the in-process model")
-        elif prepare == "trainable":
-            model_path = workdir / "swappable.mnn"
-            trainable_copy(float_mnn, model_path)
         elif prepare == "none":
             model_path = float_mnn
         else:
-            raise ValueError(f"prepare must be 'convert', 'trainable' or 'none', not {prepare!r}")
-        float_ops = {op.name: op for op in read_conv_ops(float_mnn)} if prepare == "trainable" else {}
+            raise ValueError(f"prepare must be 'convert' or 'none', not {prepare!r}")
         file_ops = read_conv_ops(model_path)
         by_name = {op.name: op for op in file_ops}
 
@@ -164,11 +159,6 @@ class SwappableModel:
                 raise SwapMappingError(f"layer {layer.name}: its weights are {why} in {model_path.name}")
             if len(op.inputs) > 1 and mode != "patch":
                 raise SwapMappingError(f"layer {layer.name} takes extra inputs; use mode='patch'")
-            ref = float_ops.get(layer.name)
-            if ref is not None and ref.weight is not None and not np.array_equal(ref.weight, op.weight):
-                raise SwapMappingError(
-                    f"layer {layer.name}: the prepared copy's weights differ from {float_mnn.name}'s "
-                    "(the model may hold unfused BatchNorm); cannot simulate the converter")
             if layer.out_channels and int(op.common["outputCount"]) != layer.out_channels:
                 raise SwapMappingError(
                     f"layer {layer.name}: {op.common['outputCount']} output channels in the file, "

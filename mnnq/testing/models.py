@@ -128,13 +128,20 @@ def build_convnet(directory: Path, seed: int = 0) -> Path:
     g = OnnxGraph(seed)
     h = g.input("x", [1, 3, 16, 16])
     h = g.conv_relu(h, "conv1", 3, 32, 3)
-    h = g.conv_relu(h, "conv2", 32, 64, 1)
+    return export_and_convert(_convnet_head(g, h), directory, "convnet")
+
+
+def _convnet_head(g: OnnxGraph, h: str, conv2_weight: Optional[np.ndarray] = None) -> OnnxGraph:
+    """The rest of the convnet after a 32-channel ``h``: conv1x1 32->64 (``conv2_weight`` or
+    He-initialised), depthwise 3x3, conv1x1 64->64 (each + ReLU) -> global average pool ->
+    MatMul 64->10 -> ``y`` [1,10]. Returns ``g``."""
+    h = g.conv_relu(h, "conv2", 32, 64, 1, weight=conv2_weight)
     h = g.conv_relu(h, "dwconv3", 64, 64, 3, group=64)
     h = g.conv_relu(h, "conv4", 64, 64, 1)
     h = g.dense(g.gap_flatten(h), "fc", 64, 10)
     g.node("Identity", [h], "y")
     g.output("y", [1, 10])
-    return export_and_convert(g, directory, "convnet")
+    return g
 
 
 def build_two_input(directory: Path, seed: int = 0) -> Path:
@@ -172,13 +179,7 @@ def build_tiny_weight(directory: Path, seed: int = 0) -> Path:
     factor = (target / np.abs(w).reshape(32, -1).max(axis=1)).astype(np.float32)
     h = g.conv_relu(h, "tiny", 32, 32, 3, weight=w * factor[:, None, None, None], bias=g.bias(32) * factor)
     rescale = g.he((64, 32, 1, 1), fan_in=32) / factor[None, :, None, None]
-    h = g.conv_relu(h, "conv2", 32, 64, 1, weight=rescale)
-    h = g.conv_relu(h, "dwconv3", 64, 64, 3, group=64)
-    h = g.conv_relu(h, "conv4", 64, 64, 1)
-    h = g.dense(g.gap_flatten(h), "fc", 64, 10)
-    g.node("Identity", [h], "y")
-    g.output("y", [1, 10])
-    return export_and_convert(g, directory, "tiny_weight")
+    return export_and_convert(_convnet_head(g, h, conv2_weight=rescale), directory, "tiny_weight")
 
 
 def build_int_input(directory: Path, seed: int = 0) -> Path:
