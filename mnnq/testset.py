@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -172,3 +172,33 @@ def load_testset(path: Path) -> TestSet:
             raise BadInput(f"sample {s.directory} names other tensors than {first.directory}; "
                            "all samples of a test set must share inputs and outputs")
     return TestSet(root, input_names, output_names, samples)
+
+
+# -- writing ------------------------------------------------------------------------------
+
+def _write_tensor(path: Path, value: np.ndarray) -> None:
+    flat = np.asarray(value).reshape(-1)
+    if np.issubdtype(flat.dtype, np.integer):
+        text = "\n".join(str(int(v)) for v in flat)
+    else:
+        text = "\n".join(f"{float(v):.9g}" for v in flat)  # 9 digits round-trip float32
+    path.write_text(text + "\n")
+
+
+def write_testdir(directory: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Path:
+    """Write an MNN test dir: ``input.json`` plus ``<name>.txt`` per input and output tensor."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "inputs": [{"name": name, "shape": [int(d) for d in np.shape(v)]} for name, v in inputs.items()],
+        "outputs": list(outputs),
+    }
+    (directory / "input.json").write_text(json.dumps(spec, indent=1) + "\n")
+    for name, value in {**inputs, **outputs}.items():
+        _write_tensor(directory / f"{name}.txt", value)
+    return directory
+
+
+def write_multi_testdir(directory: Path, samples: Sequence[Tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]) -> List[Path]:
+    """Write one test dir per ``(inputs, outputs)`` sample into ``000/``, ``001/``, ..."""
+    return [write_testdir(Path(directory) / f"{i:03d}", ins, outs) for i, (ins, outs) in enumerate(samples)]

@@ -198,7 +198,7 @@ def make_testdir(opts: MakeOptions) -> MakeResult:
 
 
 def _write(out: Path, pairs, metadata: Dict[str, Any]) -> None:
-    from mnnq.testing.models import write_multi_testdir, write_testdir  # onnx is imported lazily there
+    from mnnq.testset import write_multi_testdir, write_testdir
 
     parent = out.parent if str(out.parent) else Path(".")
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".mnnq-tmp", dir=parent))

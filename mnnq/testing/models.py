@@ -9,13 +9,13 @@ test-dir helpers and ``reference_outputs`` work without it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from mnnq.mnn_backend.converter import convert
+from mnnq.testset import write_multi_testdir, write_testdir  # noqa: F401  (re-exported for tests)
 
 OPSET = 13
 IR_VERSION = 8
@@ -206,34 +206,6 @@ def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     g.node("Identity", [g.dense(h, "fc2", 128, 10)], "y")
     g.output("y", [1, 10])
     return export_and_convert(g, directory, "matmul_mlp")
-
-
-def _write_tensor(path: Path, value: np.ndarray) -> None:
-    flat = np.asarray(value).reshape(-1)
-    if np.issubdtype(flat.dtype, np.integer):
-        text = "\n".join(str(int(v)) for v in flat)
-    else:
-        text = "\n".join(f"{float(v):.9g}" for v in flat)  # 9 digits round-trip float32
-    path.write_text(text + "\n")
-
-
-def write_testdir(directory: Path, inputs: Arrays, outputs: Arrays) -> Path:
-    """Write an MNN test dir: ``input.json`` plus ``<name>.txt`` per input and output tensor."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "inputs": [{"name": name, "shape": [int(d) for d in np.shape(v)]} for name, v in inputs.items()],
-        "outputs": list(outputs),
-    }
-    (directory / "input.json").write_text(json.dumps(spec, indent=1) + "\n")
-    for name, value in {**inputs, **outputs}.items():
-        _write_tensor(directory / f"{name}.txt", value)
-    return directory
-
-
-def write_multi_testdir(directory: Path, samples: Sequence[Tuple[Arrays, Arrays]]) -> List[Path]:
-    """Write one test dir per ``(inputs, outputs)`` sample into ``000/``, ``001/``, ..."""
-    return [write_testdir(Path(directory) / f"{i:03d}", ins, outs) for i, (ins, outs) in enumerate(samples)]
 
 
 def reference_outputs(
