@@ -6,7 +6,8 @@
     one converter run with ``--testdir`` on a single test dir (the first sample), its rate read
     from the printed TESTERROR lines, only 1x1 convolutions searched, auto_quant.py's flags
     (``--weightQuantAsymmetric=0 --hqq``, test config memory mode low then normal).
-(b) "mnnq": ``mnnq auto-quant`` with default flags on the whole multi-sample test set.
+(b) "mnnq": ``mnnq auto-quant`` with default flags on the whole multi-sample test set, in this
+    process, its native children forked by mnnq's child server (started first, as the CLI does).
 
 Both written models are then run on the whole test set and on held-out samples (max_rel). The
 table ends with the ratios b/a. Real pretrained models come from benchmarks/pretrained.py.
@@ -31,7 +32,7 @@ from rich.table import Table  # noqa: E402
 
 from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant  # noqa: E402
 from mnnq.measure import compare  # noqa: E402
-from mnnq.mnn_backend.native import run_tool  # noqa: E402
+from mnnq.mnn_backend.native import run_tool, start_child_server  # noqa: E402
 from mnnq.mnn_backend.runtime import LoadedModel  # noqa: E402
 from mnnq.plugin_manager import get_plugin_manager  # noqa: E402
 from mnnq.testset import load_testset  # noqa: E402
@@ -109,7 +110,7 @@ class AutoQuantPy:
             "mnnconvert", "-f", "MNN", "--modelFile", str(self.model), "--MNNModel", str(self.dst),
             "--weightQuantBits=8", "--weightQuantAsymmetric=0", "--compressionParamsFile", str(self.params),
             "--testdir", str(self.testdir), "--thredhold", "0.001", "--testconfig", str(self.config),
-            "--alignDenormalizedValue", "0", "--hqq"], cwd=str(self.work))
+            "--alignDenormalizedValue", "0", "--hqq"], cwd=str(self.work), fresh=True)  # a process launch per trial
         rate = 0.0
         for line in run.output.splitlines():
             if "TESTERROR" in line and "absMaxV:" in line:
@@ -229,6 +230,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
+    start_child_server()  # before this process imports MNN, as the CLI does
     console = Console()
     pm = get_plugin_manager()
     rows: Dict[str, Dict[str, Outcome]] = {}

@@ -219,6 +219,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     if args.command != "plugins":
+        from mnnq.mnn_backend.native import start_child_server
+
+        start_child_server()  # before MNN is imported here: native children fork from it
         _import_mnn_quietly()
     handler = COMMANDS.get(args.command)
     if handler is None:

@@ -5,6 +5,11 @@ import pytest
 # MNN prints a CPU-feature line on import; keep test output readable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Before any test imports MNN: in-process native calls fork from the child server, as in the CLI.
+from mnnq.mnn_backend.native import start_child_server  # noqa: E402
+
+start_child_server()
+
 
 @pytest.fixture
 def pm():

@@ -125,9 +125,8 @@ class Spy:
         import mnnq.apply as apply_module
 
         self.events = []
-        for module, name in ((engine, "run_isolated"), (apply_module, "probe_runtime")):
-            real = getattr(module, name)
-            monkeypatch.setattr(module, name, self._probe(real))
+        monkeypatch.setattr(engine, "start_isolated", self._started(engine.start_isolated))
+        monkeypatch.setattr(apply_module, "probe_runtime", self._probe(apply_module.probe_runtime))
         for module, name in ((nn, "load_module_from_file"), (F, "load_as_dict")):
             monkeypatch.setattr(module, name, self._load(getattr(module, name)))
 
@@ -137,6 +136,20 @@ class Spy:
             self.events.append(("validated", str(Path(model).resolve())))
             return result
         return probe
+
+    def _started(self, real):
+        """A probe started in a child and waited for later: validated once its result is in."""
+        def start(model, *args, **kwargs):
+            run = real(model, *args, **kwargs)
+            wait = run.result
+
+            def result():
+                outputs = wait()  # raises for a bad model: then nothing is recorded
+                self.events.append(("validated", str(Path(model).resolve())))
+                return outputs
+            run.result = result
+            return run
+        return start
 
     def _load(self, real):
         def load(path, *args, **kwargs):

@@ -33,11 +33,18 @@ def _write(record):
 
 def _hook(event, args):
     if event in _WATCHED:
+        import socket
+        if event.startswith("socket.") and getattr(args[0], "family", None) == socket.AF_UNIX:
+            return  # a local socket pair (mnnq's child server), not the network
         _write({"event": event, "args": repr(args)[:300]})
+    elif event == "import" and (args[0] == "MNN.tools" or str(args[0]).startswith(("MNN.tools.", "aliyun"))):
+        _write({"event": "exit", "modules": [args[0]]})
 
 
 sys.addaudithook(_hook)
 _write({"event": "start", "argv": sys.argv[:3]})
+# forked children (mnnq's child server and what it forks) keep this hook; record them too
+os.register_at_fork(after_in_child=lambda: _write({"event": "start", "argv": ["fork"]}))
 
 
 @atexit.register
@@ -77,9 +84,9 @@ def test_auto_quant_and_validate_open_no_socket(convnet, tmp_path):
     out = tmp_path / "q.mnn"
     records = audited(["auto-quant", "--model", convnet.model, "--quant_model", out, "--test_dir",
                        convnet.test_dir, "--rate", "0.1"], tmp_path, "auto-quant")
-    # mnnq itself, the converter children (template, trainable copy, final write) and the runtime child
-    check(records, min_processes=4)
-    assert any(r.get("argv", [None])[0] == "-c" for r in records), "converter children were audited"
+    # mnnq itself, its child server, the converter children (template, final write) and the runtime child
+    check(records, min_processes=5)
+    assert sum(r.get("argv", [None])[0] == "fork" for r in records) >= 4, "forked children were audited"
     records = audited(["validate", "--model", out, "--test-dir", convnet.test_dir, "--rate", "0.1"], tmp_path,
                       "validate")
     check(records, min_processes=3)  # mnnq, the converter probe, the gate's runtime child

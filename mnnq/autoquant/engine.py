@@ -32,9 +32,9 @@ from mnnq.fileio import OutputSet, check_output_path
 from mnnq.frontend.sources import resolve_model
 from mnnq.layers import LayerSetting, effective_block
 from mnnq.measure import Measurement, compare
-from mnnq.mnn_backend.converter import params_template
+from mnnq.mnn_backend.converter import start_params_template
 from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
-from mnnq.mnn_backend.isolated import run_isolated
+from mnnq.mnn_backend.isolated import start_isolated
 from mnnq.mnn_backend.native import probe_limits
 from mnnq.mnn_backend.swap import SwappableModel
 from mnnq.plugin_manager import MnnqPluginManager
@@ -194,16 +194,28 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
         raise Interrupted(progress.text()) from None
 
 
-def _read_model(model: Path, testset: TestSet):
+def _read_model(model: Path, testset: TestSet, keep_model: Path):
     """The converter's params template and the conv ops of ``model``, after proving the file
-    safe: the converter reads it in a child (under probe limits), then the runtime runs it on
-    the test set in another child. Returns ``(template, ops, float outputs per sample)``."""
+    safe: the converter reads it in a child (under probe limits) while the runtime runs it on
+    the test set in another child; a converter failure is reported first (and stops the
+    runtime child). The converter's float re-write of the model is kept at ``keep_model`` (the
+    in-process simulation starts from it). Returns ``(template, ops, float outputs per sample)``."""
+    listing = start_params_template(model, limits=probe_limits(model))
     try:
-        template = params_template(model, limits=probe_limits(model))
-    except NativeFailure as exc:
-        raise NativeFailure(f"not a readable MNN model: {model} ({exc}); re-export it with MNNConvert",
-                            tail=exc.tail) from None
-    float_outputs = run_isolated(model, testset.root)
+        float_run = start_isolated(model, testset.root)
+    except BaseException:
+        listing.cancel()
+        raise
+    try:
+        try:
+            template = listing.result(keep_model=keep_model)
+        except NativeFailure as exc:
+            raise NativeFailure(f"not a readable MNN model: {model} ({exc}); re-export it with MNNConvert",
+                                tail=exc.tail) from None
+    except BaseException:
+        float_run.cancel()
+        raise
+    float_outputs = float_run.result()
     try:
         ops = read_conv_ops(model)
     except (ValueError, IndexError, struct.error, OverflowError, MemoryError) as exc:
@@ -222,16 +234,17 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     pipeline = _pipeline(pm, opts)
     testset = load_testset(Path(opts.test_dir))
     model = resolve_model(Path(opts.model))  # an ONNX / TFLite source becomes its cached float .mnn
-    template, ops, float_outputs = _read_model(model, testset)
-    float_measure = compare(testset, float_outputs, metrics)
-    layers = layers_from_template(template, ops=ops)
-    if not layers:
-        raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
-                       "constant weights); nothing to quantize")
-    notes: List[str] = []
 
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as work:
         work = Path(work)
+        rewritten = work / "float-rewritten.mnn"
+        template, ops, float_outputs = _read_model(model, testset, keep_model=rewritten)
+        float_measure = compare(testset, float_outputs, metrics)
+        layers = layers_from_template(template, ops=ops)
+        if not layers:
+            raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
+                           "constant weights); nothing to quantize")
+        notes: List[str] = []
         progress.stage = "preparing the search"
         exact = ExactEvaluator(model, template, method, testset, metrics, work)
 
@@ -241,7 +254,8 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             for op in ops if op.weight is not None}
         if opts.evaluator in ("auto", "fast"):
             try:
-                swappable = SwappableModel.load(model, layers, testset.input_names, testset.output_names, work)
+                swappable = SwappableModel.load(rewritten, layers, testset.input_names, testset.output_names,
+                                               work, prepare="none")
                 weights = dict(swappable.weights)
                 layers = layers_from_template(template, swappable.weights, swappable.ops)
                 fast = FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics)

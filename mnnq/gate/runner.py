@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import pickle
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -197,11 +196,11 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
 
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
-    from mnnq.mnn_backend.native import Limits, output_tail, run_child
+    from mnnq.mnn_backend.native import Limits, output_tail, run_python
 
     try:
-        proc = run_child([sys.executable, "-m", "mnnq.gate.child", str(work / "request.json")], "the gate's child",
-                         cwd=str(work), limits=Limits(timeout=timeout))
+        proc = run_python(["-m", "mnnq.gate.child", str(work / "request.json")], "the gate's child",
+                          cwd=str(work), limits=Limits(timeout=timeout))
     except NativeFailure:  # run_child's timeout
         return f"did not finish within {timeout:g} s"
     code = proc.returncode

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from mnnq.errors import BadInput, NativeFailure
-from mnnq.mnn_backend.native import Limits, NativeRun, probe_limits, run_tool
+from mnnq.mnn_backend.native import Child, Limits, NativeRun, probe_limits, run_tool, start_tool, tool_result
 
 # Lines the converter prints when it ignored the compression params file and wrote a float model.
 PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse compress")
@@ -81,26 +81,62 @@ def check_float_model(src: Path) -> NativeRun:
                                 tail=exc.tail) from None
 
 
+class TemplateRun:
+    """The converter listing a model's layers in a child (see :func:`start_params_template`)."""
+
+    def __init__(self, src: Path, work: tempfile.TemporaryDirectory, argv: List[str], child: Child):
+        self.src = src
+        self._work, self._argv, self._child = work, argv, child
+
+    def cancel(self) -> None:
+        """Stop the child and drop its files (the result is not wanted)."""
+        try:
+            self._child.kill()
+            self._child.result()
+        finally:
+            self._work.cleanup()
+
+    def result(self, keep_model: Optional[Path] = None) -> dict:
+        """The params template; ``keep_model`` also keeps the converter's float re-write of the
+        model (the file a weight-quantizing conversion starts from) at that path."""
+        try:
+            run = tool_result("mnnconvert", self._argv, self._child)
+            work = Path(self._work.name)
+            params, out = work / "template.json", work / "out.mnn"
+            _check_written(run, out, f"listing the layers of {self.src}")
+            if not params.is_file():
+                raise NativeFailure(f"MNN converter wrote no params template for {self.src}", tail=run.tail())
+            try:
+                template = json.loads(params.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise NativeFailure(f"MNN converter wrote an unreadable params template for {self.src} ({exc})",
+                                    tail=run.tail()) from None
+            if keep_model is not None:
+                shutil.move(str(out), str(keep_model))
+            return template
+        finally:
+            self._work.cleanup()
+
+
+def start_params_template(src: Path, limits: Optional[Limits] = None) -> TemplateRun:
+    """Start the converter writing the compression params template for ``src`` (one entry per
+    weight-quantizable layer); ``.result()`` waits for it."""
+    work = tempfile.TemporaryDirectory(prefix="mnnq-template-")
+    try:
+        argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(Path(src).resolve()),
+                "--MNNModel", str(Path(work.name) / "out.mnn"), "--bizCode", "mnnq",
+                "--compressionParamsFile", str(Path(work.name) / "template.json")]
+        child = start_tool("mnnconvert", argv, cwd=work.name, limits=limits)
+    except BaseException:
+        work.cleanup()
+        raise
+    return TemplateRun(Path(src), work, argv, child)
+
+
 def params_template(src: Path, limits: Optional[Limits] = None) -> dict:
     """The compression params template the converter writes for ``src`` (one entry per
     weight-quantizable layer)."""
-    with tempfile.TemporaryDirectory(prefix="mnnq-template-") as work:
-        params = Path(work) / "template.json"
-        out = Path(work) / "out.mnn"
-        run = run_tool(
-            "mnnconvert",
-            ["mnnconvert", "-f", "MNN", "--modelFile", str(Path(src).resolve()), "--MNNModel", str(out),
-             "--bizCode", "mnnq", "--compressionParamsFile", str(params)],
-            cwd=work, limits=limits,
-        )
-        _check_written(run, out, f"listing the layers of {src}")
-        if not params.is_file():
-            raise NativeFailure(f"MNN converter wrote no params template for {src}", tail=run.tail())
-        try:
-            return json.loads(params.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise NativeFailure(f"MNN converter wrote an unreadable params template for {src} ({exc})",
-                                tail=run.tail()) from None
+    return start_params_template(src, limits).result()
 
 
 def weight_quantize(

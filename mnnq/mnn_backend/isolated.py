@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mnnq.errors import BadInput, NativeFailure
-from mnnq.mnn_backend.native import FAULT_CODE, Limits, exit_text, output_tail, run_child
+from mnnq.mnn_backend.native import FAULT_CODE, Child, Limits, exit_text, output_tail, run_python, start_python
 
 EXIT_REPORTED = 3  # the child wrote a one-line reason
 
@@ -67,8 +66,8 @@ def probe_runtime(model: Path, timeout: Optional[float] = None) -> Tuple[List[st
     rejects the file, NativeFailure when it crashes on it."""
     model = Path(model).resolve()
     with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
-        proc = run_child([sys.executable, "-c", _PROBE_CHILD, str(model)], f"loading {model}", cwd=work,
-                         limits=Limits(timeout=timeout))
+        proc = run_python(["-c", _PROBE_CHILD, str(model)], f"loading {model}", cwd=work,
+                          limits=Limits(timeout=timeout))
     output = proc.stdout.decode("utf-8", "replace")
     if proc.returncode == EXIT_REPORTED:
         raise BadInput(f"MNN runtime could not load {model}; the file is corrupt or not an MNN model")
@@ -82,29 +81,65 @@ def probe_runtime(model: Path, timeout: Optional[float] = None) -> Tuple[List[st
     return inputs, outputs
 
 
+class IsolatedRun:
+    """A model running on a test set in a child (see :func:`start_isolated`)."""
+
+    def __init__(self, model: Path, test_dir: Path, shown: str, work: tempfile.TemporaryDirectory,
+                 files: Dict[str, str], child: Child):
+        self.model, self.test_dir, self.shown = model, test_dir, shown
+        self._work, self._files, self._child = work, files, child
+
+    def cancel(self) -> None:
+        """Stop the child and drop its files (the result is not wanted)."""
+        try:
+            self._child.kill()
+            self._child.result()
+        finally:
+            self._work.cleanup()
+
+    def result(self) -> List[Dict[str, np.ndarray]]:
+        """Wait for the outputs; BadInput / NativeFailure as :func:`run_isolated` says."""
+        try:
+            proc = self._child.result()
+            files = self._files
+            if Path(files["error"]).is_file():
+                raise BadInput(Path(files["error"]).read_text().strip().replace(str(self.model), self.shown))
+            if proc.returncode != 0 or not Path(files["outputs"]).is_file():
+                raise NativeFailure(
+                    f"MNN runtime crashed ({exit_text(proc.returncode)}) while running {self.shown} on "
+                    f"{self.test_dir}; the file is corrupt or the test inputs do not fit the model",
+                    tail=output_tail(proc.stdout.decode("utf-8", "replace")))
+            with open(files["outputs"], "rb") as fh:
+                return pickle.load(fh)
+        finally:
+            self._work.cleanup()
+
+
+def start_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,
+                   name: Optional[str] = None) -> IsolatedRun:
+    """Start running ``model`` on the test set in ``test_dir`` in a child; ``.result()`` waits.
+    ``name`` replaces the model's path in messages (for a temporary file the user never sees)."""
+    model, test_dir = Path(model).resolve(), Path(test_dir).resolve()
+    work = tempfile.TemporaryDirectory(prefix="mnnq-isolated-")
+    try:
+        files = {k: str(Path(work.name) / k) for k in ("outputs", "layers", "error", "layers_error")}
+        request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
+                   "float_model": None, "layer_tensors": [], **files}
+        (Path(work.name) / "request.json").write_text(json.dumps(request))
+        child = start_python(["-m", "mnnq.gate.child", str(Path(work.name) / "request.json")],
+                             f"running {model} on {test_dir}", cwd=work.name, limits=Limits(timeout=timeout))
+    except BaseException:
+        work.cleanup()
+        raise
+    return IsolatedRun(model, test_dir, name or str(model), work, files, child)
+
+
 def run_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,
                  name: Optional[str] = None) -> List[Dict[str, np.ndarray]]:
     """``[{output name: array}, ...]``, one dict per sample of the test set in ``test_dir``,
     computed by ``model`` in a child process. ``name`` replaces the model's path in messages
     (for a temporary file the user never sees)."""
-    model, test_dir = Path(model).resolve(), Path(test_dir).resolve()
-    shown = name or str(model)
-    with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
-        files = {k: str(Path(work) / k) for k in ("outputs", "layers", "error", "layers_error")}
-        request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
-                   "float_model": None, "layer_tensors": [], **files}
-        (Path(work) / "request.json").write_text(json.dumps(request))
-        proc = run_child([sys.executable, "-m", "mnnq.gate.child", str(Path(work) / "request.json")],
-                         f"running {model} on {test_dir}", cwd=work, limits=Limits(timeout=timeout))
-        if Path(files["error"]).is_file():
-            raise BadInput(Path(files["error"]).read_text().strip().replace(str(model), shown))
-        if proc.returncode != 0 or not Path(files["outputs"]).is_file():
-            raise NativeFailure(
-                f"MNN runtime crashed ({exit_text(proc.returncode)}) while running {shown} on {test_dir}; "
-                "the file is corrupt or the test inputs do not fit the model",
-                tail=output_tail(proc.stdout.decode("utf-8", "replace")))
-        with open(files["outputs"], "rb") as fh:
-            return pickle.load(fh)
+    return start_isolated(model, test_dir, memory_mode, timeout, name).result()
 
 
 _IMAGES_CHILD = FAULT_CODE + """
@@ -125,8 +160,8 @@ def check_images_decodable(paths: List[Path], timeout: Optional[float] = None) -
     if not paths:
         return
     with tempfile.TemporaryDirectory(prefix="mnnq-isolated-") as work:
-        proc = run_child([sys.executable, "-c", _IMAGES_CHILD, *[str(Path(p).resolve()) for p in paths]],
-                         f"decoding {len(paths)} images", cwd=work, limits=Limits(timeout=timeout))
+        proc = run_python(["-c", _IMAGES_CHILD, *[str(Path(p).resolve()) for p in paths]],
+                          f"decoding {len(paths)} images", cwd=work, limits=Limits(timeout=timeout))
     output = proc.stdout.decode("utf-8", "replace")
     if proc.returncode == 0 and "MNNQ-IMG done" in output:
         return

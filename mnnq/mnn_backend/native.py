@@ -15,17 +15,33 @@ environment, a child about to run ``<tool>`` (``mnnconvert``, ``mnnquant``, ``ru
 one line; ``<how>`` is ``segv``, ``abort``, ``kill`` (SIGSEGV / SIGABRT / SIGKILL) or ``hang``
 (sleeps until killed); with ``<text>``, only calls whose arguments contain it. Only the child
 processes read it; mnnq's tests use it to prove crashes are contained.
+
+How a child starts: a fresh interpreter pays ~0.1-0.25 s of imports (Python, numpy, MNN,
+``_tools``) per call. So, once started (:func:`start_child_server`, done by the CLI before
+anything else), a *child server* -- a fork of this process taken before MNN ran anything,
+which then imports MNN and ``_tools`` -- forks each child instead: milliseconds per call. MNN's
+thread pool is created the first time a model runs and a fork does not copy its threads (a
+fork of a process that ran a model hangs in the pool), which is why the children come from
+that early fork and never from this process. Each child gets this process's current
+environment, its own working directory and rlimits, stdin from ``/dev/null`` and
+stdout/stderr captured into a file; it runs the same ``python -c``/``-m`` code a fresh
+interpreter would and leaves with ``os._exit``. Without a server (not started, or it died),
+a child is a new interpreter, as with ``fresh=True``.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import IO, List, Optional, Sequence
 
 from mnnq.errors import NativeFailure
 
@@ -140,10 +156,15 @@ def _preexec(limits: Optional[Limits]):
     return apply
 
 
+def _timeout_failure(what: str, timeout: float, output: bytes) -> NativeFailure:
+    return NativeFailure(f"{what} did not finish within {timeout:.0f} s (killed)",
+                         tail=output_tail(output.decode("utf-8", "replace")))
+
+
 def run_child(argv: Sequence[str], what: str, cwd: Optional[str] = None, limits: Optional[Limits] = None,
               env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run ``argv`` (stdout and stderr captured together); a timeout becomes a NativeFailure.
-    An interrupt (Ctrl-C) kills the child before it propagates."""
+    """Run ``argv`` as a new process (stdout and stderr captured together); a timeout becomes a
+    NativeFailure. An interrupt (Ctrl-C) kills the child before it propagates."""
     env = dict(os.environ if env is None else env)
     env.setdefault("OMP_NUM_THREADS", "1")
     timeout = limits.timeout if limits is not None else None
@@ -151,14 +172,359 @@ def run_child(argv: Sequence[str], what: str, cwd: Optional[str] = None, limits:
         return subprocess.run(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=timeout, env=env, preexec_fn=_preexec(limits))
     except subprocess.TimeoutExpired as exc:
-        out = (exc.output or b"").decode("utf-8", "replace")
-        raise NativeFailure(f"{what} did not finish within {timeout:.0f} s (killed)", tail=output_tail(out)) from None
+        raise _timeout_failure(what, timeout, exc.output or b"") from None
+
+
+# ------------------------------------------------------------------------------ forked children
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).fflush(None)
+
+
+def _address_space() -> int:
+    """This process's current virtual size in bytes (a fork starts with all of it)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _run_python_args(args: Sequence[str]) -> None:
+    """Run ``python <args>`` (``-c CODE ...`` or ``-m MODULE ...``) in this (forked) process."""
+    import runpy
+    import warnings
+
+    if args[0] == "-c":
+        sys.argv = ["-c", *args[2:]]
+        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102 - our own code
+    elif args[0] == "-m":
+        sys.argv = [args[1], *args[2:]]
+        warnings.simplefilter("ignore", RuntimeWarning)  # "found in sys.modules": the server imported it
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:
+        raise ValueError(f"a forked child runs -c or -m, not {args[0]!r}")
+
+
+def _forked_child(args: Sequence[str], cwd: Optional[str], limits: Optional[Limits], env: dict,
+                  out_fd: int) -> None:
+    """The body of a forked child; never returns."""
+    code = 70
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.environ.clear()
+        os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        if limits is not None and limits.memory is not None:
+            import resource
+
+            cap = _address_space() + int(limits.memory)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        _run_python_args(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report like an interpreter would, then exit
+        try:
+            import traceback
+
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _flush_c_stdio()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)
+
+
+# Imported by the server before it serves (MNN prints a CPU line on import: silenced).
+SERVER_PRELOAD = ("numpy", "_tools", "MNN.expr", "MNN.nn", "mnnq.gate.child", "mnnq.testset",
+                  "mnnq.mnn_backend.runtime")
+_MESSAGE = 1 << 20
+
+
+def _send(sock: socket.socket, obj, fds: Sequence[int] = ()) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+def _server_main(sock: socket.socket) -> None:
+    """The child server: preload, then fork a child per request and report each exit."""
+    import importlib
+    import select
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1)
+    os.dup2(devnull, 1)
+    try:
+        for name in SERVER_PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a child importing it will report the error
+                pass
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+    while True:
+        try:
+            ready, _, _ = select.select([sock, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+        if sock in ready:
+            data, fds, _, _ = socket.recv_fds(sock, _MESSAGE, 1)
+            if not data:
+                return  # the parent is gone
+            args, cwd, limits, env = pickle.loads(data)
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                signal.set_wakeup_fd(-1)
+                os.close(wake_r)
+                os.close(wake_w)
+                _forked_child(args, cwd, limits, env, fds[0])
+            for fd in fds:
+                os.close(fd)
+            _send(sock, ("started", pid))
+
+
+class _ChildServer:
+    """This process's end of the child server. Threads may share it: a lock covers each request
+    (send, then read up to its "started" reply) and each read of one reply; exits read by one
+    thread are kept for the thread waiting for them."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _flush_c_stdio()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ours.close()
+                _server_main(theirs)
+            except BaseException:  # noqa: BLE001 - the parent sees the server gone
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+        self.exits: dict = {}
+        self.lock = threading.Lock()
+
+    def _receive(self):
+        data = self.sock.recv(_MESSAGE)
+        if not data:
+            raise ConnectionError("mnnq's child server is gone")
+        return pickle.loads(data)
+
+    def spawn(self, args: List[str], cwd: Optional[str], limits: Optional[Limits], out_fd: int) -> int:
+        with self.lock:
+            _send(self.sock, (args, cwd, limits, dict(os.environ)), [out_fd])
+            while True:
+                message = self._receive()
+                if message[0] == "started":
+                    return message[1]
+                self.exits[message[1]] = message[2]
+
+    def wait(self, pid: int, timeout: Optional[float]) -> Optional[int]:
+        """The child's return code, or None when ``timeout`` seconds passed first."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            with self.lock:
+                if pid in self.exits:
+                    return self.exits.pop(pid)
+                if left is not None and left <= 0:
+                    return None
+                # hold the lock for one short read at a time: other threads share the socket
+                if select.select([self.sock], [], [], 0.05 if left is None else min(left, 0.05))[0]:
+                    message = self._receive()
+                    if message[0] == "exit":
+                        self.exits[message[1]] = message[2]
+
+
+_server: Optional[_ChildServer] = None
+
+
+def start_child_server() -> bool:
+    """Start the child server (see the module docstring) if this process can: it must be the
+    main thread of a process that has not imported MNN yet (so no MNN thread pool exists).
+    Returns whether a server is running."""
+    global _server
+    if _server is not None:
+        return True
+    if not hasattr(os, "fork") or not hasattr(socket, "send_fds") or "_mnncengine" in sys.modules \
+            or threading.current_thread() is not threading.main_thread():
+        return False
+    _server = _ChildServer()
+    import atexit
+
+    atexit.register(_server.sock.close)  # the server leaves when its socket closes
+    return True
+
+
+def _server_spawn(args: List[str], cwd: Optional[str], limits: Optional[Limits], out_fd: int) -> Optional[int]:
+    global _server
+    if _server is None and not start_child_server():
+        return None
+    try:
+        return _server.spawn(args, cwd, limits, out_fd)
+    except (OSError, ConnectionError, EOFError, pickle.PickleError):
+        _server = None  # it died: fresh interpreters from now on
+        return None
+    except BaseException:
+        _server = None  # interrupted mid-request: its replies can no longer be matched
+        raise
+
+
+class Child:
+    """A started child process; :meth:`result` waits for it (see :func:`start_python`)."""
+
+    def __init__(self, args: List[str], what: str, timeout: Optional[float], output: IO[bytes],
+                 pid: Optional[int] = None, popen: Optional[subprocess.Popen] = None,
+                 server: Optional[_ChildServer] = None):
+        self.args, self.what, self.timeout, self._output = args, what, timeout, output
+        self._pid, self._popen, self._server = pid, popen, server
+        self._result: Optional[subprocess.CompletedProcess] = None
+
+    def _read_output(self) -> bytes:
+        self._output.seek(0)
+        data = self._output.read()
+        self._output.close()
+        return data
+
+    def kill(self) -> None:
+        """Stop the child now (its result is then a signal death)."""
+        if self._result is not None:
+            return
+        try:
+            if self._popen is not None:
+                self._popen.kill()
+            else:
+                os.kill(self._pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def result(self) -> subprocess.CompletedProcess:
+        """Wait for the child: ``returncode`` and ``stdout`` (stdout and stderr together). A
+        timeout kills the child and raises NativeFailure; Ctrl-C kills it before propagating."""
+        if self._result is not None:
+            return self._result
+        try:
+            if self._popen is not None:
+                try:
+                    code: Optional[int] = self._popen.wait(timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    code = None
+            else:
+                code = self._server.wait(self._pid, self.timeout)
+        except BaseException:
+            self.kill()
+            self._reap()
+            raise
+        if code is None:
+            self.kill()
+            self._reap()
+            raise _timeout_failure(self.what, self.timeout, self._read_output())
+        self._result = subprocess.CompletedProcess(self.args, code, self._read_output())
+        return self._result
+
+    def _reap(self) -> None:
+        try:
+            if self._popen is not None:
+                self._popen.wait()
+            else:
+                self._server.wait(self._pid, 5.0)
+        except (OSError, ConnectionError, EOFError):
+            pass
+
+
+def start_python(args: Sequence[str], what: str, cwd: Optional[str] = None, limits: Optional[Limits] = None,
+                 fresh: bool = False) -> Child:
+    """Start ``python <args>`` (``-c CODE ...`` or ``-m MODULE ...``) as a child: forked by the
+    child server when there is one (unless ``fresh``), else a new interpreter."""
+    args = [str(a) for a in args]
+    timeout = limits.timeout if limits is not None else None
+    output = tempfile.TemporaryFile(prefix="mnnq-child-")
+    pid = None if fresh else _server_spawn(args, cwd, limits, output.fileno())
+    if pid is not None:
+        return Child(args, what, timeout, output, pid=pid, server=_server)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    popen = subprocess.Popen([sys.executable, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
+                             stderr=subprocess.STDOUT, env=env, preexec_fn=_preexec(limits))
+    return Child(args, what, timeout, output, popen=popen)
+
+
+def run_python(args: Sequence[str], what: str, cwd: Optional[str] = None, limits: Optional[Limits] = None,
+               fresh: bool = False) -> subprocess.CompletedProcess:
+    """:func:`start_python` and wait for the result."""
+    return start_python(args, what, cwd, limits, fresh).result()
+
+
+def start_tool(tool: str, argv: Sequence[str], cwd: str, limits: Optional[Limits] = None,
+               fresh: bool = False) -> Child:
+    """Start ``_tools.<tool>(argv)`` in a child working in ``cwd``."""
+    return start_python(["-c", _CHILD, tool, *argv], f"MNN {tool}", cwd=cwd, limits=limits, fresh=fresh)
+
+
+def tool_result(tool: str, argv: Sequence[str], child: Child) -> NativeRun:
+    """Wait for a :func:`start_tool` child; never raises for tool failures."""
+    proc = child.result()
+    return NativeRun(tool, list(argv), proc.returncode, proc.stdout.decode("utf-8", "replace"))
 
 
 def run_tool(tool: str, argv: Sequence[str], cwd: Optional[str] = None, timeout: Optional[float] = None,
-             limits: Optional[Limits] = None) -> NativeRun:
-    """Run ``_tools.<tool>(argv)`` in a child interpreter; never raises for tool failures,
-    only when the child cannot be started or runs out of time (``timeout`` or ``limits``)."""
+             limits: Optional[Limits] = None, fresh: bool = False) -> NativeRun:
+    """Run ``_tools.<tool>(argv)`` in a child; never raises for tool failures, only when the
+    child cannot be started or runs out of time (``timeout`` or ``limits``). ``fresh`` starts
+    a new interpreter even where a fork would do (one process launch per call, as MNN's own
+    scripts pay)."""
     if timeout is not None:
         limits = Limits(limits.memory if limits else None, timeout)
     own_tmp = None
@@ -166,8 +532,7 @@ def run_tool(tool: str, argv: Sequence[str], cwd: Optional[str] = None, timeout:
         own_tmp = tempfile.TemporaryDirectory(prefix="mnnq-native-")
         cwd = own_tmp.name
     try:
-        proc = run_child([sys.executable, "-c", _CHILD, tool, *argv], f"MNN {tool}", cwd=cwd, limits=limits)
+        return tool_result(tool, argv, start_tool(tool, argv, cwd, limits, fresh))
     finally:
         if own_tmp is not None:
             own_tmp.cleanup()
-    return NativeRun(tool, list(argv), proc.returncode, proc.stdout.decode("utf-8", "replace"))
