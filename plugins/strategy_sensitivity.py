@@ -143,12 +143,9 @@ def apply_steps(ctx, steps: List[Step], count: int) -> Dict[str, LayerSetting]:
 
 
 def confirmed(ctx, settings: Dict[str, LayerSetting], note: str) -> float:
-    """The whole-test-set error of ``settings``, skipped (returned as the screening error) when
-    the first samples alone already miss the budget: the maximum over more samples is no lower."""
-    quick = ctx.measure(settings, note + " (first samples)", quick=True)
-    if not ctx.meets(quick):
-        return quick
-    return ctx.measure(settings, note)
+    """The whole-test-set error of ``settings`` when it meets the budget; when it misses, the
+    error of the first samples that already miss (the maximum over more samples is no lower)."""
+    return ctx.measure_until_miss(settings, note)
 
 
 def sensitivity(ctx) -> None:

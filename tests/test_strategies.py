@@ -181,3 +181,22 @@ def test_time_budget_stops_the_search(pm):
     ctx.deadline = 0.0  # already spent
     with pytest.raises(StopSearch):
         strategy(pm, "sensitivity").run(ctx)
+
+
+def test_starting_settings_are_measured_only_when_a_strategy_reads_the_error(pm):
+    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
+    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
+                        target=0.05, metric="max_rel", evaluator_name="fast", weight_noise=noise,
+                        evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}),
+                        unmeasured_note="initial")
+    assert ctx.measured_error is None and ctx.trials == []
+    strategy(pm, "sensitivity").run(ctx)
+    assert not any(t.note == "initial" for t in ctx.trials)  # sensitivity measures its own proposals
+    assert ctx.measured_error == ctx.error <= 0.05
+
+    fresh = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
+                          target=0.05, metric="max_rel", evaluator_name="fast",
+                          evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}),
+                          unmeasured_note="initial")
+    assert fresh.error == pytest.approx(noisy_error(fresh.settings))  # the first read measures once
+    assert fresh.error == fresh.error and [t.note for t in fresh.trials] == ["initial"]

@@ -32,7 +32,9 @@ class SearchContext:
     ``settings`` maps every layer name to its current :class:`LayerSetting`; ``candidates``
     lists the layers a strategy may change, smallest first (layers pinned float, e.g.
     because their scales would underflow the encoder, are not candidates). ``error`` is the
-    measured error of ``settings`` under ``metric`` and ``memory_mode``.
+    measured error of ``settings`` under ``metric`` and ``memory_mode``; the starting settings
+    are measured (as trial ``unmeasured_note``) only when a strategy first reads it, so a
+    strategy that measures its own proposals (sensitivity) does not pay for that run.
     """
 
     layers: Dict[str, Layer]
@@ -53,9 +55,28 @@ class SearchContext:
     allow_blocks: bool = True
     # evaluate_many(list of settings, memory_mode, quick) -> list of Measurement; None = one by one
     evaluate_many: Optional[Callable[..., List[Measurement]]] = None
-    error: float = float("inf")
+    # evaluate_until_miss(settings, memory_mode, metric, limit) -> (Measurement, complete): stops
+    # running samples once ``metric`` is over ``limit``; None = measure_until_miss runs them all
+    evaluate_until_miss: Optional[Callable[..., Tuple[Measurement, bool]]] = None
+    unmeasured_note: str = "starting settings"
     trials: List[Trial] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    _error: Optional[float] = field(default=None, repr=False)
+
+    @property
+    def error(self) -> float:
+        if self._error is None:
+            self.remeasure(self.unmeasured_note)
+        return self._error
+
+    @error.setter
+    def error(self, value: float) -> None:
+        self._error = value
+
+    @property
+    def measured_error(self) -> Optional[float]:
+        """``error`` if the current settings were measured, else None (reading ``error`` measures)."""
+        return self._error
 
     # -- reading ---------------------------------------------------------------------
     def setting(self, name: str) -> LayerSetting:
@@ -85,17 +106,25 @@ class SearchContext:
         """
         return self.measure_many([(settings, note)], quick=quick)[0]
 
-    def measure_many(self, batch: Sequence[Tuple[Mapping[str, LayerSetting], str]], quick: bool = False) -> List[float]:
-        """Evaluate independent trials, in parallel processes when the engine has them."""
+    def measure_until_miss(self, settings: Mapping[str, LayerSetting], note: str) -> float:
+        """Like :meth:`measure` for a keep-or-drop decision: the samples run in growing chunks and
+        the run stops as soon as the error is over the budget. The error returned is then a lower
+        bound that already misses (the trial is recorded as ``quick``); within the budget, it is
+        the whole test set's error."""
+        if self.evaluate_until_miss is None:
+            return self.measure(settings, note)
+        self._check_deadline()
+        started = time.monotonic()
+        result, complete = self.evaluate_until_miss(self.guarded(settings), self.memory_mode, self.metric,
+                                                    self.target)
+        return self._record([(settings, note + ("" if complete else " (stopped at a miss)"))], [result],
+                            time.monotonic() - started, quick=not complete)[0]
+
+    def _check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise StopSearch()
-        started = time.monotonic()
-        guarded = [self.guarded(s) for s, _ in batch]
-        if self.evaluate_many is not None and len(batch) > 1 and self.evaluator_name == "fast":
-            results = self.evaluate_many(guarded, self.memory_mode, quick)
-        else:
-            results = [self.evaluate(s, self.memory_mode, quick) for s in guarded]
-        each = (time.monotonic() - started) / max(len(batch), 1)
+
+    def _record(self, batch, results, each: float, quick: bool) -> List[float]:
         # The in-process simulation always computes float activations (memory mode normal).
         mode = self.memory_mode if self.evaluator_name == "exact" else "normal"
         errors = []
@@ -106,6 +135,17 @@ class SearchContext:
             self.on_trial(trial)
             errors.append(error)
         return errors
+
+    def measure_many(self, batch: Sequence[Tuple[Mapping[str, LayerSetting], str]], quick: bool = False) -> List[float]:
+        """Evaluate independent trials, in parallel processes when the engine has them."""
+        self._check_deadline()
+        started = time.monotonic()
+        guarded = [self.guarded(s) for s, _ in batch]
+        if self.evaluate_many is not None and len(batch) > 1 and self.evaluator_name == "fast":
+            results = self.evaluate_many(guarded, self.memory_mode, quick)
+        else:
+            results = [self.evaluate(s, self.memory_mode, quick) for s in guarded]
+        return self._record(batch, results, (time.monotonic() - started) / max(len(batch), 1), quick)
 
     def propose(self, changes: Mapping[str, LayerSetting], note: str) -> float:
         """Measure the current settings with ``changes`` applied, without keeping them."""

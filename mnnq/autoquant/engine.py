@@ -296,6 +296,10 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
                 return fast.measure(s, memory_mode, quick)
             return exact.measure(s, memory_mode, quick)
 
+        def evaluate_until_miss(s, memory_mode, metric_name, limit):
+            evaluator = fast if ctx.evaluator_name == "fast" else exact
+            return evaluator.measure_until_miss(s, memory_mode, metric_name, limit)
+
         noise_cache: Dict[tuple, float] = {}
         noise_method = pm.weight_methods().get(method.estimate_with or "", method)
 
@@ -312,12 +316,13 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
 
         ctx = SearchContext(
             layers=layer_map, settings=settings, candidates=candidates, target=float(opts.rate), metric=metric,
-            evaluate=evaluate, evaluator_name="fast" if fast else "exact",
+            evaluate=evaluate, evaluate_until_miss=evaluate_until_miss, evaluator_name="fast" if fast else "exact",
             memory_mode="low" if opts.memory_mode in ("auto", "low") else "normal",
             memory_modes_allowed=("low", "normal") if opts.memory_mode == "auto" else (opts.memory_mode,),
             underflows=underflows, on_trial=on_trial,
             allow_low_bits=opts.select_bits, allow_blocks=opts.select_block, weight_noise=weight_noise,
             deadline=(time.monotonic() + opts.time_budget) if opts.time_budget else None,
+            unmeasured_note="initial: all layers 8 bits, per channel",
         )
         progress.ctx = ctx
         pool = None
@@ -328,8 +333,6 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
 
                 pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics), work)
                 ctx.evaluate_many = pool.evaluate_many
-            progress.stage = "searching (initial measurement)"
-            ctx.remeasure("initial: all layers 8 bits, per channel")
             for strategy in pipeline:
                 progress.stage = f"searching (strategy {strategy.name})"
                 strategy.run(ctx)
@@ -339,7 +342,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         finally:
             if pool is not None:
                 pool.close()
-        simulated = ctx.error if ctx.evaluator_name == "fast" else None
+        simulated = ctx.measured_error if ctx.evaluator_name == "fast" else None
 
         progress.stage = "writing and re-measuring the model"
         final_settings = ctx.guarded(ctx.settings)
@@ -349,8 +352,9 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         ctx.error = final.error(metric)
 
         if not ctx.meets(ctx.error) and ctx.evaluator_name == "fast" and not stopped:
-            notes.append(f"the written model measured {ctx.error:.4g} in memory mode {ctx.memory_mode} "
-                         f"(simulation with float activations: {simulated:.4g}); finishing with exact measurements")
+            simulation = f" (simulation with float activations: {simulated:.4g})" if simulated is not None else ""
+            notes.append(f"the written model measured {ctx.error:.4g} in memory mode {ctx.memory_mode}"
+                         f"{simulation}; finishing with exact measurements")
             ctx.evaluator_name = "exact"
             ctx.deadline = None
             for strategy in pipeline:

@@ -33,9 +33,28 @@ def run_testset(model, testset: TestSet):
     return [model.run(sample.inputs) for sample in testset.samples]
 
 
-def quick_view(testset: TestSet) -> TestSet:
-    """The first QUICK_SAMPLES samples of ``testset``."""
-    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:QUICK_SAMPLES])
+def quick_view(testset: TestSet, count: int = QUICK_SAMPLES) -> TestSet:
+    """The first ``count`` samples of ``testset``."""
+    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:count])
+
+
+def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
+                       limit: float) -> Tuple[Measurement, bool]:
+    """Run ``model`` on the samples in chunks (QUICK_SAMPLES, then doubling) and stop once
+    ``metric`` is over ``limit``: a model's error is the maximum over samples, so the rest
+    cannot bring it back. Returns ``(measurement, complete)``; the complete measurement is
+    exactly :func:`compare` over the whole test set."""
+    outputs: list = []
+    samples = testset.samples
+    chunk = QUICK_SAMPLES
+    while len(outputs) < len(samples):
+        outputs += [model.run(s.inputs) for s in samples[len(outputs): len(outputs) + chunk]]
+        chunk *= 2
+        if len(outputs) < len(samples):
+            partial = compare(quick_view(testset, len(outputs)), outputs, metrics)
+            if partial.error(metric) > limit:
+                return partial, False
+    return compare(testset, outputs, metrics), True
 
 
 class ExactEvaluator:
@@ -81,6 +100,14 @@ class ExactEvaluator:
             self.write(settings, dst)
             return self.measure_file(dst, memory_mode, quick_view(self.testset) if quick else None)
 
+    def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
+                           limit: float) -> Tuple[Measurement, bool]:
+        with tempfile.TemporaryDirectory(prefix="trial-", dir=self.workdir) as work:
+            dst = Path(work) / "trial.mnn"
+            self.write(settings, dst)
+            model = LoadedModel(dst, self.testset.input_names, self.testset.output_names, memory_mode=memory_mode)
+            return measure_until_miss(model, self.testset, self.metrics, metric, limit)
+
 
 class FastEvaluator:
     """In-process simulation with swapped weights (float activations = memory mode normal)."""
@@ -111,6 +138,17 @@ class FastEvaluator:
 
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
+        self._apply(settings)
+        testset = quick_view(self.testset) if quick else self.testset
+        return compare(testset, run_testset(self.model, testset), self.metrics)
+
+    def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
+                           limit: float) -> Tuple[Measurement, bool]:
+        self._apply(settings)
+        return measure_until_miss(self.model, self.testset, self.metrics, metric, limit)
+
+    def _apply(self, settings: Dict[str, LayerSetting]) -> None:
+        """Swap in the weights of every layer whose setting changed since the last trial."""
         updates = {}
         for name, s in settings.items():
             if name not in self.model.weights:
@@ -122,5 +160,3 @@ class FastEvaluator:
                 self._applied[name] = key
         if updates:
             self.model.set_weights(updates)
-        testset = quick_view(self.testset) if quick else self.testset
-        return compare(testset, run_testset(self.model, testset), self.metrics)
