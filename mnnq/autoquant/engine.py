@@ -3,9 +3,10 @@
 Data flow: the converter's params template lists the quantizable layers; an evaluator
 (fast: swapped weights in-process, or exact: convert + run) measures proposals from the
 search strategies; the final settings are written by the converter and the written file is
-re-measured on the whole test set. If that measurement misses the budget while the search
-used the simulation, the finishing strategies (memory-mode, skip-layers) run again on exact
-measurements.
+re-measured on the whole test set (when the last exact trial ran that very conversion in
+the same memory mode, its run of the identical file is the measurement). If that measurement
+misses the budget while the search used the simulation, the finishing strategies
+(memory-mode, skip-layers) run again on exact measurements.
 
 Before anything runs in-process, the float model is read by the converter and run on the test
 set in a child process (a damaged file can crash the MNN runtime). Outputs (model, params,
@@ -347,8 +348,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         progress.stage = "writing and re-measuring the model"
         final_settings = ctx.guarded(ctx.settings)
         out_model = work / "final.mnn"
-        params = exact.write(final_settings, out_model)
-        final = exact.measure_file(out_model, ctx.memory_mode)
+        params, final = exact.write_and_measure(final_settings, out_model, ctx.memory_mode)
         ctx.error = final.error(metric)
 
         if not ctx.meets(ctx.error) and ctx.evaluator_name == "fast" and not stopped:
@@ -363,8 +363,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
                     strategy.run(ctx)
             progress.stage = "writing and re-measuring the model"
             final_settings = ctx.guarded(ctx.settings)
-            params = exact.write(final_settings, out_model)
-            final = exact.measure_file(out_model, ctx.memory_mode)
+            params, final = exact.write_and_measure(final_settings, out_model, ctx.memory_mode)
             ctx.error = final.error(metric)
 
         qpath = Path(opts.quant_model)
