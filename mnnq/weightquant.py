@@ -47,15 +47,65 @@ HQQ_SHRINK_FLOOR = F32(1e-8)       # _shrink: Relu6(|x|, 1e-8, FLT_MAX) before t
 def c_round(x: np.ndarray) -> np.ndarray:
     """C ``round``/``roundf``: half away from zero (numpy's ``rint`` rounds half to even).
 
-    ``rint`` is right everywhere except at exact ties, where it may round towards zero; adding
-    ``sign(d)`` there (``d = x - rint(x)``, exact in floating point, is +-0.5 only at ties)
-    moves those to the away-from-zero neighbour without a slow fancy-index pass.
+    Exact, not an approximation: ``r = rint(x)`` already equals C's ``round`` everywhere except
+    at exact ties (``x = k + 0.5``), where half-to-even may have gone towards zero. ``d = x - r``
+    is computed exactly (``|d| <= 0.5`` and ``x``, ``r`` share an exponent range: Sterbenz), so
+    ``|d| == 0.5`` finds exactly the ties; only there is ``sign(x)`` added when ``|r| < |x|``
+    (``sign(d) == sign(x)``). ``x + 0.5`` followed by ``floor`` would not be exact (``0.49999997f
+    + 0.5f`` rounds up to ``1.0f``). Ties are rare, so the common case costs ``rint``, one
+    subtraction and two reductions (``min``/``max`` of ``d``). A negative zero result is returned
+    as ``+0.0`` (the ``+ 0`` the tie correction used to add everywhere); ``float32`` in gives
+    ``float32`` out, ``float64`` gives ``float64``; a 0-d input gives a numpy scalar.
     """
     x = np.asarray(x)
+    if x.ndim == 0:
+        return c_round(x.reshape(1))[0]
     r = np.rint(x)
-    d = x - r
-    tie_towards_zero = (np.abs(d) == 0.5) & (np.sign(d) == np.sign(x))
-    return r + np.where(tie_towards_zero, np.sign(x), 0).astype(r.dtype)
+    _fix_ties(r, np.subtract(x, r))
+    return r
+
+
+def _fix_ties(r: np.ndarray, d: np.ndarray) -> None:
+    """Turn ``r = rint(x)`` into ``c_round(x)`` in place, given ``d = x - r`` (which may share
+    memory with ``x``: at a tie ``x == r + d`` exactly, so ``x`` itself is not needed).
+
+    Same per-element arithmetic as the old one-pass form ``r + where(tie_towards_zero, sign(x),
+    0)``: ties rounded towards zero get ``r + sign(x)``, every other element ``r + 0`` (which
+    turns ``-0.0`` into ``+0.0``)."""
+    if d.size:
+        hi, lo = d.max(), d.min()
+        if not (hi < 0.5 and lo > -0.5):              # some tie (or a nan from an inf)
+            if lo > -0.5:
+                tie = d == 0.5
+            elif hi < 0.5:
+                tie = d == -0.5
+            else:
+                tie = d == 0.5
+                tie |= d == -0.5
+            k = np.count_nonzero(tie)
+            if k > d.size // 8:                        # many ties: whole-array passes
+                # a tie rounded towards zero has sign(d) == sign(x), i.e. r * d >= 0 (r is
+                # even, so r == 0 or |r| >= 2 > |d|); |d| <= 0.5 so r * d cannot overflow
+                inc = np.multiply(r, d)
+                tie &= inc >= 0
+                # increment: sign(x) == sign(d) there, +0.0 elsewhere (copysign, not where():
+                # no nan from an inf's d, and far faster on a random mask)
+                np.copyto(inc, tie)
+                np.copysign(inc, d, out=inc)
+                np.add(inc, r.dtype.type(0), out=inc)
+                np.add(r, inc, out=r)
+                return
+            if k:
+                if r.flags.c_contiguous:               # flat indexes: far cheaper than nonzero()
+                    idx = np.flatnonzero(tie)
+                    rv, ds = r.reshape(-1), d.reshape(-1)[idx]
+                else:
+                    idx = np.nonzero(tie)
+                    rv, ds = r, d[idx]
+                rs = rv[idx]
+                sx = np.sign(rs + ds)
+                rv[idx] = rs + np.where(np.sign(ds) == sx, sx, 0).astype(r.dtype)
+    np.add(r, r.dtype.type(0), out=r)
 
 
 def clamp_bits(bits: int) -> int:
@@ -125,13 +175,18 @@ def quantize_symmetric(weight: np.ndarray, bits: int, block: int) -> Tuple[np.nd
     ok = scale > ENCODER_ZERO_SCALE
     safe = np.where(ok, scale, F32(1.0))[:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        q = np.clip(c_round(w2 / safe), lo, hi)
-    q = np.where(ok[:, None], q, F32(0.0)).astype(np.int8)
-    return q, scale
+        v = np.divide(w2, safe)
+        q = np.rint(v)
+        _fix_ties(q, np.subtract(v, q, out=v))
+        np.clip(q, lo, hi, out=q)
+    if not ok.all():
+        q[~ok] = F32(0.0)
+    return q.astype(np.int8), scale
 
 
 def dequantize_symmetric(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return (q.astype(F32) * scale.astype(F32)[:, None]).astype(F32)
+    # the int -> float32 cast happens inside the multiply (same values as q.astype(F32))
+    return np.multiply(q, scale.astype(F32)[:, None], dtype=F32)
 
 
 def qdq_max_abs(weight: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -180,9 +235,15 @@ def quantize_asymmetric(weight: np.ndarray, bits: int, block: int
     ok = scale > ENCODER_ZERO_SCALE
     safe = np.where(ok, scale, F32(1.0))[:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        q = np.clip(c_round((w2 - mn[:, None]) / safe) + F32(lo), lo, hi)
-    q = np.where(ok[:, None], q, F32(lo)).astype(np.int8)
-    return q, mn.astype(F32), scale
+        v = np.subtract(w2, mn[:, None])
+        np.divide(v, safe, out=v)
+        q = np.rint(v)
+        _fix_ties(q, np.subtract(v, q, out=v))
+        np.add(q, F32(lo), out=q)
+        np.clip(q, lo, hi, out=q)
+    if not ok.all():
+        q[~ok] = F32(lo)
+    return q.astype(np.int8), mn.astype(F32), scale
 
 
 def dequantize_asymmetric(q: np.ndarray, mn: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
@@ -190,7 +251,9 @@ def dequantize_asymmetric(q: np.ndarray, mn: np.ndarray, scale: np.ndarray, bits
     lo, _ = _levels(bits)
     scale = scale.astype(F32)[:, None]
     low = (mn.astype(F32)[:, None] - (F32(lo) * scale).astype(F32)).astype(F32)
-    return ((q.astype(F32) * scale).astype(F32) + low).astype(F32)
+    out = np.multiply(q, scale, dtype=F32)   # q.astype(F32) * scale, cast inside the multiply
+    np.add(out, low, out=out)
+    return out
 
 
 def qdq_min_max(weight: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -261,28 +324,48 @@ def quantize_hqq(weight: np.ndarray, bits: int, block: int
     scale = np.maximum((mx - mn) * thresh, HQQ_MIN_SCALE).astype(F32)
     s_rev = (F32(1.0) / scale).astype(F32)
     zero = (s_rev * (-mn)).astype(F32)
-    # optimise the zero point (scale fixed): HQQ's legacy proximal step, 20 times
+    # optimise the zero point (scale fixed): HQQ's legacy proximal step, 20 times. The same
+    # float32 operations as before, written into preallocated [elements, groups] buffers.
     wfs = (w * s_rev).astype(F32)
     s_inv = (F32(1.0) / s_rev).astype(F32)
     n = F32(w.shape[0])
+    xb = np.empty_like(w)        # W*S + Z before rounding, then its residual x - rint(x)
+    wq = np.empty_like(w)
+    err = np.empty_like(w)
+    t = np.empty_like(w)
     for _ in range(HQQ_ITERS):
-        wq = c_round(wfs + zero)
+        np.add(wfs, zero, out=xb)
+        np.rint(xb, out=wq)
+        _fix_ties(wq, np.subtract(xb, wq, out=xb))
         np.clip(wq, F32(0.0), qmax_u, out=wq)
-        err = w - (wq - zero) * s_inv
+        np.subtract(wq, zero, out=err)                 # err = w - (wq - zero) * s_inv
+        np.multiply(err, s_inv, out=err)
+        np.subtract(w, err, out=err)
         # WQ - (W - WE) * S with WE = 0, so (W - 0) * S == wfs exactly, except where the
         # shrink is active
-        t = wq - wfs
-        active = np.abs(err) > _SHRINK_ACTIVE
-        if active.any():
-            rows, cols = np.nonzero(active)
-            we = _shrink(err[rows, cols])
-            t[rows, cols] = wq[rows, cols] - (w[rows, cols] - we) * s_rev[0, cols]
+        np.subtract(wq, wfs, out=t)
+        # |err| > 0.15 somewhere? (max/min without a mask; a nan sends us to the exact test)
+        if not (err.max() <= _SHRINK_ACTIVE and err.min() >= -_SHRINK_ACTIVE):
+            active = np.abs(err) > _SHRINK_ACTIVE
+            if active.any():
+                # np.nonzero's (rows, cols) via flat indexes (same elements, same order; a
+                # 2-d nonzero costs ~5 ms on 1M elements)
+                flat = np.flatnonzero(active)
+                cols = flat % w.shape[1]
+                we = _shrink(err.reshape(-1)[flat])
+                t.reshape(-1)[flat] = (wq.reshape(-1)[flat]
+                                       - (w.reshape(-1)[flat] - we) * s_rev[0, cols])
         zero = (np.add.reduce(t, axis=0, dtype=F32, keepdims=True) / n).astype(F32)
     scale = (F32(1.0) / s_rev).astype(F32)
     low = (-(zero * scale)).astype(F32)
     lo, hi = _levels(b)
-    qf = ((w - low) * s_rev + F32(lo)).astype(F32)
-    q = np.clip(c_round(qf), lo, hi).astype(np.int8)
+    qf = np.subtract(w, low, out=xb)                   # (w - low) * s_rev + lo
+    np.multiply(qf, s_rev, out=qf)
+    np.add(qf, F32(lo), out=qf)
+    np.rint(qf, out=wq)
+    _fix_ties(wq, np.subtract(qf, wq, out=qf))
+    np.clip(wq, lo, hi, out=wq)
+    q = wq.astype(np.int8)
     return np.ascontiguousarray(q.T), low[0], scale[0]
 
 
