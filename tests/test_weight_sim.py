@@ -194,6 +194,35 @@ def test_float_swap_matches_file_and_reset(sim, mode):
         np.testing.assert_array_equal(again["y"], out["y"])
 
 
+def test_patched_files_stay_in_step_with_the_weights(sim, tmp_path):
+    """The two swap files are updated in place (only changed layers): after a run of swaps, each
+    run equals a fresh load of a file holding exactly the current weights."""
+    from mnnq.mnn_backend.runtime import LoadedModel
+    from mnnq.mnn_backend.swap import SwappableModel
+
+    model = SwappableModel.load(sim["float_mnn"], sim["layers"], ["x"], OUTPUTS, tmp_path / "swap")
+    rng = np.random.default_rng(1)
+    names = sorted(model.weights)
+    current = dict(model.weights)
+    for step in range(7):
+        change = {n: (model.weights[n] * rng.uniform(0.5, 1.5)).astype(np.float32)
+                  for n in names[step % len(names):][:2]}
+        if step == 4:
+            model.reset()
+            current = dict(model.weights)
+        model.set_weights(change)
+        current.update(change)
+        out = model.run(sim["x"])
+        fresh = SwappableModel.load(sim["float_mnn"], sim["layers"], ["x"], OUTPUTS, tmp_path / f"fresh{step}")
+        fresh.set_weights(current)
+        expected = fresh.run(sim["x"])
+        for name in OUTPUTS:
+            np.testing.assert_array_equal(out[name], expected[name])
+        written = model._workdir / f"swapped_{model._generation % 2}.mnn"
+        assert written.read_bytes() == bytes(model._buffer)
+        assert LoadedModel(written, ["x"], OUTPUTS).run(sim["x"])["y"].tobytes() == out["y"].tobytes()
+
+
 def test_encoder_underflow_is_predicted_and_simulated(sim):
     from mnnq.mnn_backend.inventory import decode_quantized, read_conv_ops
 

@@ -94,6 +94,8 @@ class SwappableModel:
         self._dirty = False
         self._loaded = None
         self._generation = 0
+        # per swap file: layers changed since that file was last written (None: write it whole)
+        self._stale: List[Optional[set]] = [None, None]
         self._threads = 1
         # module backend
         self._module = None
@@ -355,6 +357,9 @@ class SwappableModel:
                 op = self.ops[name]
                 data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
                 self._buffer[op.weight_offset: op.weight_offset + len(data)] = data
+                for stale in self._stale:
+                    if stale is not None:
+                        stale.add(name)
             self._dirty = True
             return
         F, _ = _mnn()
@@ -369,6 +374,7 @@ class SwappableModel:
         """Restore every layer's float weights."""
         if self.mode == "patch":
             self._buffer = bytearray(self._base)
+            self._stale = [None, None]
             self._dirty = True
             return
         self.set_weights(self.weights)
@@ -383,13 +389,26 @@ class SwappableModel:
         from mnnq.mnn_backend.runtime import LoadedModel
 
         if self._dirty or self._loaded is None:
-            # alternate between two files so a model being replaced never reads a half-written one
+            # alternate between two files so a model being replaced never reads a half-written
+            # one; a file already written is brought up to date in place, only the weights of
+            # the layers changed since (rewriting a whole large model per trial cost more than
+            # running it)
             self._generation += 1
-            path = self._workdir / f"swapped_{self._generation % 2}.mnn"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(self._buffer)
-            tmp.replace(path)
+            which = self._generation % 2
+            path = self._workdir / f"swapped_{which}.mnn"
             self._loaded = None
+            stale = self._stale[which]
+            if stale is None or not path.is_file():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(self._buffer)
+                tmp.replace(path)
+            else:
+                with open(path, "r+b") as fh:
+                    for name in sorted(stale, key=lambda n: self.ops[n].weight_offset):
+                        start = self.ops[name].weight_offset
+                        fh.seek(start)
+                        fh.write(self._buffer[start: start + 4 * self.weights[name].size])
+            self._stale[which] = set()
             self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads)
             self._dirty = False
         return self._loaded
