@@ -33,14 +33,23 @@ class Measurement:
         return self.errors[metric]
 
 
-def compare(testset: TestSet, outputs: Sequence[Mapping[str, np.ndarray]],
-            metrics: Mapping[str, Metric]) -> Measurement:
-    """``outputs[i]`` holds the model's outputs for ``testset.samples[i]``."""
-    details: List[OutputError] = []
-    nonfinite: List[str] = []
-    worst: Dict[str, float] = {m: 0.0 for m in metrics}
-    counted: Dict[str, int] = {m: 0 for m in metrics}
-    for sample, produced in zip(testset.samples, outputs):
+class Comparison:
+    """Errors accumulated sample by sample (``compare`` in steps): ``error(metric)`` is the
+    maximum so far, so a caller can stop as soon as it is over a budget."""
+
+    def __init__(self, metrics: Mapping[str, Metric]):
+        self.metrics = metrics
+        self.details: List[OutputError] = []
+        self.nonfinite: List[str] = []
+        self.worst: Dict[str, float] = {m: 0.0 for m in metrics}
+        self.counted: Dict[str, int] = {m: 0 for m in metrics}
+
+    def error(self, metric: str) -> float:
+        return self.worst[metric]
+
+    def add(self, sample, produced: Mapping[str, np.ndarray]) -> None:
+        """Compare one sample's outputs with its references."""
+        metrics = self.metrics
         for oname, ref in sample.references.items():
             if oname not in produced:
                 raise BadInput(f"the model has no output '{oname}' named in {sample.directory}/input.json")
@@ -49,25 +58,39 @@ def compare(testset: TestSet, outputs: Sequence[Mapping[str, np.ndarray]],
                 raise BadInput(f"reference {sample.directory}/{oname} has {ref.size} values "
                                f"but the model's output '{oname}' has {out.size}; regenerate the test set")
             if not np.all(np.isfinite(out)):
-                nonfinite.append(f"{sample.name}/{oname}")
-                details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))), float("inf"),
-                                           {m: float("inf") for m in metrics}))
+                self.nonfinite.append(f"{sample.name}/{oname}")
+                self.details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))), float("inf"),
+                                                {m: float("inf") for m in metrics}))
                 for m in metrics:
-                    worst[m] = float("inf")
-                    counted[m] += 1
+                    self.worst[m] = float("inf")
+                    self.counted[m] += 1
                 continue
             values: Dict[str, Optional[float]] = {}
             for mname, metric in metrics.items():
                 v = metric.per_output(ref, out)
                 values[mname] = v
                 if v is not None:
-                    counted[mname] += 1
-                    worst[mname] = max(worst[mname], float(v))
-            details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))),
-                                       float(np.max(np.abs(out - ref))), values))
-    for mname, n in counted.items():
-        if n == 0:
-            raise BadInput(f"metric '{mname}' skips every output of test set {testset.root} "
-                           "(e.g. max_rel ignores outputs whose max |ref| <= 0.01), so it could never fail; "
-                           "use --metric cosine or a test set with larger outputs")
-    return Measurement(worst, details, nonfinite)
+                    self.counted[mname] += 1
+                    self.worst[mname] = max(self.worst[mname], float(v))
+            self.details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))),
+                                            float(np.max(np.abs(out - ref))), values))
+
+    def result(self, testset: TestSet, complete: bool = True) -> Measurement:
+        """The measurement so far. ``complete``: every sample was added, and a metric that
+        skipped every output (it could never fail) is a BadInput."""
+        if complete:
+            for mname, n in self.counted.items():
+                if n == 0:
+                    raise BadInput(f"metric '{mname}' skips every output of test set {testset.root} "
+                                   "(e.g. max_rel ignores outputs whose max |ref| <= 0.01), so it could never "
+                                   "fail; use --metric cosine or a test set with larger outputs")
+        return Measurement(dict(self.worst), list(self.details), list(self.nonfinite))
+
+
+def compare(testset: TestSet, outputs: Sequence[Mapping[str, np.ndarray]],
+            metrics: Mapping[str, Metric]) -> Measurement:
+    """``outputs[i]`` holds the model's outputs for ``testset.samples[i]``."""
+    comparison = Comparison(metrics)
+    for sample, produced in zip(testset.samples, outputs):
+        comparison.add(sample, produced)
+    return comparison.result(testset)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnnq.autoquant.evaluators import QUICK_SAMPLES, measure_until_miss
+from mnnq.autoquant.evaluators import measure_until_miss
 from mnnq.measure import compare
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.plugin_manager import get_plugin_manager
@@ -33,7 +33,7 @@ class Counting:
 def test_a_miss_stops_early_and_a_pass_is_the_whole_test_set():
     testset = load_testset(DIGITS / "testset")
     metrics = {"max_rel": get_plugin_manager().metrics()["max_rel"]}
-    assert len(testset.samples) > 3 * QUICK_SAMPLES
+    assert len(testset.samples) > 8
 
     clean = Counting(testset)
     measurement, complete = measure_until_miss(clean, testset, metrics, "max_rel", 1.0)
@@ -41,7 +41,8 @@ def test_a_miss_stops_early_and_a_pass_is_the_whole_test_set():
     full = compare(testset, [clean.model.run(s.inputs) for s in testset.samples], metrics)
     assert measurement.errors == full.errors
 
-    spoiled = Counting(testset, spoil=[QUICK_SAMPLES + 1])  # in the second chunk
+    spoiled = Counting(testset, spoil=[5])
     measurement, complete = measure_until_miss(spoiled, testset, metrics, "max_rel", 1.0)
     assert not complete and measurement.error("max_rel") > 1.0
-    assert spoiled.runs == 3 * QUICK_SAMPLES < len(testset.samples)  # chunks of 4, then 8
+    assert spoiled.runs == 6 < len(testset.samples)  # stopped at the spoiled sample
+    assert len({d.sample for d in measurement.details}) == 6

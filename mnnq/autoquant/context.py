@@ -107,8 +107,8 @@ class SearchContext:
         return self.measure_many([(settings, note)], quick=quick)[0]
 
     def measure_until_miss(self, settings: Mapping[str, LayerSetting], note: str) -> float:
-        """Like :meth:`measure` for a keep-or-drop decision: the samples run in growing chunks and
-        the run stops as soon as the error is over the budget. The error returned is then a lower
+        """Like :meth:`measure` for a keep-or-drop decision: the samples run one by one and the
+        run stops as soon as the error is over the budget. The error returned is then a lower
         bound that already misses (the trial is recorded as ``quick``); within the budget, it is
         the whole test set's error."""
         if self.evaluate_until_miss is None:

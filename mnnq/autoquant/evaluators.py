@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from mnnq.layers import Layer, LayerSetting, effective_block
-from mnnq.measure import Measurement, compare
+from mnnq.measure import Comparison, Measurement, compare
 from mnnq.mnn_backend.converter import weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
@@ -26,7 +26,7 @@ from mnnq.testset import TestSet
 
 # Screening trials (``quick=True``) run on the first few samples only; every decision that
 # is kept is confirmed on the whole test set.
-QUICK_SAMPLES = 4
+QUICK_SAMPLES = 2
 
 
 def run_testset(model, testset: TestSet):
@@ -40,21 +40,16 @@ def quick_view(testset: TestSet, count: int = QUICK_SAMPLES) -> TestSet:
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
                        limit: float) -> Tuple[Measurement, bool]:
-    """Run ``model`` on the samples in chunks (QUICK_SAMPLES, then doubling) and stop once
-    ``metric`` is over ``limit``: a model's error is the maximum over samples, so the rest
-    cannot bring it back. Returns ``(measurement, complete)``; the complete measurement is
-    exactly :func:`compare` over the whole test set."""
-    outputs: list = []
-    samples = testset.samples
-    chunk = QUICK_SAMPLES
-    while len(outputs) < len(samples):
-        outputs += [model.run(s.inputs) for s in samples[len(outputs): len(outputs) + chunk]]
-        chunk *= 2
-        if len(outputs) < len(samples):
-            partial = compare(quick_view(testset, len(outputs)), outputs, metrics)
-            if partial.error(metric) > limit:
-                return partial, False
-    return compare(testset, outputs, metrics), True
+    """Run ``model`` sample by sample and stop once ``metric`` is over ``limit``: a model's
+    error is the maximum over samples, so the rest cannot bring it back. Returns
+    ``(measurement, complete)``; the complete measurement is exactly :func:`compare` over the
+    whole test set."""
+    comparison = Comparison(metrics)
+    for sample in testset.samples:
+        comparison.add(sample, model.run(sample.inputs))
+        if comparison.error(metric) > limit:
+            return comparison.result(testset, complete=False), False
+    return comparison.result(testset), True
 
 
 class ExactEvaluator:
