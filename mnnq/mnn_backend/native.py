@@ -401,7 +401,10 @@ def start_child_server() -> bool:
     if not hasattr(os, "fork") or not hasattr(socket, "send_fds") or "_mnncengine" in sys.modules \
             or threading.current_thread() is not threading.main_thread():
         return False
-    _server = _ChildServer()
+    try:
+        _server = _ChildServer()
+    except OSError:  # no SOCK_SEQPACKET socket pairs here (e.g. macOS): fresh interpreters
+        return False
     import atexit
 
     atexit.register(_server.sock.close)  # the server leaves when its socket closes
@@ -463,6 +466,10 @@ class Child:
                     code = None
             else:
                 code = self._server.wait(self._pid, self.timeout)
+        except (ConnectionError, EOFError) as exc:  # the child server died under us
+            self.kill()
+            raise NativeFailure(f"{self.what}: mnnq's child server stopped ({exc}); run the command again",
+                                tail=output_tail(self._read_output().decode("utf-8", "replace"))) from None
         except BaseException:
             self.kill()
             self._reap()

@@ -1,0 +1,85 @@
+"""mnnq's child server: native children are forks of an early copy of mnnq, not new interpreters.
+
+Each case runs in its own interpreter (the test session has its own server), starting a server
+or not, then checks who the children's parent is, what they see, and what happens when the
+server is gone or a child hangs.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+PRELUDE = """
+import json, os, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from mnnq.mnn_backend import native
+from mnnq.mnn_backend.native import Limits, run_python, run_tool, start_child_server
+def child_parent():
+    proc = run_python(["-c", "import os; print(os.getppid())"], "a probe child")
+    assert proc.returncode == 0, proc.stdout
+    return int(proc.stdout.split()[-1])
+"""
+
+
+def run_script(body: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_children_fork_from_the_server_see_the_current_environment_and_survive_its_death():
+    out = run_script("""
+        started = start_child_server()
+        server = native._server.pid
+        forked = child_parent()
+        os.environ["MNNQ_TEST_VALUE"] = "set after the server started"
+        seen = run_python(["-c", "import os; print(os.environ['MNNQ_TEST_VALUE'])"], "env").stdout.decode()
+        version = run_tool("mnnconvert", ["mnnconvert", "--version"])
+        with ThreadPoolExecutor(4) as pool:  # threads share the server
+            echoed = list(pool.map(lambda i: run_python(["-c", f"print({i} * 7)"], "echo").stdout.decode().split()[-1],
+                                   range(8)))
+        import signal, time
+        os.kill(server, signal.SIGKILL)
+        time.sleep(0.2)
+        after = child_parent()
+        print(json.dumps(dict(started=started, server=server, forked=forked, seen=seen.strip(), me=os.getpid(),
+                              version=version.returncode, echoed=echoed, after=after,
+                              server_left=native._server is None)))
+    """)
+    assert out["started"] and out["forked"] == out["server"] != out["me"]
+    assert out["seen"] == "set after the server started"
+    assert out["version"] == 0
+    assert out["echoed"] == [str(i * 7) for i in range(8)]
+    # the server was killed: the next child is a new interpreter started by this process
+    assert out["after"] == out["me"] and out["server_left"]
+
+
+def test_no_server_once_mnn_ran_in_this_process():
+    out = run_script("""
+        import MNN.expr  # its thread pool could exist from now on: a fork would hang in it
+        print(json.dumps(dict(started=start_child_server(), parent=child_parent(), me=os.getpid())))
+    """)
+    assert out == {"started": False, "parent": out["me"], "me": out["me"]}
+
+
+def test_a_hanging_forked_child_is_killed_at_its_timeout():
+    out = run_script("""
+        import time
+        start_child_server()
+        started = time.monotonic()
+        try:
+            run_python(["-c", "import time; print('waiting', flush=True); time.sleep(60)"], "a sleeper",
+                       limits=Limits(timeout=1.0))
+            failure = None
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc} | {getattr(exc, 'tail', '')}"
+        print(json.dumps(dict(failure=failure, seconds=time.monotonic() - started, parent=child_parent(),
+                              server=native._server.pid)))
+    """)
+    assert out["failure"].startswith("NativeFailure: a sleeper did not finish within 1 s (killed)")
+    assert "waiting" in out["failure"]
+    assert out["seconds"] < 30
+    assert out["parent"] == out["server"]  # the server still serves after a kill
