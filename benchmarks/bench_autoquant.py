@@ -10,7 +10,10 @@
     process, its native children forked by mnnq's child server (started first, as the CLI does).
 
 Both written models are then run on the whole test set and on held-out samples (max_rel). The
-table ends with the ratios b/a. Real pretrained models come from benchmarks/pretrained.py.
+table ends with the ratios b/a; one line per model then says whether (b) reaches the targets:
+where (a) meets the budget on the test set, (b) meets it too with a file <= 0.8x and a wall time
+<= 0.5x of (a)'s; where (a) misses, (b) meets it. Real pretrained models come from
+benchmarks/pretrained.py.
 """
 from __future__ import annotations
 
@@ -224,6 +227,26 @@ def max_rel(model: Path, testset_dir: Optional[Path], memory_mode: str, pm) -> f
     return compare(ts, [loaded.run(s.inputs) for s in ts.samples], {"max_rel": pm.metrics()["max_rel"]}).errors["max_rel"]
 
 
+# Issue targets: where (a) meets the budget, (b) meets it too with a file <= 0.8x and a wall time
+# <= 0.5x of (a)'s; where (a) misses, (b) meets it.
+SIZE_TARGET, TIME_TARGET = 0.8, 0.5
+
+
+def target_verdict(name: str, a: Outcome, b: Outcome, rate: float) -> str:
+    """One line: does (b) reach the targets against (a) on this model?"""
+    b_meets = b.test_error <= rate
+    if a.test_error <= rate:
+        size, speed = b.size / a.size, b.seconds / a.seconds
+        ok = b_meets and size <= SIZE_TARGET and speed <= TIME_TARGET
+        why = (f"(a) meets; (b) {'meets' if b_meets else 'MISSES'}, size {size:.2f}x (<= {SIZE_TARGET}), "
+               f"time {speed:.2f}x (<= {TIME_TARGET})")
+    else:
+        ok = b_meets
+        why = (f"(a) misses ({a.test_error:.4f}); (b) {'meets' if b_meets else 'MISSES'} ({b.test_error:.4f}); "
+               f"for information: size {b.size / a.size:.2f}x, time {b.seconds / a.seconds:.2f}x")
+    return f"{name}: targets {'met' if ok else 'NOT met'}: {why}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["digits", "efficientnet_lite0", "mtcnn_onet"])
@@ -259,6 +282,9 @@ def main(argv=None) -> int:
         table.add_row(name, "b/a", f"{b.seconds / a.seconds:.2f}", f"{b.trials / max(a.trials, 1):.2f}",
                       f"{b.size / a.size:.2f}", "", "", "", "")
     console.print(table)
+    verdicts = [target_verdict(name, runs["a"], runs["b"], args.rate) for name, runs in rows.items()]
+    for line in verdicts:
+        console.print(line, highlight=False)
     if args.json:
         args.json.write_text(json.dumps({n: {k: vars(v) for k, v in r.items()} for n, r in rows.items()}, indent=2))
     return 0
