@@ -83,3 +83,27 @@ def test_a_hanging_forked_child_is_killed_at_its_timeout():
     assert "waiting" in out["failure"]
     assert out["seconds"] < 30
     assert out["parent"] == out["server"]  # the server still serves after a kill
+
+
+def test_a_fork_of_mnnq_does_not_share_its_server():
+    out = run_script("""
+        import tempfile
+        start_child_server()
+        server = native._server.pid
+        note = tempfile.mktemp()
+        pid = os.fork()
+        if pid == 0:  # e.g. an application's multiprocessing worker
+            code = 1
+            try:
+                with open(note, "w") as fh:
+                    fh.write(str(child_parent()))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        theirs = int(open(note).read())
+        print(json.dumps(dict(status=status, theirs=theirs, server=server, ours=child_parent(), fork=pid)))
+    """)
+    assert out["status"] == 0
+    assert out["theirs"] != out["server"]  # the fork started its own server (or a fresh interpreter)
+    assert out["ours"] == out["server"]    # and the original process still uses its own

@@ -350,6 +350,7 @@ class _ChildServer:
                 os._exit(code)
         theirs.close()
         self.pid = pid
+        self.owner = os.getpid()  # a fork of this process must not talk on the same socket
         self.sock = ours
         self.exits: dict = {}
         self.lock = threading.Lock()
@@ -413,6 +414,8 @@ def start_child_server() -> bool:
 
 def _server_spawn(args: List[str], cwd: Optional[str], limits: Optional[Limits], out_fd: int) -> Optional[int]:
     global _server
+    if _server is not None and _server.owner != os.getpid():
+        _server = None  # this process is a fork of the one that started the server
     if _server is None and not start_child_server():
         return None
     try:
