@@ -107,3 +107,17 @@ def test_a_fork_of_mnnq_does_not_share_its_server():
     assert out["status"] == 0
     assert out["theirs"] != out["server"]  # the fork started its own server (or a fresh interpreter)
     assert out["ours"] == out["server"]    # and the original process still uses its own
+
+
+def test_a_request_too_large_for_the_socket_goes_to_a_fresh_interpreter():
+    out = run_script("""
+        start_child_server()
+        server = native._server.pid
+        many = [f"/some/calibration/image-{i:06d}.png" for i in range(20000)]  # ~0.7 MB of arguments
+        proc = run_python(["-c", "import os, sys; print(os.getppid(), len(sys.argv) - 1)", *many], "many args")
+        parent, count = proc.stdout.decode().split()
+        print(json.dumps(dict(parent=int(parent), count=int(count), me=os.getpid(), server=server,
+                              still=child_parent())))
+    """)
+    assert out["count"] == 20000 and out["parent"] == out["me"]  # a new interpreter took it
+    assert out["still"] == out["server"]                          # and the server still serves

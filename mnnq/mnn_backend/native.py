@@ -258,14 +258,13 @@ def _forked_child(args: Sequence[str], cwd: Optional[str], limits: Optional[Limi
 SERVER_PRELOAD = ("numpy", "_tools", "MNN.expr", "MNN.nn", "mnnq.gate.child", "mnnq.testset",
                   "mnnq.mnn_backend.runtime")
 _MESSAGE = 1 << 20
+# A request (code, arguments, environment) above this goes to a fresh interpreter instead: a
+# socket-pair datagram cannot exceed the socket buffer (~200 kB by default).
+REQUEST_LIMIT = 64 << 10
 
 
-def _send(sock: socket.socket, obj, fds: Sequence[int] = ()) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.sendall(data)
+def _send(sock: socket.socket, obj) -> None:
+    sock.sendall(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _server_main(sock: socket.socket) -> None:
@@ -361,9 +360,13 @@ class _ChildServer:
             raise ConnectionError("mnnq's child server is gone")
         return pickle.loads(data)
 
-    def spawn(self, args: List[str], cwd: Optional[str], limits: Optional[Limits], out_fd: int) -> int:
+    def spawn(self, args: List[str], cwd: Optional[str], limits: Optional[Limits], out_fd: int) -> Optional[int]:
+        """The forked child's pid, or None when the request is too large to send."""
+        request = pickle.dumps((args, cwd, limits, dict(os.environ)), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(request) > REQUEST_LIMIT:
+            return None
         with self.lock:
-            _send(self.sock, (args, cwd, limits, dict(os.environ)), [out_fd])
+            socket.send_fds(self.sock, [request], [out_fd])
             while True:
                 message = self._receive()
                 if message[0] == "started":
