@@ -1,6 +1,7 @@
 """auto-quant benchmark: auto_quant.py's way of working vs mnnq's default, in the same run.
 
-    python benchmarks/bench_autoquant.py [digits] [efficientnet_lite0] [mtcnn_onet] [--rate 0.05] [--repeat 3]
+    python benchmarks/bench_autoquant.py [digits] [efficientnet_lite0] [mtcnn_onet] [mtcnn_rnet]
+                                         [--rate 0.05] [--repeat 3] [--json out.json]
 
 (a) "auto_quant.py": its algorithm executed the way auto_quant.py executes it: every trial is
     one converter run with ``--testdir`` on a single test dir (the first sample), its rate read
@@ -10,11 +11,11 @@
     process, its native children forked by mnnq's child server (started first, as the CLI does).
 
 Each side runs ``--repeat`` times (the same search each time) and the median wall time is
-reported. Both written models are then run on the whole test set and on held-out samples (max_rel). The
-table ends with the ratios b/a; one line per model then says whether (b) reaches the targets:
-where (a) meets the budget on the test set, (b) meets it too with a file <= 0.8x and a wall time
-<= 0.5x of (a)'s; where (a) misses, (b) meets it. Real pretrained models come from
-benchmarks/pretrained.py.
+reported. Both written models are then run on the whole test set and on held-out samples
+(max_rel). The table ends with the ratios b/a; one line per model then says whether (b) reaches
+the targets: where (a) meets the budget on the test set, (b) meets it too with a file <= 0.8x
+and a wall time <= 0.5x of (a)'s; where (a) misses, (b) meets it. Real pretrained models come
+from benchmarks/pretrained.py.
 """
 from __future__ import annotations
 
@@ -251,7 +252,7 @@ def target_verdict(name: str, a: Outcome, b: Outcome, rate: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=["digits", "efficientnet_lite0", "mtcnn_onet"])
+    parser.add_argument("models", nargs="*", default=["digits", "efficientnet_lite0", "mtcnn_onet", "mtcnn_rnet"])
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side per model (median wall time)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
