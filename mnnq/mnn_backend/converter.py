@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from mnnq.errors import BadInput, NativeFailure
-from mnnq.mnn_backend.native import Child, Limits, NativeRun, probe_limits, run_tool, start_tool, tool_result
+from mnnq.mnn_backend.native import Child, ChildJob, Limits, NativeRun, probe_limits, run_tool, start_tool, tool_result
 
 # Lines the converter prints when it ignored the compression params file and wrote a float model.
 PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse compress")
@@ -81,28 +81,27 @@ def check_float_model(src: Path) -> NativeRun:
                                 tail=exc.tail) from None
 
 
-class TemplateRun:
+class TemplateRun(ChildJob):
     """The converter listing a model's layers in a child (see :func:`start_params_template`)."""
 
-    def __init__(self, src: Path, work: tempfile.TemporaryDirectory, argv: List[str], child: Child):
-        self.src = src
-        self._work, self._argv, self._child = work, argv, child
+    def __init__(self, src: Path, limits: Optional[Limits]):
+        self.src = Path(src)
+        self._argv: List[str] = []
 
-    def cancel(self) -> None:
-        """Stop the child and drop its files (the result is not wanted)."""
-        try:
-            self._child.kill()
-            self._child.result()
-        finally:
-            self._work.cleanup()
+        def start(work: Path) -> Child:
+            self._argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(self.src.resolve()),
+                          "--MNNModel", str(work / "out.mnn"), "--bizCode", "mnnq",
+                          "--compressionParamsFile", str(work / "template.json")]
+            return start_tool("mnnconvert", self._argv, cwd=str(work), limits=limits)
+
+        super().__init__("mnnq-template-", start)
 
     def result(self, keep_model: Optional[Path] = None) -> dict:
         """The params template; ``keep_model`` also keeps the converter's float re-write of the
         model (the file a weight-quantizing conversion starts from) at that path."""
         try:
             run = tool_result("mnnconvert", self._argv, self._child)
-            work = Path(self._work.name)
-            params, out = work / "template.json", work / "out.mnn"
+            params, out = self.work / "template.json", self.work / "out.mnn"
             _check_written(run, out, f"listing the layers of {self.src}")
             if not params.is_file():
                 raise NativeFailure(f"MNN converter wrote no params template for {self.src}", tail=run.tail())
@@ -121,16 +120,7 @@ class TemplateRun:
 def start_params_template(src: Path, limits: Optional[Limits] = None) -> TemplateRun:
     """Start the converter writing the compression params template for ``src`` (one entry per
     weight-quantizable layer); ``.result()`` waits for it."""
-    work = tempfile.TemporaryDirectory(prefix="mnnq-template-")
-    try:
-        argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(Path(src).resolve()),
-                "--MNNModel", str(Path(work.name) / "out.mnn"), "--bizCode", "mnnq",
-                "--compressionParamsFile", str(Path(work.name) / "template.json")]
-        child = start_tool("mnnconvert", argv, cwd=work.name, limits=limits)
-    except BaseException:
-        work.cleanup()
-        raise
-    return TemplateRun(Path(src), work, argv, child)
+    return TemplateRun(src, limits)
 
 
 def params_template(src: Path, limits: Optional[Limits] = None) -> dict:

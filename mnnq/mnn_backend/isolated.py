@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mnnq.errors import BadInput, NativeFailure
-from mnnq.mnn_backend.native import FAULT_CODE, Child, Limits, exit_text, output_tail, run_python, start_python
+from mnnq.mnn_backend.native import FAULT_CODE, Child, ChildJob, Limits, exit_text, output_tail, run_python, start_python
 
 EXIT_REPORTED = 3  # the child wrote a one-line reason
 
@@ -81,21 +81,21 @@ def probe_runtime(model: Path, timeout: Optional[float] = None) -> Tuple[List[st
     return inputs, outputs
 
 
-class IsolatedRun:
+class IsolatedRun(ChildJob):
     """A model running on a test set in a child (see :func:`start_isolated`)."""
 
-    def __init__(self, model: Path, test_dir: Path, shown: str, work: tempfile.TemporaryDirectory,
-                 files: Dict[str, str], child: Child):
+    def __init__(self, model: Path, test_dir: Path, memory_mode: str, timeout: Optional[float], shown: str):
         self.model, self.test_dir, self.shown = model, test_dir, shown
-        self._work, self._files, self._child = work, files, child
 
-    def cancel(self) -> None:
-        """Stop the child and drop its files (the result is not wanted)."""
-        try:
-            self._child.kill()
-            self._child.result()
-        finally:
-            self._work.cleanup()
+        def start(work: Path) -> Child:
+            self._files = {k: str(work / k) for k in ("outputs", "layers", "error", "layers_error")}
+            request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
+                       "float_model": None, "layer_tensors": [], **self._files}
+            (work / "request.json").write_text(json.dumps(request))
+            return start_python(["-m", "mnnq.gate.child", str(work / "request.json")],
+                                f"running {model} on {test_dir}", cwd=str(work), limits=Limits(timeout=timeout))
+
+        super().__init__("mnnq-isolated-", start)
 
     def result(self) -> List[Dict[str, np.ndarray]]:
         """Wait for the outputs; BadInput / NativeFailure as :func:`run_isolated` says."""
@@ -120,18 +120,7 @@ def start_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", tim
     """Start running ``model`` on the test set in ``test_dir`` in a child; ``.result()`` waits.
     ``name`` replaces the model's path in messages (for a temporary file the user never sees)."""
     model, test_dir = Path(model).resolve(), Path(test_dir).resolve()
-    work = tempfile.TemporaryDirectory(prefix="mnnq-isolated-")
-    try:
-        files = {k: str(Path(work.name) / k) for k in ("outputs", "layers", "error", "layers_error")}
-        request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
-                   "float_model": None, "layer_tensors": [], **files}
-        (Path(work.name) / "request.json").write_text(json.dumps(request))
-        child = start_python(["-m", "mnnq.gate.child", str(Path(work.name) / "request.json")],
-                             f"running {model} on {test_dir}", cwd=work.name, limits=Limits(timeout=timeout))
-    except BaseException:
-        work.cleanup()
-        raise
-    return IsolatedRun(model, test_dir, name or str(model), work, files, child)
+    return IsolatedRun(model, test_dir, memory_mode, timeout, name or str(model))
 
 
 def run_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,

@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, List, Optional, Sequence
+from typing import IO, Callable, List, Optional, Sequence
 
 from mnnq.errors import NativeFailure
 
@@ -154,25 +154,6 @@ def _preexec(limits: Optional[Limits]):
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return apply
-
-
-def _timeout_failure(what: str, timeout: float, output: bytes) -> NativeFailure:
-    return NativeFailure(f"{what} did not finish within {timeout:.0f} s (killed)",
-                         tail=output_tail(output.decode("utf-8", "replace")))
-
-
-def run_child(argv: Sequence[str], what: str, cwd: Optional[str] = None, limits: Optional[Limits] = None,
-              env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run ``argv`` as a new process (stdout and stderr captured together); a timeout becomes a
-    NativeFailure. An interrupt (Ctrl-C) kills the child before it propagates."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    timeout = limits.timeout if limits is not None else None
-    try:
-        return subprocess.run(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout, env=env, preexec_fn=_preexec(limits))
-    except subprocess.TimeoutExpired as exc:
-        raise _timeout_failure(what, timeout, exc.output or b"") from None
 
 
 # ------------------------------------------------------------------------------ forked children
@@ -483,7 +464,8 @@ class Child:
         if code is None:
             self.kill()
             self._reap()
-            raise _timeout_failure(self.what, self.timeout, self._read_output())
+            raise NativeFailure(f"{self.what} did not finish within {self.timeout:.0f} s (killed)",
+                                tail=output_tail(self._read_output().decode("utf-8", "replace")))
         self._result = subprocess.CompletedProcess(self.args, code, self._read_output())
         return self._result
 
@@ -495,6 +477,31 @@ class Child:
                 self._server.wait(self._pid, 5.0)
         except (OSError, ConnectionError, EOFError):
             pass
+
+
+class ChildJob:
+    """A child working in a temporary folder of its own, for callers that start it, do other
+    work, then wait: subclasses read their result from the folder; :meth:`cancel` stops the
+    child and drops the folder when the result is not wanted."""
+
+    def __init__(self, prefix: str, start: Callable[[Path], Child]):
+        self._work = tempfile.TemporaryDirectory(prefix=prefix)
+        try:
+            self._child = start(self.work)
+        except BaseException:
+            self._work.cleanup()
+            raise
+
+    @property
+    def work(self) -> Path:
+        return Path(self._work.name)
+
+    def cancel(self) -> None:
+        try:
+            self._child.kill()
+            self._child.result()
+        finally:
+            self._work.cleanup()
 
 
 def start_python(args: Sequence[str], what: str, cwd: Optional[str] = None, limits: Optional[Limits] = None,
