@@ -49,6 +49,17 @@ def to_input_var(F, array: np.ndarray, like) -> object:
     return var
 
 
+def input_vars(F, inputs: Mapping[str, np.ndarray], names: Sequence[str], likes: Sequence[object]) -> List[object]:
+    """The feeds for a module's ``forward``: ``inputs[name]`` for each input name, in the dtype
+    and layout of the module's matching input var; BadInput names a missing input."""
+    feeds: List[object] = []
+    for name, like in zip(names, likes):
+        if name not in inputs:
+            raise BadInput(f"no data for model input '{name}'")
+        feeds.append(to_input_var(F, np.asarray(inputs[name]), like))
+    return feeds
+
+
 def read_output(F, var) -> np.ndarray:
     if var.data_format != F.NCHW and len(var.shape) == 4:
         var = F.convert(var, F.NCHW)
@@ -83,11 +94,7 @@ class LoadedModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         F, _ = _mnn()
-        feeds: List[object] = []
-        for i, name in enumerate(self.input_names):
-            if name not in inputs:
-                raise BadInput(f"no data for model input '{name}'")
-            feeds.append(to_input_var(F, np.asarray(inputs[name]), self._inputs[i]))
+        feeds = input_vars(F, inputs, self.input_names, self._inputs)
         try:
             outs = self._module.forward(feeds)
         except (SystemError, RuntimeError, TypeError, ValueError):

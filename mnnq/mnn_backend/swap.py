@@ -39,7 +39,7 @@ from mnnq.errors import BadInput, MnnqError, NativeFailure
 from mnnq.layers import Layer
 from mnnq.mnn_backend.converter import convert
 from mnnq.mnn_backend.inventory import ConvOp, read_conv_ops
-from mnnq.mnn_backend.runtime import _mnn, read_output, to_input_var
+from mnnq.mnn_backend.runtime import _mnn, input_vars, read_output
 
 
 class SwapMappingError(MnnqError):
@@ -420,12 +420,7 @@ class SwappableModel:
                 raise NativeFailure(f"MNN failed to run the swapped copy of {self.path.name}")
             return outs
         F, _ = _mnn()
-        feeds: List[object] = []
-        for i, name in enumerate(self.input_names):
-            if name not in inputs:
-                raise BadInput(f"no data for model input '{name}'")
-            feeds.append(to_input_var(F, np.asarray(inputs[name]), self._input_like[i]))
-        outs = self._module.forward(feeds)
+        outs = self._module.forward(input_vars(F, inputs, self.input_names, self._input_like))
         if outs is not None and not isinstance(outs, (list, tuple)):
             outs = [outs]
         if not outs or len(outs) != len(self.output_names):
