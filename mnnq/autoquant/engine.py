@@ -196,11 +196,13 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
 
 
 def _read_model(model: Path, testset: TestSet, keep_model: Path):
-    """The converter's params template and the conv ops of ``model``, after proving the file
+    """The converter's params template and conv ops for ``model``, after proving the file
     safe: the converter reads it in a child (under probe limits) while the runtime runs it on
     the test set in another child; a converter failure is reported first (and stops the
-    runtime child). The converter's float re-write of the model is kept at ``keep_model`` (the
-    in-process simulation starts from it). Returns ``(template, ops, float outputs per sample)``."""
+    runtime child). The converter's float re-write of the model is kept at ``keep_model``: the
+    weight-quantizing conversion starts from that graph, so the ops are read from it (once:
+    the in-process simulation uses the same file and ops). Returns ``(template, ops, float
+    outputs per sample)``."""
     listing = start_params_template(model, limits=probe_limits(model))
     try:
         float_run = start_isolated(model, testset.root)
@@ -218,7 +220,7 @@ def _read_model(model: Path, testset: TestSet, keep_model: Path):
         raise
     float_outputs = float_run.result()
     try:
-        ops = read_conv_ops(model)
+        ops = read_conv_ops(keep_model)
     except (ValueError, IndexError, struct.error, OverflowError, MemoryError) as exc:
         raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
     return template, ops, float_outputs
@@ -256,9 +258,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         if opts.evaluator in ("auto", "fast"):
             try:
                 swappable = SwappableModel.load(rewritten, layers, testset.input_names, testset.output_names,
-                                               work, prepare="none")
-                weights = dict(swappable.weights)
-                layers = layers_from_template(template, swappable.weights, swappable.ops)
+                                               work, prepare="none", ops=ops)
                 fast = FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics)
             except MnnqError as exc:
                 if opts.evaluator == "fast":
@@ -332,7 +332,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             if opts.jobs > 1 and fast is not None:
                 from mnnq.autoquant.parallel import WorkerPool
 
-                pool = WorkerPool(opts.jobs, model, layers, Path(opts.test_dir), method.name, list(metrics), work)
+                pool = WorkerPool(opts.jobs, rewritten, layers, Path(opts.test_dir), method.name, list(metrics), work)
                 ctx.evaluate_many = pool.evaluate_many
             for strategy in pipeline:
                 progress.stage = f"searching (strategy {strategy.name})"

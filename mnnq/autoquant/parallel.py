@@ -31,7 +31,9 @@ def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metric
     pm = get_plugin_manager()
     testset = load_testset(Path(testset_dir))
     work = tempfile.mkdtemp(prefix="worker-", dir=workdir)  # inside the engine's temporary folder
-    swappable = SwappableModel.load(Path(model), layers, testset.input_names, testset.output_names, Path(work))
+    # ``model`` is the engine's converter re-write of the float model: no conversion of its own
+    swappable = SwappableModel.load(Path(model), layers, testset.input_names, testset.output_names, Path(work),
+                                    prepare="none")
     all_metrics = pm.metrics()
     _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.pick("mnnq_weight_methods", method),
                                          testset, {m: all_metrics[m] for m in metrics})

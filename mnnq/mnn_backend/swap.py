@@ -116,13 +116,16 @@ class SwappableModel:
         prepare: str = "convert",
         mode: str = "patch",
         threads: int = 1,
+        ops: Optional[Sequence[ConvOp]] = None,
     ) -> "SwappableModel":
         """Load ``float_mnn`` for swapping the weights of ``layers``.
 
         ``prepare`` says which file is used: ``"convert"`` (default) re-converts ``float_mnn``
         MNN -> MNN into ``workdir`` with no quantization, i.e. exactly the graph and float
         weights the weight-quantizing conversion starts from; ``"none"`` uses ``float_mnn`` as
-        is. ``mode`` picks the backend (see the module docstring).
+        is. ``mode`` picks the backend (see the module docstring). ``ops``: the file's conv ops
+        when the caller already read them (``read_conv_ops`` of that same file, with
+        ``prepare="none"``).
         Raises :class:`SwapMappingError` when a layer is missing, unsupported or not matched
         one-to-one, :class:`NativeFailure` when MNN fails.
         """
@@ -138,7 +141,9 @@ class SwappableModel:
             model_path = float_mnn
         else:
             raise ValueError(f"prepare must be 'convert' or 'none', not {prepare!r}")
-        file_ops = read_conv_ops(model_path)
+        if ops is not None and prepare != "none":
+            raise ValueError("ops are those of the file used: pass them with prepare='none'")
+        file_ops = list(ops) if ops is not None else read_conv_ops(model_path)
         by_name = {op.name: op for op in file_ops}
 
         self = cls()
