@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -33,9 +32,9 @@ def run_testset(model, testset: TestSet):
     return [model.run(sample.inputs) for sample in testset.samples]
 
 
-def quick_view(testset: TestSet, count: int = QUICK_SAMPLES) -> TestSet:
-    """The first ``count`` samples of ``testset``."""
-    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:count])
+def quick_view(testset: TestSet) -> TestSet:
+    """The first QUICK_SAMPLES samples of ``testset``."""
+    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:QUICK_SAMPLES])
 
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
@@ -70,12 +69,10 @@ class ExactEvaluator:
         # whole-test-set measurements of the last written conversion, by memory mode
         self._last_measured: Dict[str, Measurement] = {}
 
-    def write(self, settings: Dict[str, LayerSetting], dst: Path) -> dict:
-        """Write the quantized model to ``dst``; returns the params dict used.
-
-        The last conversion is kept: measuring the same settings again (another memory mode,
-        the final write) copies it instead of converting again (HQQ conversions are slow).
-        """
+    def _converted(self, settings: Dict[str, LayerSetting]) -> Tuple[dict, Path]:
+        """``(params, path)`` of the conversion of ``settings``. The last conversion is kept:
+        the same settings again (another memory mode, the final write) reuse it instead of
+        converting again (HQQ conversions are slow)."""
         params = with_settings(self.template, settings, self.method.asymmetric)
         key = json.dumps(params, sort_keys=True)
         last = self.workdir / "last-written.mnn"
@@ -84,7 +81,12 @@ class ExactEvaluator:
             self._last_measured = {}
             weight_quantize(self.float_model, last, params, hqq=self.method.hqq, asymmetric=self.method.asymmetric)
             self._last_key = key
-        shutil.copyfile(last, dst)
+        return params, last
+
+    def write(self, settings: Dict[str, LayerSetting], dst: Path) -> dict:
+        """Write the quantized model to ``dst``; returns the params dict used."""
+        params, converted = self._converted(settings)
+        shutil.copyfile(converted, dst)
         return params
 
     def write_and_measure(self, settings: Dict[str, LayerSetting], dst: Path, memory_mode: str
@@ -93,32 +95,32 @@ class ExactEvaluator:
         this very conversion (a byte-identical file) in this memory mode, its measurement is
         returned instead of running the same file on the same samples again."""
         params = self.write(settings, dst)
+        return params, self._measure_whole(dst, memory_mode)
+
+    def _measure_whole(self, path: Path, memory_mode: str) -> Measurement:
+        """The whole-test-set measurement of the last conversion (``path`` holds it)."""
         measured = self._last_measured.get(memory_mode)
         if measured is None:
-            measured = self.measure_file(dst, memory_mode)
-            self._last_measured[memory_mode] = measured
-        return params, measured
+            measured = self._last_measured[memory_mode] = self.measure_file(path, memory_mode)
+        return measured
 
     def measure_file(self, path: Path, memory_mode: str, testset: Optional[TestSet] = None) -> Measurement:
         testset = testset or self.testset
         model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
         return compare(testset, run_testset(model, testset), self.metrics)
 
+    # Trials run the kept conversion itself: no copy of the file per trial.
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
-        with tempfile.TemporaryDirectory(prefix="trial-", dir=self.workdir) as work:
-            dst = Path(work) / "trial.mnn"
-            if not quick:
-                return self.write_and_measure(settings, dst, memory_mode)[1]
-            self.write(settings, dst)
-            return self.measure_file(dst, memory_mode, quick_view(self.testset))
+        _, converted = self._converted(settings)
+        if quick:
+            return self.measure_file(converted, memory_mode, quick_view(self.testset))
+        return self._measure_whole(converted, memory_mode)
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
-        with tempfile.TemporaryDirectory(prefix="trial-", dir=self.workdir) as work:
-            dst = Path(work) / "trial.mnn"
-            self.write(settings, dst)
-            model = LoadedModel(dst, self.testset.input_names, self.testset.output_names, memory_mode=memory_mode)
-            return measure_until_miss(model, self.testset, self.metrics, metric, limit)
+        _, converted = self._converted(settings)
+        model = LoadedModel(converted, self.testset.input_names, self.testset.output_names, memory_mode=memory_mode)
+        return measure_until_miss(model, self.testset, self.metrics, metric, limit)
 
 
 class FastEvaluator:
