@@ -72,39 +72,17 @@ def _fix_ties(r: np.ndarray, d: np.ndarray) -> None:
     Same per-element arithmetic as the old one-pass form ``r + where(tie_towards_zero, sign(x),
     0)``: ties rounded towards zero get ``r + sign(x)``, every other element ``r + 0`` (which
     turns ``-0.0`` into ``+0.0``)."""
-    if d.size:
-        hi, lo = d.max(), d.min()
-        if not (hi < 0.5 and lo > -0.5):              # some tie (or a nan from an inf)
-            if lo > -0.5:
-                tie = d == 0.5
-            elif hi < 0.5:
-                tie = d == -0.5
-            else:
-                tie = d == 0.5
-                tie |= d == -0.5
-            k = np.count_nonzero(tie)
-            if k > d.size // 8:                        # many ties: whole-array passes
-                # a tie rounded towards zero has sign(d) == sign(x), i.e. r * d >= 0 (r is
-                # even, so r == 0 or |r| >= 2 > |d|); |d| <= 0.5 so r * d cannot overflow
-                inc = np.multiply(r, d)
-                tie &= inc >= 0
-                # increment: sign(x) == sign(d) there, +0.0 elsewhere (copysign, not where():
-                # no nan from an inf's d, and far faster on a random mask)
-                np.copyto(inc, tie)
-                np.copysign(inc, d, out=inc)
-                np.add(inc, r.dtype.type(0), out=inc)
-                np.add(r, inc, out=r)
-                return
-            if k:
-                if r.flags.c_contiguous:               # flat indexes: far cheaper than nonzero()
-                    idx = np.flatnonzero(tie)
-                    rv, ds = r.reshape(-1), d.reshape(-1)[idx]
-                else:
-                    idx = np.nonzero(tie)
-                    rv, ds = r, d[idx]
-                rs = rv[idx]
-                sx = np.sign(rs + ds)
-                rv[idx] = rs + np.where(np.sign(ds) == sx, sx, 0).astype(r.dtype)
+    if d.size and not (d.max() < 0.5 and d.min() > -0.5):  # some tie (or a nan from an inf)
+        tie = np.abs(d) == 0.5
+        if r.flags.c_contiguous:                   # flat indexes: far cheaper than nonzero()
+            idx = np.flatnonzero(tie)
+            rv, ds = r.reshape(-1), d.reshape(-1)[idx]
+        else:
+            idx = np.nonzero(tie)
+            rv, ds = r, d[idx]
+        rs = rv[idx]
+        sx = np.sign(rs + ds)                      # sign(x): at a tie x == r + d exactly
+        rv[idx] = rs + np.where(np.sign(ds) == sx, sx, 0).astype(r.dtype)
     np.add(r, r.dtype.type(0), out=r)
 
 
