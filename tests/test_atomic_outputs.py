@@ -12,16 +12,7 @@ from pathlib import Path
 import pytest
 
 import mnnq.fileio as fileio
-from mnnq.testing import run_cli, tiny_model
-
-
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("atomic-src"), "convnet")
-
-
-def digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+from mnnq.testing import file_digests, run_cli
 
 
 def auto_quant(tm, out: Path, rate: str):
@@ -30,18 +21,18 @@ def auto_quant(tm, out: Path, rate: str):
 
 
 @pytest.fixture
-def previous(convnet, tmp_path):
+def previous(tiny_convnet, tmp_path):
     """An output folder holding a finished run's q.mnn, q.mnn.json and r.json."""
     out = tmp_path / "out"
     out.mkdir()
-    run = auto_quant(convnet, out, "0.1")
+    run = auto_quant(tiny_convnet, out, "0.1")
     assert run.code == 0, run.err
     assert sorted(p.name for p in out.iterdir()) == ["q.mnn", "q.mnn.json", "r.json"]
     return out
 
 
-def test_a_failed_copy_keeps_the_previous_outputs(convnet, previous, monkeypatch):
-    sources, before = digest(convnet.directory), digest(previous)
+def test_a_failed_copy_keeps_the_previous_outputs(tiny_convnet, previous, monkeypatch):
+    sources, before = file_digests(tiny_convnet.directory), file_digests(previous)
     real = shutil.copyfile
 
     def disk_full(src, dst, *args, **kwargs):
@@ -51,18 +42,18 @@ def test_a_failed_copy_keeps_the_previous_outputs(convnet, previous, monkeypatch
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fileio.shutil, "copyfile", disk_full)
-    run = auto_quant(convnet, previous, "0.02")  # another rate: other outputs, had they been written
+    run = auto_quant(tiny_convnet, previous, "0.02")  # another rate: other outputs, had they been written
     monkeypatch.setattr(fileio.shutil, "copyfile", real)
     assert run.code == 2, run.out + run.err
     assert f"mnnq: error: cannot write {previous / 'q.mnn'}: No space left on device; the previous file (if any) " \
            "is unchanged" in run.err
-    assert digest(previous) == before, "previous outputs intact, no temporary file left"
-    assert digest(convnet.directory) == sources
+    assert file_digests(previous) == before, "previous outputs intact, no temporary file left"
+    assert file_digests(tiny_convnet.directory) == sources
 
 
-def test_a_failed_rename_puts_back_the_outputs_already_renamed(convnet, previous, monkeypatch):
+def test_a_failed_rename_puts_back_the_outputs_already_renamed(tiny_convnet, previous, monkeypatch):
     """The model is renamed into place, then renaming the params file fails: the model is put back."""
-    sources, before = digest(convnet.directory), digest(previous)
+    sources, before = file_digests(tiny_convnet.directory), file_digests(previous)
     real = os.replace
 
     def failing(src, dst, *args, **kwargs):
@@ -71,17 +62,17 @@ def test_a_failed_rename_puts_back_the_outputs_already_renamed(convnet, previous
         return real(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(fileio.os, "replace", failing)
-    run = auto_quant(convnet, previous, "0.02")
+    run = auto_quant(tiny_convnet, previous, "0.02")
     monkeypatch.setattr(fileio.os, "replace", real)
     assert run.code == 2, run.out + run.err
     assert f"cannot write {previous / 'q.mnn.json'}: Input/output error" in run.err
-    assert digest(previous) == before
-    assert digest(convnet.directory) == sources
+    assert file_digests(previous) == before
+    assert file_digests(tiny_convnet.directory) == sources
 
 
-def test_an_interrupt_while_writing_leaves_nothing(convnet, tmp_path, monkeypatch):
+def test_an_interrupt_while_writing_leaves_nothing(tiny_convnet, tmp_path, monkeypatch):
     """Ctrl-C after the model is staged, while the params file is: no output, exit 130."""
-    sources = digest(convnet.directory)
+    sources = file_digests(tiny_convnet.directory)
     out = tmp_path / "fresh"
     out.mkdir()
     real = os.fsync
@@ -90,21 +81,21 @@ def test_an_interrupt_while_writing_leaves_nothing(convnet, tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fileio.os, "fsync", interrupted)
-    run = auto_quant(convnet, out, "0.1")
+    run = auto_quant(tiny_convnet, out, "0.1")
     monkeypatch.setattr(fileio.os, "fsync", real)
     assert run.code == 130, run.out + run.err
     assert "mnnq: interrupted while writing the outputs, after" in run.err and "nothing was written" in run.err
     assert list(out.iterdir()) == []
-    assert digest(convnet.directory) == sources
+    assert file_digests(tiny_convnet.directory) == sources
 
 
-def test_apply_keeps_the_previous_output_when_the_copy_fails(convnet, previous, monkeypatch):
-    sources, before = digest(convnet.directory), digest(previous)
+def test_apply_keeps_the_previous_output_when_the_copy_fails(tiny_convnet, previous, monkeypatch):
+    sources, before = file_digests(tiny_convnet.directory), file_digests(previous)
     params = previous / "q.mnn.json"
     target = previous / "applied.mnn"
-    run = run_cli(["apply", convnet.model, target, "--params", params])
+    run = run_cli(["apply", tiny_convnet.model, target, "--params", params])
     assert run.code == 0, run.err
-    before = digest(previous)
+    before = file_digests(previous)
 
     real = shutil.copyfile
 
@@ -115,11 +106,11 @@ def test_apply_keeps_the_previous_output_when_the_copy_fails(convnet, previous, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fileio.shutil, "copyfile", disk_full)
-    run = run_cli(["apply", convnet.model, target, "--params", params, "--hqq"])
+    run = run_cli(["apply", tiny_convnet.model, target, "--params", params, "--hqq"])
     assert run.code == 2
     assert "cannot write" in run.err and "No space left on device" in run.err
-    assert digest(previous) == before
-    assert digest(convnet.directory) == sources
+    assert file_digests(previous) == before
+    assert file_digests(tiny_convnet.directory) == sources
 
 
 def test_output_set_removes_what_it_staged_on_an_exception(tmp_path):
@@ -129,7 +120,7 @@ def test_output_set_removes_what_it_staged_on_an_exception(tmp_path):
             outputs.write_text(tmp_path / "a", "new a")
             outputs.write_text(tmp_path / "b", "new b")
             raise RuntimeError("boom")
-    assert digest(tmp_path) == {"a": hashlib.sha256(b"old a").hexdigest()}
+    assert file_digests(tmp_path) == {str(tmp_path / "a"): hashlib.sha256(b"old a").hexdigest()}
     with fileio.OutputSet() as outputs:
         outputs.write_text(tmp_path / "a", "new a")
         outputs.write_text(tmp_path / "b", "new b")

@@ -5,14 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from mnnq.cli import main
 from mnnq.measure import compare
 from mnnq.mnn_backend.runtime import LoadedModel
-from mnnq.testing import (build_convnet, build_int_input, build_tiny_weight, build_two_input, reference_outputs,
-                          write_multi_testdir)
+from mnnq.testing import run_cli, tiny_model
 from mnnq.testset import load_testset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,40 +22,17 @@ def measured(model, testset_dir, pm, memory_mode="normal"):
     return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics()).errors
 
 
-def make_testset(model, directory, input_specs, n=4, seed=1):
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(n):
-        inputs = {}
-        for name, (shape, kind) in input_specs.items():
-            inputs[name] = rng.integers(0, 16, size=shape).astype(np.int32) if kind == "int" else \
-                rng.standard_normal(shape).astype(np.float32)
-        samples.append((inputs, reference_outputs(model, inputs)))
-    write_multi_testdir(directory, samples)
-    return directory
+@pytest.fixture
+def convnet(tiny_convnet):
+    """The session's convnet and its 4-sample test set (mnnq.testing.fixtures); tests write elsewhere."""
+    return tiny_convnet.model, tiny_convnet.test_dir
 
 
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    d = tmp_path_factory.mktemp("convnet")
-    model = build_convnet(d)
-    return model, make_testset(model, d / "testset", {"x": ((1, 3, 16, 16), "float")})
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse rejects bad flags with exit 2
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_digits_default_flags_meet_the_rate_on_the_written_model(tmp_path, capsys, pm):
+def test_digits_default_flags_meet_the_rate_on_the_written_model(tmp_path, pm):
     q = tmp_path / "q.mnn"
     report = tmp_path / "report.json"
-    code, out, err = run(["auto-quant", "--model", str(DIGITS / "digits.mnn"), "--quant_model", str(q),
-                          "--test_dir", str(DIGITS / "testset"), "--report-json", str(report)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(DIGITS / "digits.mnn"), "--quant_model", str(q),
+                              "--test_dir", str(DIGITS / "testset"), "--report-json", str(report)])
     assert code == 0, out + err
     assert q.is_file() and (tmp_path / "q.mnn.json").is_file()
     data = json.loads(report.read_text())
@@ -72,37 +46,37 @@ def test_digits_default_flags_meet_the_rate_on_the_written_model(tmp_path, capsy
     assert "MET" in out and "digits" in out
 
 
-def test_apply_reproduces_the_model_bytes(tmp_path, capsys, convnet):
+def test_apply_reproduces_the_model_bytes(tmp_path, convnet):
     model, testset = convnet
     q = tmp_path / "q.mnn"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant-model", str(q), "--test-dir", str(testset),
-                          "--hqq", "0", "--rate", "0.08"], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant-model", str(q), "--test-dir", str(testset),
+                              "--hqq", "0", "--rate", "0.08"])
     assert code == 0, out + err
     again = tmp_path / "again.mnn"
-    code, out, err = run(["apply", str(model), str(again), "--params", str(tmp_path / "q.mnn.json"),
-                          "--test-dir", str(testset), "--rate", "0.08"], capsys)
+    code, out, err = run_cli(["apply", str(model), str(again), "--params", str(tmp_path / "q.mnn.json"),
+                              "--test-dir", str(testset), "--rate", "0.08"])
     assert code == 0, out + err
     assert again.read_bytes() == q.read_bytes()
 
 
-def test_unreachable_rate_exits_1_with_best_effort_model(tmp_path, capsys, convnet):
+def test_unreachable_rate_exits_1_with_best_effort_model(tmp_path, convnet):
     model, testset = convnet
     q = tmp_path / "q.mnn"
     report = tmp_path / "r.json"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
-                          "--rate", "1e-9", "--hqq", "0", "--report_json", str(report)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                              "--rate", "1e-9", "--hqq", "0", "--report_json", str(report)])
     assert code == 1, out + err
     assert q.is_file() and (tmp_path / "q.mnn.json").is_file()
     assert "MISSED" in out
     assert json.loads(report.read_text())["status"] == "MISSED"
 
 
-def test_corrupt_model_exits_2_and_writes_nothing(tmp_path, capsys, convnet):
+def test_corrupt_model_exits_2_and_writes_nothing(tmp_path, convnet):
     _, testset = convnet
     bad = tmp_path / "bad.mnn"
     bad.write_bytes(b"this is not a flatbuffer" * 40)
     q = tmp_path / "q.mnn"
-    code, out, err = run(["auto-quant", "--model", str(bad), "--quant_model", str(q), "--test_dir", str(testset)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(bad), "--quant_model", str(q), "--test_dir", str(testset)])
     assert code == 2
     assert "bad.mnn" in err and len(err.strip().splitlines()) <= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mnn"]
@@ -110,7 +84,7 @@ def test_corrupt_model_exits_2_and_writes_nothing(tmp_path, capsys, convnet):
 
 @pytest.mark.parametrize("case", ["missing-model", "missing-testdir", "same-output", "unknown-metric", "bad-rate",
                                   "no-output-folder"])
-def test_bad_usage_exits_2_and_writes_nothing(tmp_path, capsys, convnet, case):
+def test_bad_usage_exits_2_and_writes_nothing(tmp_path, convnet, case):
     model, testset = convnet
     src = tmp_path / "float.mnn"
     shutil.copyfile(model, src)
@@ -125,42 +99,42 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path, capsys, convnet, case):
     for i in range(0, len(argv), 2):
         base[argv[i]] = argv[i + 1]
     full = ["auto-quant"] + [x for kv in base.items() for x in kv]
-    code, out, err = run(full, capsys)
+    code, out, err = run_cli(full)
     assert code == 2, out + err
     assert "error" in err and "Traceback" not in err
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float.mnn"]
 
 
-def test_tiny_weight_layer_is_kept_float_not_collapsed(tmp_path, capsys, pm):
-    model = build_tiny_weight(tmp_path)
-    testset = make_testset(model, tmp_path / "testset", {"x": ((1, 3, 16, 16), "float")})
+def test_tiny_weight_layer_is_kept_float_not_collapsed(tmp_path, pm):
+    tm = tiny_model(tmp_path, "tiny_weight")  # the model and a 4-sample test set of its outputs
+    model, testset = tm.model, tm.test_dir
     q = tmp_path / "q.mnn"
     report = tmp_path / "r.json"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
-                          "--hqq", "0", "--report-json", str(report)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                              "--hqq", "0", "--report-json", str(report)])
     assert code == 0, out + err
     layers = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
     assert layers["tiny"]["bits"] == 0 and "underflow" in layers["tiny"]["reason"]
     assert measured(q, testset, pm)["cosine"] < 1e-3
 
 
-def test_two_input_model(tmp_path, capsys, pm):
-    model = build_two_input(tmp_path)
-    testset = make_testset(model, tmp_path / "testset", {"a": ((1, 3, 8, 8), "float"), "b": ((1, 3, 8, 8), "float")})
+def test_two_input_model(tmp_path, pm):
+    tm = tiny_model(tmp_path, "two_input")  # the model and a 4-sample test set of its outputs
+    model, testset = tm.model, tm.test_dir
     q = tmp_path / "q.mnn"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
-                          "--metric", "cosine", "--rate", "0.001"], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                              "--metric", "cosine", "--rate", "0.001"])
     assert code == 0, out + err
     assert measured(q, testset, pm)["cosine"] <= 0.001
 
 
-def test_integer_input_model(tmp_path, capsys, pm):
-    model = build_int_input(tmp_path)
-    testset = make_testset(model, tmp_path / "testset", {"ids": ((1, 6), "int"), "x": ((1, 4, 1, 6), "float")})
+def test_integer_input_model(tmp_path, pm):
+    tm = tiny_model(tmp_path, "int_input")  # the model and a 4-sample test set of its outputs
+    model, testset = tm.model, tm.test_dir
     q = tmp_path / "q.mnn"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
-                          "--evaluator", "exact", "--select_block", "0"], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                              "--evaluator", "exact", "--select_block", "0"])
     assert code == 0, out + err
     assert measured(q, testset, pm)["max_rel"] <= 0.05
 
@@ -174,33 +148,33 @@ def test_console_script_runs(tmp_path, convnet):
     assert "MET" in proc.stdout
 
 
-def test_auto_quant_py_pipeline_stays_selectable(tmp_path, capsys, convnet):
+def test_auto_quant_py_pipeline_stays_selectable(tmp_path, convnet):
     model, testset = convnet
     report = tmp_path / "r.json"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / "q.mnn"),
-                          "--test_dir", str(testset), "--hqq", "0", "--strategy", "auto_quant",
-                          "--report-json", str(report)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / "q.mnn"),
+                              "--test_dir", str(testset), "--hqq", "0", "--strategy", "auto_quant",
+                              "--report-json", str(report)])
     assert code == 0, out + err
     data = json.loads(report.read_text())
     assert data["strategies"] == ["select-bits", "select-block", "memory-mode", "skip-layers"]
     assert {row["bits"] for row in data["layers"]} <= {0, 4, 8}
 
 
-def test_jobs_give_the_same_model(tmp_path, capsys, convnet):
+def test_jobs_give_the_same_model(tmp_path, convnet):
     model, testset = convnet
     for jobs in ("1", "2"):
-        code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / f"q{jobs}.mnn"),
-                              "--test_dir", str(testset), "--hqq", "0", "--jobs", jobs], capsys)
+        code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / f"q{jobs}.mnn"),
+                                  "--test_dir", str(testset), "--hqq", "0", "--jobs", jobs])
         assert code == 0, out + err
     assert (tmp_path / "q1.mnn").read_bytes() == (tmp_path / "q2.mnn").read_bytes()
 
 
-def test_spent_time_budget_still_writes_and_measures(tmp_path, capsys, convnet, pm):
+def test_spent_time_budget_still_writes_and_measures(tmp_path, convnet, pm):
     model, testset = convnet
     q = tmp_path / "q.mnn"
     report = tmp_path / "r.json"
-    code, out, err = run(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
-                          "--hqq", "0", "--time-budget", "0.001", "--report-json", str(report)], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(q), "--test_dir", str(testset),
+                              "--hqq", "0", "--time-budget", "0.001", "--report-json", str(report)])
     data = json.loads(report.read_text())
     assert data["stopped_early"] and "time budget" in " ".join(data["notes"])
     assert code == (0 if data["met"] else 1)

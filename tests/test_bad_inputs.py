@@ -9,7 +9,6 @@ byte-identical afterwards.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from mnnq.mnn_backend.inventory import _NET_OPLISTS, _OP_INPUTS, _OP_TYPE, OP_CONVOLUTION, _Buf, read_conv_ops
-from mnnq.testing import run_cli, tiny_model
+from mnnq.testing import file_digests, run_cli, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_LINE = re.compile(r"^mnnq(?: [\w-]+)*: error: ")
@@ -594,16 +593,6 @@ def _npy(c: Case, array: np.ndarray) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def snapshot(*folders: Path) -> Dict[str, str]:
-    """``{path: sha256}`` of every file under ``folders`` (hidden ones included)."""
-    out = {}
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
 def run_row(row: Row, argv: List[str], cwd: Path):
     if not row.isolate:
         run = run_cli(argv)
@@ -628,7 +617,7 @@ def test_bad_input(row: Row, world: World, tmp_path: Path, monkeypatch):
     for key, value in row.env.items():
         monkeypatch.setenv(key, value)
     argv = [str(a) for a in row.argv(case)]
-    before = snapshot(world.root, case.dir)
+    before = file_digests(world.root, case.dir)
 
     code, out, err = run_row(row, argv, cwd)
 
@@ -640,7 +629,7 @@ def test_bad_input(row: Row, world: World, tmp_path: Path, monkeypatch):
     assert "Traceback" not in out + err, shown
     assert sorted(p.name for p in case.out.iterdir()) == [], "nothing may be written"
     assert sorted(p.name for p in cwd.iterdir()) == [], "nothing may be left in the working folder"
-    assert snapshot(world.root, case.dir) == before, "sources must be byte-identical"
+    assert file_digests(world.root, case.dir) == before, "sources must be byte-identical"
 
 
 def test_every_row_is_in_the_doc():

@@ -2,7 +2,6 @@
 identical report numbers, run after run (separate processes, different hash seeds)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.testing import tiny_model
+from mnnq.testing import file_sha256
 
 TIMING_KEYS = {"wall_time_s", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("det-src"), "convnet")
 
 
 def mnnq(argv, seed: int):
@@ -43,38 +37,35 @@ def numbers(report: Path, folder: Path) -> dict:
     return clean(json.loads(report.read_text()))
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.parametrize("evaluator", ["fast", "exact"])
-def test_auto_quant_twice_gives_the_same_model_params_and_numbers(convnet, tmp_path, evaluator):
+def test_auto_quant_twice_gives_the_same_model_params_and_numbers(tiny_convnet, tmp_path, evaluator):
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"run{seed}"
         out.mkdir()
-        mnnq(["auto-quant", "--model", convnet.model, "--quant_model", out / "q.mnn", "--test_dir",
-              convnet.test_dir, "--evaluator", evaluator, "--report_json", out / "r.json"], seed)
+        mnnq(["auto-quant", "--model", tiny_convnet.model, "--quant_model", out / "q.mnn", "--test_dir",
+              tiny_convnet.test_dir, "--evaluator", evaluator, "--report_json", out / "r.json"], seed)
         runs.append(out)
     a, b = runs
-    assert sha(a / "q.mnn") == sha(b / "q.mnn")
+    assert file_sha256(a / "q.mnn") == file_sha256(b / "q.mnn")
     assert (a / "q.mnn.json").read_bytes() == (b / "q.mnn.json").read_bytes()
     ra, rb = numbers(a / "r.json", a), numbers(b / "r.json", b)
     assert ra["errors"] == rb["errors"] and ra["trial_log"] == rb["trial_log"]
     assert ra == rb
 
 
-def test_apply_twice_gives_the_same_model_and_numbers(convnet, tmp_path):
+def test_apply_twice_gives_the_same_model_and_numbers(tiny_convnet, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    mnnq(["auto-quant", "--model", convnet.model, "--quant_model", src / "q.mnn", "--test_dir", convnet.test_dir], 0)
+    mnnq(["auto-quant", "--model", tiny_convnet.model, "--quant_model", src / "q.mnn", "--test_dir",
+          tiny_convnet.test_dir], 0)
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"apply{seed}"
         out.mkdir()
-        mnnq(["apply", convnet.model, out / "q.mnn", "--params", src / "q.mnn.json", "--hqq", "--test_dir",
-              convnet.test_dir, "--report_json", out / "r.json"], seed)
+        mnnq(["apply", tiny_convnet.model, out / "q.mnn", "--params", src / "q.mnn.json", "--hqq", "--test_dir",
+              tiny_convnet.test_dir, "--report_json", out / "r.json"], seed)
         runs.append(out)
     a, b = runs
-    assert sha(a / "q.mnn") == sha(b / "q.mnn") == sha(src / "q.mnn")
+    assert file_sha256(a / "q.mnn") == file_sha256(b / "q.mnn") == file_sha256(src / "q.mnn")
     assert numbers(a / "r.json", a) == numbers(b / "r.json", b)

@@ -12,8 +12,7 @@ from mnnq.errors import BadInput
 from mnnq.frontend import sources
 from mnnq.frontend.sources import resolve_model
 from mnnq.mnn_backend.runtime import LoadedModel
-from mnnq.testing import build_convnet, reference_outputs, write_testdir
-from test_frontend_testdir import run
+from mnnq.testing import build_convnet, reference_outputs, run_cli, write_testdir
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +27,10 @@ def convnet(tmp_path_factory):
     return d
 
 
-def test_convert_writes_the_model_and_passes_the_testdir_check(convnet, tmp_path, capsys):
+def test_convert_writes_the_model_and_passes_the_testdir_check(convnet, tmp_path):
     dst = tmp_path / "out.mnn"
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
-                          "--MNNModel", str(dst), "--testdir", str(convnet / "td_ok"), "--bizCode", "demo"], capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
+                              "--MNNModel", str(dst), "--testdir", str(convnet / "td_ok"), "--bizCode", "demo"])
     assert code == 0, err
     assert "TEST_SUCCESS" in out and "--testdir check passed" in out
     x = np.loadtxt(convnet / "td_ok" / "x.txt").reshape(1, 3, 16, 16)
@@ -40,11 +39,11 @@ def test_convert_writes_the_model_and_passes_the_testdir_check(convnet, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mnn"]   # no temp files, no .Error.mnn
 
 
-def test_failing_testdir_check_exits_2_and_leaves_dst_untouched(convnet, tmp_path, capsys):
+def test_failing_testdir_check_exits_2_and_leaves_dst_untouched(convnet, tmp_path):
     dst = tmp_path / "out.mnn"
     dst.write_bytes(b"previous model")
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
-                          "--MNNModel", str(dst), "--testdir", str(convnet / "td_bad")], capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
+                              "--MNNModel", str(dst), "--testdir", str(convnet / "td_bad")])
     assert code == 2
     assert "TESTERROR" in out
     lines = [ln for ln in err.splitlines() if ln.startswith("mnnq: error:")]
@@ -53,18 +52,17 @@ def test_failing_testdir_check_exits_2_and_leaves_dst_untouched(convnet, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mnn"]
 
 
-def test_thredhold_is_passed_through(convnet, tmp_path, capsys):
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
-                          "--MNNModel", str(tmp_path / "o.mnn"), "--testdir", str(convnet / "td_bad"),
-                          "--thredhold", "2"], capsys)
+def test_thredhold_is_passed_through(convnet, tmp_path):
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(convnet / "convnet.onnx"),
+                              "--MNNModel", str(tmp_path / "o.mnn"), "--testdir", str(convnet / "td_bad"),
+                              "--thredhold", "2"])
     assert code == 0, err
 
 
-def test_corrupt_source_exits_2_with_one_line(tmp_path, capsys):
+def test_corrupt_source_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(np.random.default_rng(0).bytes(3000))
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(bad), "--MNNModel", str(tmp_path / "o.mnn")],
-                         capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(bad), "--MNNModel", str(tmp_path / "o.mnn")])
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("mnnq: error:") and "bad.onnx" in lines[0], err
@@ -81,22 +79,22 @@ def test_corrupt_source_exits_2_with_one_line(tmp_path, capsys):
     (["-f", "ONNX", "--modelFile", "convnet.onnx", "--MNNModel", "convnet.onnx"], "input file"),
     (["-f", "ONNX", "--modelFile", "convnet.onnx", "--MNNModel", "o.mnn", "--testdir", "nowhere"], "input.json"),
 ])
-def test_bad_usage_exits_2(convnet, monkeypatch, capsys, argv, expected):
+def test_bad_usage_exits_2(convnet, monkeypatch, argv, expected):
     monkeypatch.chdir(convnet)
-    code, out, err = run(["convert", *argv], capsys)
+    code, out, err = run_cli(["convert", *argv])
     assert code == 2
     assert expected in err, err
     assert not (convnet / "o.mnn").exists()
 
 
-def test_relative_paths_work_although_the_converter_runs_elsewhere(convnet, tmp_path, monkeypatch, capsys):
+def test_relative_paths_work_although_the_converter_runs_elsewhere(convnet, tmp_path, monkeypatch):
     work = tmp_path / "work"
     (work / "models").mkdir(parents=True)
     (work / "models" / "net.onnx").write_bytes((convnet / "convnet.onnx").read_bytes())
     (work / "td").symlink_to(convnet / "td_ok")
     monkeypatch.chdir(work)
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile=models/net.onnx", "--MNNModel", "net.mnn",
-                          "--testdir", "td", "--saveExternalData"], capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile=models/net.onnx", "--MNNModel", "net.mnn",
+                              "--testdir", "td", "--saveExternalData"])
     assert code == 0, err
     assert (work / "net.mnn").is_file() and (work / "net.mnn.weight").is_file()
     x = np.loadtxt(convnet / "td_ok" / "x.txt").reshape(1, 3, 16, 16)
@@ -104,12 +102,12 @@ def test_relative_paths_work_although_the_converter_runs_elsewhere(convnet, tmp_
     np.testing.assert_allclose(got.ravel(), np.loadtxt(convnet / "td_ok" / "y.txt"), rtol=1e-4, atol=1e-5)
 
 
-def test_info_and_version_print_and_exit_0(convnet, capsys):
-    code, out, _ = run(["convert", "-f", "MNN", "--modelFile", str(convnet / "convnet.mnn"), "--info"], capsys)
+def test_info_and_version_print_and_exit_0(convnet):
+    code, out, _ = run_cli(["convert", "-f", "MNN", "--modelFile", str(convnet / "convnet.mnn"), "--info"])
     assert code == 0 and "Model Inputs:" in out and "[ x ]" in out
-    code, out, _ = run(["convert", "--version"], capsys)
+    code, out, _ = run_cli(["convert", "--version"])
     assert code == 0 and out.strip().splitlines()[-1][0].isdigit()
-    code, out, _ = run(["convert", "--help"], capsys)
+    code, out, _ = run_cli(["convert", "--help"])
     assert code == 0 and "--MNNModel" in out and "exits 2" in out
 
 

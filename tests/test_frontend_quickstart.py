@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mnnq.frontend.images import read_bgr
+from mnnq.testing import run_cli
 from mnnq.testing.models import OnnxGraph
-from test_frontend_testdir import IMAGENET, run
+from test_frontend_testdir import IMAGENET
 
 
 @pytest.fixture(autouse=True)
@@ -49,49 +50,49 @@ def small_cnn(path: Path) -> Path:
     return g.save(path, "small_cnn")
 
 
-def quickstart(model_onnx: Path, work: Path, capsys, auto_quant_model: Path):
+def quickstart(model_onnx: Path, work: Path, auto_quant_model: Path):
     photos = write_photos(work / "photos")
-    code, out, err = run(["testdir", "make", "--model", str(model_onnx), "--out", str(work / "testset"),
-                          "--images", str(photos), *IMAGENET], capsys)
+    code, out, err = run_cli(["testdir", "make", "--model", str(model_onnx), "--out", str(work / "testset"),
+                              "--images", str(photos), *IMAGENET])
     assert code == 0, err
     assert "RANDOM" not in out + err
-    code, out, err = run(["testdir", "show", str(work / "testset")], capsys)
+    code, out, err = run_cli(["testdir", "show", str(work / "testset")])
     assert code == 0, out
     q = work / "model_q.mnn"
-    code, out, err = run(["auto-quant", "--model", str(auto_quant_model), "--quant_model", str(q),
-                          "--test_dir", str(work / "testset"), "--report-json", str(work / "aq.json")], capsys)
+    code, out, err = run_cli(["auto-quant", "--model", str(auto_quant_model), "--quant_model", str(q),
+                              "--test_dir", str(work / "testset"), "--report-json", str(work / "aq.json")])
     assert code == 0, out + err
-    code, out, err = run(["validate", "--model", str(q), "--test-dir", str(work / "testset"), "--rate", "0.05"], capsys)
+    code, out, err = run_cli(["validate", "--model", str(q), "--test-dir", str(work / "testset"), "--rate", "0.05"])
     assert code == 0, out + err
     return json.loads((work / "aq.json").read_text())
 
 
-def test_quickstart_with_an_explicit_convert_step(tmp_path, capsys):
+def test_quickstart_with_an_explicit_convert_step(tmp_path):
     onnx_path = small_cnn(tmp_path / "model.onnx")
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(onnx_path),
-                          "--MNNModel", str(tmp_path / "model.mnn")], capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(onnx_path),
+                              "--MNNModel", str(tmp_path / "model.mnn")])
     assert code == 0, err
-    report = quickstart(onnx_path, tmp_path, capsys, tmp_path / "model.mnn")
+    report = quickstart(onnx_path, tmp_path, tmp_path / "model.mnn")
     assert report["size_after_bytes"] < report["size_before_bytes"]
 
 
-def test_quickstart_auto_quant_takes_the_onnx_file(tmp_path, capsys):
+def test_quickstart_auto_quant_takes_the_onnx_file(tmp_path):
     onnx_path = small_cnn(tmp_path / "model.onnx")
-    report = quickstart(onnx_path, tmp_path, capsys, onnx_path)
+    report = quickstart(onnx_path, tmp_path, onnx_path)
     assert report["size_after_bytes"] < report["size_before_bytes"]
 
 
 @pytest.mark.slow
-def test_pretrained_efficientnet_from_onnx_with_real_photos(tmp_path, capsys):
+def test_pretrained_efficientnet_from_onnx_with_real_photos(tmp_path):
     from benchmarks.pretrained import prepare
 
     model = prepare("efficientnet_lite0")
     onnx_path = tmp_path / "efficientnet_lite0.onnx"
     onnx_path.symlink_to(model.onnx)
-    code, out, err = run(["convert", "-f", "ONNX", "--modelFile", str(onnx_path),
-                          "--MNNModel", str(tmp_path / "model.mnn")], capsys)
+    code, out, err = run_cli(["convert", "-f", "ONNX", "--modelFile", str(onnx_path),
+                              "--MNNModel", str(tmp_path / "model.mnn")])
     assert code == 0, err
-    report = quickstart(onnx_path, tmp_path, capsys, tmp_path / "model.mnn")
+    report = quickstart(onnx_path, tmp_path, tmp_path / "model.mnn")
     meta = json.loads((tmp_path / "testset" / "mnnq-testset.json").read_text())
     assert meta["samples"] == 6 and meta["inputs"][0]["source"] == "images"
     assert report["size_after_bytes"] < 0.5 * report["size_before_bytes"]

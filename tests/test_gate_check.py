@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.cli import main
 from mnnq.errors import BadInput
 from mnnq.gate.check_command import rebuild_argv
 from mnnq.gate.project import find_config, load_config
+from mnnq.testing import run_cli
 from test_gate_validate import DIGITS, Output
 
 
@@ -33,15 +33,15 @@ def make_project(root: Path, models: dict, quantized: dict, extra: str = "") -> 
     return root / "mnnq.yaml"
 
 
-def check(*args, capsys):
-    code = main(["check", *[str(a) for a in args]])
-    return code, Output(capsys.readouterr())
+def check(*args):
+    run = run_cli(["check", *args])
+    return run.code, Output(run)
 
 
-def test_all_within_budget(models, tmp_path, capsys):
+def test_all_within_budget(models, tmp_path):
     config = make_project(tmp_path, models, {"a": "good", "b": "good"})
     report, md = tmp_path / "r.json", tmp_path / "r.md"
-    code, out = check("--config", config, "--report-json", report, "--summary-md", md, capsys=capsys)
+    code, out = check("--config", config, "--report-json", report, "--summary-md", md)
     assert code == 0, out.out
     assert "2 models: 2 passed, 0 over budget, 0 could not be measured" in out.out
     doc = json.loads(report.read_text())
@@ -51,12 +51,12 @@ def test_all_within_budget(models, tmp_path, capsys):
     assert "## mnnq check: ✅ passed" in md.read_text()
 
 
-def test_one_over_budget_fails_the_check(models, tmp_path, capsys, monkeypatch):
+def test_one_over_budget_fails_the_check(models, tmp_path, monkeypatch):
     config = make_project(tmp_path, models, {"a": "good", "b": "bad"})
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
     report, md = tmp_path / "r.json", tmp_path / "r.md"
-    code, out = check("--config", config, "--report-json", report, "--summary-md", md, "--no-layers", capsys=capsys)
+    code, out = check("--config", config, "--report-json", report, "--summary-md", md, "--no-layers")
     assert code == 1
     doc = json.loads(report.read_text())
     assert [m["status"] for m in doc["models"]] == ["pass", "fail"]
@@ -69,10 +69,10 @@ def test_one_over_budget_fails_the_check(models, tmp_path, capsys, monkeypatch):
     assert "| `a` | ✅ pass |" in text and "| `b` | ❌ over budget |" in text and "### `b`" in text
 
 
-def test_corrupt_model_fails_closed_and_the_others_are_still_measured(models, tmp_path, capsys):
+def test_corrupt_model_fails_closed_and_the_others_are_still_measured(models, tmp_path):
     config = make_project(tmp_path, models, {"a": "corrupt", "b": "bad", "c": "good"})
     report = tmp_path / "r.json"
-    code, out = check("--config", config, "--report-json", report, capsys=capsys)
+    code, out = check("--config", config, "--report-json", report)
     assert code == 2
     doc = json.loads(report.read_text())
     assert [m["status"] for m in doc["models"]] == ["error", "fail", "pass"]
@@ -81,35 +81,35 @@ def test_corrupt_model_fails_closed_and_the_others_are_still_measured(models, tm
     assert "3 models: 1 passed, 1 over budget, 1 could not be measured" in out.out
 
 
-def test_missing_quantized_file_or_test_dir_fail_closed(models, tmp_path, capsys):
+def test_missing_quantized_file_or_test_dir_fail_closed(models, tmp_path):
     config = make_project(tmp_path, models, {"a": None})
-    code, out = check("--config", config, capsys=capsys)
+    code, out = check("--config", config)
     assert code == 2 and "quantized model not found" in out.out
     shutil.copy(models["good"], tmp_path / "a.mnn")
     shutil.rmtree(tmp_path / "testset")
-    code, out = check("--config", config, capsys=capsys)
+    code, out = check("--config", config)
     assert code == 2 and "test dir not found" in out.out
 
 
-def test_model_selection_and_changed_files(models, tmp_path, capsys, monkeypatch):
+def test_model_selection_and_changed_files(models, tmp_path, monkeypatch):
     config = make_project(tmp_path, models, {"a": "good", "b": "bad"})
     monkeypatch.chdir(tmp_path)
-    code, out = check("--model", "a", capsys=capsys)  # config found from the current folder
+    code, out = check("--model", "a")  # config found from the current folder
     assert code == 0 and "1 model: 1 passed" in out.out
-    code, out = check("--model", "zzz", capsys=capsys)
+    code, out = check("--model", "zzz")
     assert code == 2 and "lists no such model" in out.err
     # pre-commit passes the changed files: only the models they belong to are checked
-    code, out = check("a.mnn", "unrelated.txt", capsys=capsys)
+    code, out = check("a.mnn", "unrelated.txt")
     assert code == 0 and "1 model: 1 passed" in out.out
-    code, out = check("testset/003/logits.txt", capsys=capsys)
+    code, out = check("testset/003/logits.txt")
     assert code == 1 and "2 models: 1 passed, 1 over budget" in out.out
-    code, out = check("notes.txt", "other.mnn", capsys=capsys)
+    code, out = check("notes.txt", "other.mnn")
     assert code == 0 and "nothing to check" in out.out
-    code, out = check(config.name, capsys=capsys)
+    code, out = check(config.name)
     assert code == 1 and "2 models" in out.out
 
 
-def test_pyproject_tool_mnnq(models, tmp_path, capsys, monkeypatch):
+def test_pyproject_tool_mnnq(models, tmp_path, monkeypatch):
     make_project(tmp_path, models, {"a": "good"})
     (tmp_path / "mnnq.yaml").unlink()
     (tmp_path / "pyproject.toml").write_text(
@@ -121,7 +121,7 @@ def test_pyproject_tool_mnnq(models, tmp_path, capsys, monkeypatch):
     assert find_config(Path.cwd()) == tmp_path / "pyproject.toml"
     spec = load_config(tmp_path / "pyproject.toml").models[0]
     assert spec.metric == "cosine" and spec.line == 7 and spec.job.options["params"] == tmp_path / "a.json"
-    code, out = check(capsys=capsys)
+    code, out = check()
     assert code == 0 and "PASS a: cosine" in out.out
 
 
@@ -160,13 +160,12 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     assert "\n" not in str(exc.value)
 
 
-def test_config_error_is_reported_and_annotated(tmp_path, capsys, monkeypatch):
+def test_config_error_is_reported_and_annotated(tmp_path, monkeypatch):
     (tmp_path / "mnnq.yaml").write_text("models:\n  - quantized: a.mnn\n    test_dir: t\n    rate: zero\n")
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
     report, md = tmp_path / "r.json", tmp_path / "r.md"
-    code, out = check("--config", tmp_path / "mnnq.yaml", "--report-json", report, "--summary-md", md,
-                      capsys=capsys)
+    code, out = check("--config", tmp_path / "mnnq.yaml", "--report-json", report, "--summary-md", md)
     assert code == 2
     assert "models[0].rate: expected a positive number" in out.err
     assert "::error file=mnnq.yaml,title=mnnq%3A cannot check::" in out.raw
@@ -175,14 +174,14 @@ def test_config_error_is_reported_and_annotated(tmp_path, capsys, monkeypatch):
     assert "⛔ could not measure" in md.read_text()
 
 
-def test_no_config_found(tmp_path, capsys, monkeypatch):
+def test_no_config_found(tmp_path, monkeypatch):
     (tmp_path / ".git").mkdir()
     monkeypatch.chdir(tmp_path)
-    code, out = check(capsys=capsys)
+    code, out = check()
     assert code == 2 and "no mnnq.yaml" in out.err
 
 
-def test_rebuild_with_apply_and_auto_quant_jobs(models, tmp_path, capsys):
+def test_rebuild_with_apply_and_auto_quant_jobs(models, tmp_path):
     import json as _json
 
     from mnnq.mnn_backend.converter import params_template
@@ -199,22 +198,22 @@ def test_rebuild_with_apply_and_auto_quant_jobs(models, tmp_path, capsys):
     config.write_text(text)
     report = tmp_path / "r.json"
     code, out = check("--config", config, "--rebuild", "--model", "applied", "--model", "searched",
-                      "--report-json", report, capsys=capsys)
+                      "--report-json", report)
     assert code == 0, out.out + out.err
     assert (tmp_path / "applied.mnn").is_file() and (tmp_path / "searched.mnn").is_file()
     assert (tmp_path / "searched.mnn.json").is_file()  # auto-quant writes its params next to the model
     doc = json.loads(report.read_text())
     assert [m["rebuild"]["job"] for m in doc["models"]] == ["apply", "auto-quant"]
     assert all(m["rebuild"]["exit_code"] == 0 and m["status"] == "pass" for m in doc["models"])
-    code, out = check("--config", config, "--rebuild", "--model", "nojob", capsys=capsys)
+    code, out = check("--config", config, "--rebuild", "--model", "nojob")
     assert code == 2 and "has no job" in out.out
 
 
-def test_failed_rebuild_fails_closed(models, tmp_path, capsys):
+def test_failed_rebuild_fails_closed(models, tmp_path):
     config = make_project(tmp_path, models, {"a": "good"})
     config.write_text(config.read_text().replace("    quantized: a.mnn\n",
                                                  "    quantized: a.mnn\n    job: {apply: {params: missing.json}}\n"))
-    code, out = check("--config", config, "--rebuild", capsys=capsys)
+    code, out = check("--config", config, "--rebuild")
     assert code == 2 and "rebuild failed: params file not found" in out.out
 
 
@@ -234,8 +233,8 @@ def test_rebuild_argv(tmp_path):
     assert rebuild_argv(c) == ["apply", f"{t}/f.mnn", f"{t}/c.mnn", "--params", f"{t}/p.json", "--hqq"]
 
 
-def test_bundled_example_passes(capsys):
+def test_bundled_example_passes():
     """examples/digits/mnnq.yaml: the committed digits.q.mnn is within its budget (the example gate)."""
-    code, out = check("--config", DIGITS / "mnnq.yaml", capsys=capsys)
+    code, out = check("--config", DIGITS / "mnnq.yaml")
     assert code == 0, out.out
     assert "PASS digits: max_rel" in out.out

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mnnq.cli import main
+from mnnq.testing import run_cli
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 RATE = "0.05"
@@ -69,7 +70,8 @@ def models(gate_model_files):
 
 
 class Output:
-    """Captured output with the terminal's line wrapping undone (``out``/``err``), and as printed (``raw``)."""
+    """A run's output (:class:`mnnq.testing.CliRun`) with the terminal's line wrapping undone (``out``/``err``),
+    and as printed (``raw``)."""
 
     def __init__(self, captured):
         self.raw = captured.out
@@ -77,16 +79,16 @@ class Output:
         self.err = " ".join(captured.err.split())
 
 
-def validate(*args, capsys=None):
-    code = main(["validate", *[str(a) for a in args]])
-    return code, Output(capsys.readouterr()) if capsys is not None else None
+def validate(*args):
+    run = run_cli(["validate", *args])
+    return run.code, Output(run)
 
 
-def test_within_budget_passes_with_reports(models, tmp_path, capsys):
+def test_within_budget_passes_with_reports(models, tmp_path):
     paths = {k: tmp_path / f"report.{k}" for k in ("json", "md", "svg")}
     code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
                          "--float-model", DIGITS / "digits.mnn", "--report-json", paths["json"],
-                         "--summary-md", paths["md"], "--svg", paths["svg"], capsys=capsys)
+                         "--summary-md", paths["md"], "--svg", paths["svg"])
     assert code == 0, out.err
     assert "PASS good: max_rel" in out.out
     assert "errors per output and sample (16 samples)" in out.out
@@ -105,12 +107,12 @@ def test_within_budget_passes_with_reports(models, tmp_path, capsys):
     assert svg.startswith("<svg") and "PASS" in svg
 
 
-def test_over_budget_fails_with_exit_1(models, tmp_path, capsys):
+def test_over_budget_fails_with_exit_1(models, tmp_path):
     report = tmp_path / "r.json"
     md = tmp_path / "r.md"
     # underscore spellings, as the rest of the CLI accepts them
     code, out = validate("--model", models["bad"], "--test_dir", DIGITS / "testset", "--rate", RATE,
-                         "--report_json", report, "--summary_md", md, capsys=capsys)
+                         "--report_json", report, "--summary_md", md)
     assert code == 1
     assert "FAIL bad: max_rel" in out.out and "> rate 0.05" in out.out
     doc = json.loads(report.read_text())
@@ -121,17 +123,16 @@ def test_over_budget_fails_with_exit_1(models, tmp_path, capsys):
     assert "❌ over budget" in text and "worst: output 'logits'" in text
 
 
-def test_single_sample_test_dir(models, capsys):
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset" / "003", "--rate", RATE,
-                         capsys=capsys)
+def test_single_sample_test_dir(models):
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset" / "003", "--rate", RATE)
     assert code == 0
     assert "1 sample," in out.out
 
 
-def test_memory_mode_low_and_cosine_metric(models, tmp_path, capsys):
+def test_memory_mode_low_and_cosine_metric(models, tmp_path):
     report = tmp_path / "r.json"
     code, _ = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", "0.01",
-                       "--metric", "cosine", "--memory-mode", "low", "--report-json", report, capsys=capsys)
+                       "--metric", "cosine", "--memory-mode", "low", "--report-json", report)
     assert code == 0
     model = json.loads(report.read_text())["models"][0]
     assert model["memory_mode"] == "low" and model["metric"] == "cosine" and model["error"] < 0.01
@@ -146,11 +147,11 @@ def test_memory_mode_low_and_cosine_metric(models, tmp_path, capsys):
     ("wrong_name", "has no output 'logits' (its outputs: probs)"),
     ("wrong_size", "has 10 values but the model's output 'logits' has 5"),
 ])
-def test_cannot_measure_fails_closed(models, tmp_path, capsys, case, needle):
+def test_cannot_measure_fails_closed(models, tmp_path, case, needle):
     report = tmp_path / "r.json"
     md = tmp_path / "r.md"
     code, out = validate("--model", models[case], "--test-dir", DIGITS / "testset", "--rate", RATE,
-                         "--report-json", report, "--summary-md", md, capsys=capsys)
+                         "--report-json", report, "--summary-md", md)
     assert code == 2, out.out
     needles = needle if isinstance(needle, tuple) else (needle,)
     assert f"ERROR {case}:" in out.out and any(n in out.out for n in needles)
@@ -160,15 +161,13 @@ def test_cannot_measure_fails_closed(models, tmp_path, capsys, case, needle):
     assert "⛔ could not measure" in md.read_text()
 
 
-def test_missing_model_test_dir_or_metric_fail_closed(models, tmp_path, capsys):
-    code, out = validate("--model", tmp_path / "nope.mnn", "--test-dir", DIGITS / "testset", "--rate", RATE,
-                         capsys=capsys)
+def test_missing_model_test_dir_or_metric_fail_closed(models, tmp_path):
+    code, out = validate("--model", tmp_path / "nope.mnn", "--test-dir", DIGITS / "testset", "--rate", RATE)
     assert code == 2 and "quantized model not found" in out.out
-    code, out = validate("--model", models["good"], "--test-dir", tmp_path / "no-tests", "--rate", RATE,
-                         capsys=capsys)
+    code, out = validate("--model", models["good"], "--test-dir", tmp_path / "no-tests", "--rate", RATE)
     assert code == 2 and "test dir not found" in out.out
     code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
-                         "--metric", "nope", capsys=capsys)
+                         "--metric", "nope")
     assert code == 2 and "unknown metric 'nope'" in out.out
 
 
@@ -179,30 +178,30 @@ def test_bad_rate_is_a_usage_error(models, capsys):
     assert "positive finite number" in capsys.readouterr().err
 
 
-def test_report_may_not_overwrite_the_model(models, capsys):
-    code = main(["validate", "--model", str(models["good"]), "--test-dir", str(DIGITS / "testset"),
-                 "--rate", RATE, "--report-json", str(models["good"])])
+def test_report_may_not_overwrite_the_model(models):
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
+                         "--report-json", models["good"])
     assert code == 2
-    assert "is the input file" in Output(capsys.readouterr()).err
+    assert "is the input file" in out.err
 
 
-def test_a_runtime_crash_becomes_an_error(models, monkeypatch, capsys):
+def test_a_runtime_crash_becomes_an_error(models, monkeypatch):
     import mnnq.gate.runner as runner
 
     monkeypatch.setattr(runner, "_run_child", lambda work, timeout: "crashed (SIGSEGV)")
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE, capsys=capsys)
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE)
     assert code == 2
     assert "crashed (SIGSEGV)" in out.out
 
 
-def test_github_annotations_only_under_actions(models, monkeypatch, capsys):
+def test_github_annotations_only_under_actions(models, monkeypatch):
     args = ("--model", models["bad"], "--test-dir", DIGITS / "testset", "--rate", RATE)
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
-    _, out = validate(*args, capsys=capsys)
+    _, out = validate(*args)
     assert "::error" not in out.out
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_WORKSPACE", str(models["bad"].parent))
-    _, out = validate(*args, capsys=capsys)
+    _, out = validate(*args)
     lines = [ln for ln in out.raw.splitlines() if ln.startswith("::error")]
     assert len(lines) == 1
     assert lines[0].startswith("::error file=bad.mnn,title=mnnq%3A bad over budget::bad (bad.mnn): max_rel ")

@@ -9,7 +9,6 @@ lands while a converter runs: it must be killed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.testing import tiny_model
+from mnnq.testing import file_digests
 
 DRIVER = r'''
 import os
@@ -63,15 +62,6 @@ if __name__ == "__main__":  # --jobs workers are spawned: they import this file 
 '''
 
 
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("sigint-src"), "convnet")
-
-
-def digest(folder: Path) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def children_of(pid: int) -> list:
     found = []
     for entry in Path("/proc").iterdir():
@@ -104,17 +94,17 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("extra", [["--evaluator", "exact"], ["--jobs", "2"]], ids=["exact-evaluator", "jobs"])
-def test_sigint_mid_search_stops_cleanly(convnet, tmp_path, extra):
+def test_sigint_mid_search_stops_cleanly(tiny_convnet, tmp_path, extra):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     sentinel, out, tmp = tmp_path / "searching", tmp_path / "out", tmp_path / "tmp"
     out.mkdir()
     tmp.mkdir()
-    sources = digest(convnet.directory)
+    sources = file_digests(tiny_convnet.directory)
     env = dict(os.environ, TMPDIR=str(tmp), COLUMNS="200", STALL_HANG="1" if "exact" in extra else "")
     proc = subprocess.Popen(
-        [sys.executable, str(driver), str(sentinel), "auto-quant", "--model", str(convnet.model), "--quant_model",
-         str(out / "q.mnn"), "--test_dir", str(convnet.test_dir), "--rate", "0.1", "--strategy", "stall",
+        [sys.executable, str(driver), str(sentinel), "auto-quant", "--model", str(tiny_convnet.model), "--quant_model",
+         str(out / "q.mnn"), "--test_dir", str(tiny_convnet.test_dir), "--rate", "0.1", "--strategy", "stall",
          "--report_json", str(out / "r.json"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
@@ -148,7 +138,7 @@ def test_sigint_mid_search_stops_cleanly(convnet, tmp_path, extra):
     assert "Traceback" not in stdout + stderr
     assert list(out.iterdir()) == [], "no q.mnn, q.mnn.json or report"
     assert list(tmp.iterdir()) == [], "temporary folders removed"
-    assert digest(convnet.directory) == sources
+    assert file_digests(tiny_convnet.directory) == sources
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)

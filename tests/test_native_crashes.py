@@ -14,9 +14,9 @@ import pytest
 
 import mnnq.autoquant.engine as engine
 from mnnq.mnn_backend.native import FAULT_ENV, Limits
-from mnnq.testing import run_cli, tiny_model
+from mnnq.testing import file_digests, run_cli, tiny_model
 
-from test_bad_inputs import bad_tensor_index, snapshot
+from test_bad_inputs import bad_tensor_index
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ SIGNALS = [("segv", "SIGSEGV"), ("abort", "SIGABRT"), ("kill", "SIGKILL")]
 def test_converter_killed_while_writing_the_model(convnet, tmp_path, monkeypatch, how, name):
     """auto-quant searches, then the converter child writing the final model dies: exit 2."""
     tm, _ = convnet
-    before = snapshot(tm.directory)
+    before = file_digests(tm.directory)
     out = tmp_path / "out"
     out.mkdir()
     # Only the conversions that weight-quantize: the search (fast evaluator) runs in-process,
@@ -54,18 +54,18 @@ def test_converter_killed_while_writing_the_model(convnet, tmp_path, monkeypatch
     assert f"mnnq fault injection: {how} in mnnconvert" in run.err  # the tail of the child's output
     assert "Traceback" not in run.err
     assert list(out.iterdir()) == []
-    assert snapshot(tm.directory) == before
+    assert file_digests(tm.directory) == before
 
 
 def test_converter_killed_in_apply(convnet, tmp_path, monkeypatch):
     tm, params = convnet
-    before = snapshot(tm.directory)
+    before = file_digests(tm.directory)
     monkeypatch.setenv(FAULT_ENV, "segv:mnnconvert:--weightQuantBits")
     run = run_cli(["apply", tm.model, tmp_path / "q.mnn", "--params", params, "--test_dir", tm.test_dir])
     assert run.code == 2
     [line] = error_lines(run.err)
     assert "MNN converter crashed (killed by SIGSEGV)" in line and "mnnq fault injection" in run.err
-    assert not (tmp_path / "q.mnn").exists() and snapshot(tm.directory) == before
+    assert not (tmp_path / "q.mnn").exists() and file_digests(tm.directory) == before
 
 
 def test_converter_killed_on_the_first_read(convnet, tmp_path, monkeypatch):

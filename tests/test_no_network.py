@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.testing import tiny_model
 
 SITECUSTOMIZE = r'''
 import atexit, json, os, sys
@@ -54,11 +53,6 @@ def _at_exit():
 '''
 
 
-@pytest.fixture(scope="module")
-def convnet(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("net-src"), "convnet")
-
-
 def audited(argv, tmp_path: Path, name: str):
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
@@ -80,21 +74,21 @@ def check(records, min_processes: int):
     assert exits and all(r["modules"] == [] for r in exits), f"MNN.tools imported: {exits}"
 
 
-def test_auto_quant_and_validate_open_no_socket(convnet, tmp_path):
+def test_auto_quant_and_validate_open_no_socket(tiny_convnet, tmp_path):
     out = tmp_path / "q.mnn"
-    records = audited(["auto-quant", "--model", convnet.model, "--quant_model", out, "--test_dir",
-                       convnet.test_dir, "--rate", "0.1"], tmp_path, "auto-quant")
+    records = audited(["auto-quant", "--model", tiny_convnet.model, "--quant_model", out, "--test_dir",
+                       tiny_convnet.test_dir, "--rate", "0.1"], tmp_path, "auto-quant")
     # mnnq itself, its child server, the converter children (template, final write) and the runtime child
     check(records, min_processes=5)
     assert sum(r.get("argv", [None])[0] == "fork" for r in records) >= 4, "forked children were audited"
-    records = audited(["validate", "--model", out, "--test-dir", convnet.test_dir, "--rate", "0.1"], tmp_path,
+    records = audited(["validate", "--model", out, "--test-dir", tiny_convnet.test_dir, "--rate", "0.1"], tmp_path,
                       "validate")
     check(records, min_processes=3)  # mnnq, the converter probe, the gate's runtime child
 
 
-def test_jobs_workers_open_no_socket(convnet, tmp_path):
-    records = audited(["auto-quant", "--model", convnet.model, "--quant_model", tmp_path / "q.mnn", "--test_dir",
-                       convnet.test_dir, "--rate", "0.1", "--jobs", "2", "--strategy", "sensitivity"], tmp_path,
+def test_jobs_workers_open_no_socket(tiny_convnet, tmp_path):
+    records = audited(["auto-quant", "--model", tiny_convnet.model, "--quant_model", tmp_path / "q.mnn", "--test_dir",
+                       tiny_convnet.test_dir, "--rate", "0.1", "--jobs", "2", "--strategy", "sensitivity"], tmp_path,
                       "jobs")
     check(records, min_processes=5)
 
@@ -103,9 +97,10 @@ def test_plugins_opens_no_socket(tmp_path):
     check(audited(["plugins"], tmp_path, "plugins"), min_processes=1)
 
 
-def test_quantize_opens_no_socket(convnet, tmp_path):
-    config = convnet.calibration_config(tmp_path / "calib.json")
-    check(audited(["quantize", convnet.model, tmp_path / "int8.mnn", config], tmp_path, "quantize"), min_processes=2)
+def test_quantize_opens_no_socket(tiny_convnet, tmp_path):
+    config = tiny_convnet.calibration_config(tmp_path / "calib.json")
+    check(audited(["quantize", tiny_convnet.model, tmp_path / "int8.mnn", config], tmp_path, "quantize"),
+          min_processes=2)
 
 
 def test_the_hook_sees_sockets_and_mnn_tools(tmp_path):

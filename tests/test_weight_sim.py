@@ -25,45 +25,34 @@ TINY = "c1"  # its output channel 0 has max|w| = 5e-5: 8-bit scales underflow th
 
 
 def _build_onnx(path):
-    from onnx import TensorProto, helper, numpy_helper
+    from mnnq.testing import OnnxGraph
 
     rng = np.random.default_rng(7)
-    inits, nodes = [], []
+    g = OnnxGraph()
 
     def const(name, arr):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
-        return name
-
-    def node(op, inputs, out, **attrs):
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+        return g.const(name, np.asarray(arr, dtype=np.float32))
 
     w1 = rng.standard_normal((32, 32, 3, 3)).astype(np.float32) * 0.08
     w1[0] *= 5e-5 / np.abs(w1[0]).max()
-    h = node("Conv", ["x", const("w1", w1), const("b1", rng.standard_normal(32) * 0.1)], "c1",
-             kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    h = node("Relu", [h], "r1")
-    h = node("Conv", [h, const("wd", rng.standard_normal((32, 1, 3, 3)) * 0.3),
-                      const("bd", rng.standard_normal(32) * 0.1)], "dw",
-             kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=32)
-    h = node("Conv", [h, const("w2", rng.standard_normal((64, 32, 1, 1)) * 0.15)], "c2", kernel_shape=[1, 1])
-    h = node("Relu", [h], "r2")
-    h = node("ConvTranspose", [h, const("wt", rng.standard_normal((64, 16, 3, 3)) * 0.06),
-                               const("bt", rng.standard_normal(16) * 0.1)], "up",
-             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
-    h = node("GlobalAveragePool", [h], "gap")
-    h = node("Flatten", [h], "flat", axis=1)
-    node("Gemm", [h, const("wf", rng.standard_normal((10, 16)) * 0.3), const("bf", rng.standard_normal(10))],
-         "y", transB=1)
-    graph = helper.make_graph(
-        nodes, "weight_sim", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ONNX_INPUT)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10]),
-         helper.make_tensor_value_info("up", TensorProto.FLOAT, [1, 16, 12, 12])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    import onnx
-
-    onnx.save(model, str(path))
+    h = g.node("Conv", [g.input("x", ONNX_INPUT), const("w1", w1), const("b1", rng.standard_normal(32) * 0.1)], "c1",
+               kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    h = g.node("Relu", [h], "r1")
+    h = g.node("Conv", [h, const("wd", rng.standard_normal((32, 1, 3, 3)) * 0.3),
+                        const("bd", rng.standard_normal(32) * 0.1)], "dw",
+               kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=32)
+    h = g.node("Conv", [h, const("w2", rng.standard_normal((64, 32, 1, 1)) * 0.15)], "c2", kernel_shape=[1, 1])
+    h = g.node("Relu", [h], "r2")
+    h = g.node("ConvTranspose", [h, const("wt", rng.standard_normal((64, 16, 3, 3)) * 0.06),
+                                 const("bt", rng.standard_normal(16) * 0.1)], "up",
+               kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    h = g.node("GlobalAveragePool", [h], "gap")
+    h = g.node("Flatten", [h], "flat", axis=1)
+    g.node("Gemm", [h, const("wf", rng.standard_normal((10, 16)) * 0.3), const("bf", rng.standard_normal(10))],
+           "y", transB=1)
+    g.output("y", [1, 10])
+    g.output("up", [1, 16, 12, 12])
+    g.save(path, "weight_sim")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 :mod:`mnnq.testing.models` builds small ONNX models and converts them to MNN;
 :mod:`mnnq.testing.builders` adds a model-plus-test-set builder (``tiny_model``), calibration
-configs, ``plugins_installed`` and an in-process CLI runner; :mod:`mnnq.testing.fixtures` wraps
+configs, ``plugins_installed``, an in-process CLI runner and file digests; :mod:`mnnq.testing.fixtures` wraps
 them as pytest fixtures (``pytest_plugins = ["mnnq.testing.fixtures"]``).
 """
 
@@ -10,6 +10,8 @@ from mnnq.testing.builders import (
     MODELS,
     CliRun,
     TinyModel,
+    file_digests,
+    file_sha256,
     make_testset,
     model_inputs,
     plugins_installed,
@@ -42,6 +44,8 @@ __all__ = [
     "build_tiny_weight",
     "build_two_input",
     "export_and_convert",
+    "file_digests",
+    "file_sha256",
     "make_testset",
     "model_inputs",
     "plugins_installed",

@@ -1,5 +1,6 @@
 """Builders for tests of mnnq and of mnnq plugins: a tiny model with its own test set, calibration
-configs, a plugin manager with extra plugins, and an in-process CLI runner.
+configs, a plugin manager with extra plugins, an in-process CLI runner, and file digests (to check
+that a run left its sources or earlier outputs byte-identical).
 
 Everything here works without pytest (:mod:`mnnq.testing.fixtures` wraps it as fixtures)::
 
@@ -13,6 +14,7 @@ Everything here works without pytest (:mod:`mnnq.testing.fixtures` wraps it as f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -128,6 +130,28 @@ def write_calibration_config(path: PathLike, samples_dir: PathLike, **keys) -> P
     return path
 
 
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 hex digest of one file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def file_digests(*folders: PathLike) -> Dict[str, str]:
+    """``{path: sha256 hex}`` of every file under ``folders`` (recursively, hidden files included;
+    keys are ``str(path)`` as found under the folder given). Take it before and after a run and
+    compare, to check the run changed nothing there::
+
+        before = file_digests(tm.directory)
+        ...
+        assert file_digests(tm.directory) == before
+    """
+    out: Dict[str, str] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                out[str(path)] = file_sha256(path)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # plugins and the CLI
 
@@ -156,11 +180,15 @@ def plugins_installed(plugins: Mapping[str, object]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class CliRun:
-    """What ``mnnq`` printed and returned: exit ``code``, ``out`` (stdout) and ``err`` (stderr)."""
+    """What ``mnnq`` printed and returned: exit ``code``, ``out`` (stdout) and ``err`` (stderr).
+    Unpacks as ``code, out, err = run_cli(...)``."""
 
     code: int
     out: str
     err: str
+
+    def __iter__(self) -> Iterator[Union[int, str]]:
+        return iter((self.code, self.out, self.err))
 
 
 def run_cli(argv: Sequence[str], columns: int = 200) -> CliRun:
@@ -187,5 +215,5 @@ def run_cli(argv: Sequence[str], columns: int = 200) -> CliRun:
 
 __all__: List[str] = [
     "MODELS", "TinyModel", "CliRun", "model_inputs", "random_inputs", "make_testset", "tiny_model",
-    "write_calibration_config", "plugins_installed", "run_cli",
+    "write_calibration_config", "file_sha256", "file_digests", "plugins_installed", "run_cli",
 ]
