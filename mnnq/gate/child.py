@@ -13,6 +13,9 @@ The request names the model, the test set and the files to write:
 - ``error`` (text): a one-line reason when the model cannot be loaded or run;
 - ``layers_error`` (text): why the per-layer tensors could not be read (not a gate failure).
 
+``testset`` (optional) is the test set the parent already loaded, pickled; without it the child
+reads ``test_dir`` itself.
+
 Exit status: 0 ok, 3 a reported error, anything else a crash.
 """
 from __future__ import annotations
@@ -74,7 +77,11 @@ def main(request_path: str) -> int:
     req = json.loads(Path(request_path).read_text())
     inject_fault("runtime", [req["model"]])  # test hook, see mnnq.mnn_backend.native
     try:
-        testset = load_testset(Path(req["test_dir"]))
+        if req.get("testset"):
+            with open(req["testset"], "rb") as fh:
+                testset = pickle.load(fh)
+        else:
+            testset = load_testset(Path(req["test_dir"]))
         model = _load(Path(req["model"]), testset.input_names, testset.output_names, req["memory_mode"])
         _dump(_run_all(model, testset.samples), req["outputs"])
         del model

@@ -149,10 +149,13 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
         files = {k: str(work / k) for k in ("outputs", "layers", "error", "layers_error")}
         request = {
             "model": str(model.resolve()), "test_dir": str(Path(target.test_dir).resolve()),
+            "testset": str(work / "testset"),  # already parsed here: the child reads the arrays, not the text
             "memory_mode": target.memory_mode, "layer_samples": LAYER_SAMPLES,
             "float_model": str(Path(target.float_model).resolve()) if tensors else None,
             "layer_tensors": [t for _, t, _ in tensors], **files,
         }
+        with open(request["testset"], "wb") as fh:
+            pickle.dump(testset, fh, protocol=pickle.HIGHEST_PROTOCOL)
         (work / "request.json").write_text(json.dumps(request))
         failure = _run_child(work, timeout)
         if Path(files["error"]).is_file():
