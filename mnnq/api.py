@@ -148,8 +148,7 @@ def _manager(plugin_manager=None, disable_plugins: Any = None):
         return plugin_manager
     pm = MnnqPluginManager(disabled=_names(disable_plugins, "disable_plugins") or ())
     pm.load_entrypoints()
-    for collect in (pm.weight_methods, pm.feature_methods, pm.search_strategies, pm.metrics):
-        collect()  # now, so that a hook that raises is warned about too
+    pm.collect_all()  # now, so that a hook that raises is warned about too
     for failure in pm.failures:
         warnings.warn(f"plugin '{failure.plugin}' skipped: {failure.error}", PluginWarning, stacklevel=3)
     return pm

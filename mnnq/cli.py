@@ -7,6 +7,7 @@ or usage (nothing written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,24 +30,28 @@ def add_flag(parser, *names, **kw):
     return parser.add_argument(*spellings, **kw)
 
 
-def _int01(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
-    return value
+def arg_type(convert, expected: str, valid=None, unparsed: Optional[str] = None):
+    """An argparse ``type``: ``convert(text)``, then ``valid(value)`` when given. Either failing is
+    the usage error ``expected <what>, got 'text'`` (``unparsed`` names what a text that does not
+    convert should have been, default ``expected``)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsed or expected}, got {text!r}") from None
+        if valid is not None and not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+int01 = arg_type(int, "0 or 1", lambda v: v >= 0)
+positive_float = arg_type(float, "a positive finite number", lambda v: 0 < v < math.inf, unparsed="a number")
+positive_int = arg_type(int, "a positive integer", lambda v: v > 0)
+number = arg_type(float, "a number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(aq, "--model", required=True, help="float .mnn model")
     add_flag(aq, "--quant_model", required=True, help="quantized model to write (params go to <quant_model>.json)")
     add_flag(aq, "--test_dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
-    add_flag(aq, "--rate", type=_positive_float, default=0.05, help="error budget (default 0.05)")
-    add_flag(aq, "--select_bits", type=_int01, default=1, help="try 4 bits per layer (default 1)")
-    add_flag(aq, "--select_block", type=_int01, default=1, help="search block sizes (default 1)")
-    add_flag(aq, "--hqq", type=_int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
+    add_flag(aq, "--rate", type=positive_float, default=0.05, help="error budget (default 0.05)")
+    add_flag(aq, "--select_bits", type=int01, default=1, help="try 4 bits per layer (default 1)")
+    add_flag(aq, "--select_block", type=int01, default=1, help="search block sizes (default 1)")
+    add_flag(aq, "--hqq", type=int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
     add_flag(aq, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
     add_flag(aq, "--weight_method", default=None, help="weight method plugin (default: hqq if --hqq 1 else max_abs)")
     add_flag(aq, "--strategy", action="append", default=None,
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="trial evaluator: fast (in-process simulation), exact (convert + run), auto (fast when possible)")
     add_flag(aq, "--memory_mode", default="auto", choices=("auto", "low", "normal"),
           help="runtime memory mode to meet the budget in; auto = low, falling back to normal like auto_quant.py")
-    add_flag(aq, "--time_budget", type=_positive_float, default=None,
+    add_flag(aq, "--time_budget", type=positive_float, default=None,
           help="stop searching after this many seconds and keep the best configuration so far")
     add_flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
     add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(ap, "--params", required=True, help="compression params JSON (e.g. the q.mnn.json auto-quant wrote)")
     add_flag(ap, "--hqq", action="store_true", help="use HQQ (as auto-quant does by default)")
     add_flag(ap, "--test_dir", default=None, help="re-measure the written model on this test set")
-    add_flag(ap, "--rate", type=_positive_float, default=None, help="with --test-dir: exit 1 when the error exceeds it")
+    add_flag(ap, "--rate", type=positive_float, default=None, help="with --test-dir: exit 1 when the error exceeds it")
     add_flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
     add_flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
     add_flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
@@ -127,36 +132,27 @@ def _command_modules():
     return modules
 
 
-def _strategies(values: Optional[List[str]]) -> Optional[List[str]]:
-    if not values:
-        return None
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
-
-
 def cmd_auto_quant(args, out: Console, err: Console) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from mnnq.api import _names
     from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant
-    from mnnq.plugin_manager import get_plugin_manager
     from mnnq.report import print_autoquant
 
-    pm = get_plugin_manager()
-    _report_plugin_failures(pm, err)
+    pm = plugin_manager(err)
+    strategies = _names(args.strategy, "--strategy") if args.strategy else None
     opts = AutoQuantOptions(
         model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
         select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
-        metric=args.metric, weight_method=args.weight_method, strategies=_strategies(args.strategy),
+        metric=args.metric, weight_method=args.weight_method, strategies=strategies,
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
         report_json=Path(args.report_json) if args.report_json else None,
     )
-    best = {"error": float("inf")}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("auto-quant: preparing", total=None)
 
         def on_trial(trial):
-            if trial.accepted or trial.error < best["error"]:
-                best["error"] = min(best["error"], trial.error)
             progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
 
         result = run_auto_quant(opts, pm, on_trial=on_trial)
@@ -166,10 +162,8 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
 
 def cmd_apply(args, out: Console, err: Console) -> int:
     from mnnq.apply import apply_params
-    from mnnq.plugin_manager import get_plugin_manager
 
-    pm = get_plugin_manager()
-    _report_plugin_failures(pm, err)
+    pm = plugin_manager(err)
     result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm,
@@ -202,9 +196,19 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def plugin_manager(err: Console):
+    """A manager with the installed plugins loaded; those that failed to load (or whose hook
+    raised) are warned about on ``err``. Every command but ``plugins`` starts with this."""
+    from mnnq.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    _report_plugin_failures(pm, err)
+    return pm
+
+
 def _report_plugin_failures(pm, err: Console) -> None:
     for failure in pm.failures:
-        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False)
+        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
 
 
 COMMANDS = {"auto-quant": cmd_auto_quant, "apply": cmd_apply, "plugins": cmd_plugins}

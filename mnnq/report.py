@@ -1,7 +1,7 @@
 """Terminal and JSON reports for auto-quant and apply."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
@@ -85,17 +85,3 @@ def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
         console.print(f"[red]MISSED[/red]: the best-effort model was written but its {result.metric} error "
                       f"{result.errors[result.metric]:.6f} exceeds the rate {result.rate}")
 
-
-def print_measurement(measurement, metric_names, console: Console, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    table.add_column("sample")
-    table.add_column("output")
-    for m in metric_names:
-        table.add_column(m, justify="right")
-    for d in measurement.details:
-        table.add_row(d.sample, d.output, *[_fmt_err(d.values.get(m)) for m in metric_names])
-    console.print(table)
-
-
-def metric_errors(errors: Dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.6f}" for k, v in errors.items())

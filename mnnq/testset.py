@@ -46,10 +46,6 @@ class TestSet:
     def multi(self) -> bool:
         return len(self.samples) > 1 or (self.samples and self.samples[0].directory != self.root)
 
-    def describe(self) -> str:
-        kind = f"{len(self.samples)} samples" if self.multi else "1 sample"
-        return f"{self.root} ({kind}; inputs {', '.join(self.input_names)}; outputs {', '.join(self.output_names)})"
-
 
 def read_values(path: Path, what: str) -> np.ndarray:
     """A whitespace-separated text file as a flat float64 array (fails on junk, NaN, Inf)."""
@@ -74,6 +70,20 @@ def _first_existing(directory: Path, names: Sequence[str]) -> Optional[Path]:
         if candidate.is_file():
             return candidate
     return None
+
+
+def input_file(directory: Path, name: str, index: int, count: int) -> Optional[Path]:
+    """The file holding input ``name`` (the ``index``-th of ``count``) in a test dir, if any:
+    ``<name>.txt``, ``input<i>.txt``, ``input_<i>.txt``, or ``input.txt`` for a lone input."""
+    return _first_existing(directory, [f"{name}.txt", f"input{index}.txt", f"input_{index}.txt"]
+                           + (["input.txt"] if count == 1 else []))
+
+
+def output_file(directory: Path, name: str, index: int, count: int) -> Optional[Path]:
+    """The reference file of output ``name`` (the ``index``-th of ``count``), if any: ``<name>.txt``,
+    ``<i>.txt``, ``output<i>.txt``, ``output_<i>.txt``, or ``output.txt`` for a lone output."""
+    return _first_existing(directory, [f"{name}.txt", f"{index}.txt", f"output{index}.txt", f"output_{index}.txt"]
+                           + (["output.txt"] if count == 1 else []))
 
 
 def _parse_input_json(directory: Path) -> dict:
@@ -117,10 +127,7 @@ def load_sample(directory: Path, name: Optional[str] = None) -> Sample:
                                f"(more than {MAX_CONSTANT_ELEMENTS}); check the shape")
             inputs[iname] = np.full(shape, float(entry["value"]))
             continue
-        candidates = [f"{iname}.txt", f"input{i}.txt", f"input_{i}.txt"]
-        if len(entries) == 1:
-            candidates.append("input.txt")
-        path = _first_existing(directory, candidates)
+        path = input_file(directory, iname, i, len(entries))
         if path is None:
             raise BadInput(f"test dir {directory} has no data for input '{iname}' (expected {iname}.txt)")
         values = read_values(path, f"input '{iname}'")
@@ -133,10 +140,7 @@ def load_sample(directory: Path, name: Optional[str] = None) -> Sample:
     references: Dict[str, np.ndarray] = {}
     outputs = doc["outputs"]
     for i, oname in enumerate(outputs):
-        candidates = [f"{oname}.txt", f"{i}.txt", f"output{i}.txt", f"output_{i}.txt"]
-        if len(outputs) == 1:
-            candidates.append("output.txt")
-        path = _first_existing(directory, candidates)
+        path = output_file(directory, oname, i, len(outputs))
         if path is None:
             raise BadInput(f"test dir {directory} has no reference for output '{oname}' (expected {oname}.txt or {i}.txt)")
         references[oname] = read_values(path, f"reference '{oname}'")

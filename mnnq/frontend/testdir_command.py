@@ -8,7 +8,6 @@ size mismatches, missing files, an output under max_rel's floor in every sample,
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnnq.errors import EXIT_MISSED, EXIT_OK
-from mnnq.cli import add_flag
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+from mnnq.cli import add_flag, number, positive_int
 
 
 def add_parser(subparsers):
@@ -49,7 +31,7 @@ def add_parser(subparsers):
                     "(the fallback when nothing else is given). Exit 0 written, 2 bad input (nothing written).")
     add_flag(mk, "--model", required=True, help=".mnn, .onnx or .tflite model (ONNX/TFLite are converted and cached)")
     add_flag(mk, "--out", required=True, help="folder to write (must be new or empty, or use --force)")
-    add_flag(mk, "--samples", type=_positive_int, default=None,
+    add_flag(mk, "--samples", type=positive_int, default=None,
           help="number of samples (images/arrays: at most this many; random: this many; default all / 1)")
     g = mk.add_argument_group("images (quantized.out's preprocessing keys)")
     add_flag(g, "--images", default=None, help="folder of JPEG/PNG/BMP images for the image input (sorted by name)")
@@ -59,19 +41,19 @@ def add_parser(subparsers):
     add_flag(g, "--image-input", default=None, help="input the images feed (default: the model's first input)")
     add_flag(g, "--format", default=None, type=str.upper, choices=("RGB", "BGR", "RGBA", "BGRA", "GRAY"),
           help="colour order the model wants (default BGR, as quantized.out)")
-    add_flag(g, "--mean", type=_float, nargs="+", default=None, help="per-channel mean (dst = (src - mean) * normal)")
-    add_flag(g, "--normal", type=_float, nargs="+", default=None, help="per-channel scale")
-    add_flag(g, "--width", type=_positive_int, default=None, help="resize width (default: the model's)")
-    add_flag(g, "--height", type=_positive_int, default=None, help="resize height (default: the model's)")
-    add_flag(g, "--center-crop-h", type=_float, default=None, help="fraction of the height kept, centred (default 1)")
-    add_flag(g, "--center-crop-w", type=_float, default=None, help="fraction of the width kept, centred (default 1)")
+    add_flag(g, "--mean", type=number, nargs="+", default=None, help="per-channel mean (dst = (src - mean) * normal)")
+    add_flag(g, "--normal", type=number, nargs="+", default=None, help="per-channel scale")
+    add_flag(g, "--width", type=positive_int, default=None, help="resize width (default: the model's)")
+    add_flag(g, "--height", type=positive_int, default=None, help="resize height (default: the model's)")
+    add_flag(g, "--center-crop-h", type=number, default=None, help="fraction of the height kept, centred (default 1)")
+    add_flag(g, "--center-crop-w", type=number, default=None, help="fraction of the width kept, centred (default 1)")
     a = mk.add_argument_group("arrays and random data")
     add_flag(a, "--npy", action="append", default=[], metavar="[NAME=]FILE",
           help="a .npy (one input; NAME= when the model has several) or .npz keyed by input name; an array may "
                "stack samples along a leading axis; repeatable")
     add_flag(a, "--random", action="store_true", help="seeded uniform random data for inputs without other data")
     add_flag(a, "--seed", type=int, default=0, help="random seed (default 0)")
-    add_flag(a, "--range", type=_float, nargs=2, metavar=("LO", "HI"), default=None,
+    add_flag(a, "--range", type=number, nargs=2, metavar=("LO", "HI"), default=None,
           help="random range for every input (default 0 1 for float inputs; integer inputs need one)")
     add_flag(a, "--input-range", action="append", default=[], metavar="NAME=LO,HI", help="random range of one input")
     add_flag(mk, "--shape", action="append", default=[], metavar="NAME=D0,D1,...",

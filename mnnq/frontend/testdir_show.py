@@ -19,8 +19,7 @@ import numpy as np
 
 from mnnq.errors import BadInput
 from mnnq.frontend.testdir_make import ABS_MAX_FLOOR, METADATA
-
-INPUT_JSON = "input.json"
+from mnnq.testset import INPUT_JSON, input_file, output_file
 
 
 @dataclass
@@ -85,10 +84,6 @@ def _read_json(directory: Path) -> dict:
     return doc
 
 
-def _first(directory: Path, names: List[str]) -> Optional[Path]:
-    return next((directory / n for n in names if (directory / n).is_file()), None)
-
-
 def read_sample(directory: Path) -> SampleView:
     doc = _read_json(directory)
     tensors: List[Tensor] = []
@@ -102,15 +97,13 @@ def read_sample(directory: Path) -> SampleView:
         if "value" in entry and shape is not None:
             tensors.append(Tensor(name, "input", None, shape, np.full(int(np.prod(shape)), float(entry["value"]))))
             continue
-        path = _first(directory, [f"{name}.txt", f"input{i}.txt", f"input_{i}.txt"]
-                      + (["input.txt"] if len(entries) == 1 else []))
+        path = input_file(directory, name, i, len(entries))
         tensors.append(_tensor(name, "input", path, shape, directory))
     outputs = doc["outputs"]
     for i, name in enumerate(outputs):
         if not isinstance(name, str) or not name:
             raise BadInput(f'{directory / INPUT_JSON}: outputs[{i}] must be a name')
-        path = _first(directory, [f"{name}.txt", f"{i}.txt", f"output{i}.txt", f"output_{i}.txt"]
-                      + (["output.txt"] if len(outputs) == 1 else []))
+        path = output_file(directory, name, i, len(outputs))
         tensors.append(_tensor(name, "output", path, None, directory))
     return SampleView(directory, tensors)
 

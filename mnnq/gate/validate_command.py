@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mnnq.cli import _positive_float, add_flag
+from mnnq.cli import add_flag, plugin_manager, positive_float
 from mnnq.fileio import check_output_path
 from mnnq.frontend.sources import resolve_model
 
@@ -33,15 +33,6 @@ def report_paths(args, sources) -> dict:
     return paths
 
 
-def plugin_manager(err: Console):
-    from mnnq.plugin_manager import get_plugin_manager
-
-    pm = get_plugin_manager()
-    for failure in pm.failures:
-        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
-    return pm
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "validate", help="measure a quantized model on a test set; exit 1 over the rate, 2 if it cannot be measured",
@@ -49,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "1 over it, 2 when the model cannot be measured.")
     add_flag(p, "--model", required=True, help="quantized .mnn model to measure")
     add_flag(p, "--test-dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
-    add_flag(p, "--rate", type=_positive_float, required=True, help="error budget: fail when the error exceeds it")
+    add_flag(p, "--rate", type=positive_float, required=True, help="error budget: fail when the error exceeds it")
     add_flag(p, "--metric", default="max_rel", help="error metric plugin (default max_rel, auto_quant.py's rate)")
     add_flag(p, "--memory-mode", default="normal", choices=("normal", "low"),
              help="runtime memory mode to measure in (default normal)")
