@@ -205,7 +205,7 @@ def _read_model(model: Path, testset: TestSet, keep_model: Path):
     outputs per sample)``."""
     listing = start_params_template(model, limits=probe_limits(model))
     try:
-        float_run = start_isolated(model, testset.root)
+        float_run = start_isolated(model, testset.root, testset=testset)
     except BaseException:
         listing.cancel()
         raise

@@ -84,13 +84,18 @@ def probe_runtime(model: Path, timeout: Optional[float] = None) -> Tuple[List[st
 class IsolatedRun(ChildJob):
     """A model running on a test set in a child (see :func:`start_isolated`)."""
 
-    def __init__(self, model: Path, test_dir: Path, memory_mode: str, timeout: Optional[float], shown: str):
+    def __init__(self, model: Path, test_dir: Path, memory_mode: str, timeout: Optional[float], shown: str,
+                 testset=None):
         self.model, self.test_dir, self.shown = model, test_dir, shown
 
         def start(work: Path) -> Child:
             self._files = {k: str(work / k) for k in ("outputs", "layers", "error", "layers_error")}
             request = {"model": str(model), "test_dir": str(test_dir), "memory_mode": memory_mode,
                        "float_model": None, "layer_tensors": [], **self._files}
+            if testset is not None:  # already parsed here: the child reads the arrays, not the text
+                request["testset"] = str(work / "testset")
+                with open(request["testset"], "wb") as fh:
+                    pickle.dump(testset, fh, protocol=pickle.HIGHEST_PROTOCOL)
             (work / "request.json").write_text(json.dumps(request))
             return start_python(["-m", "mnnq.gate.child", str(work / "request.json")],
                                 f"running {model} on {test_dir}", cwd=str(work), limits=Limits(timeout=timeout))
@@ -116,19 +121,20 @@ class IsolatedRun(ChildJob):
 
 
 def start_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,
-                   name: Optional[str] = None) -> IsolatedRun:
+                   name: Optional[str] = None, testset=None) -> IsolatedRun:
     """Start running ``model`` on the test set in ``test_dir`` in a child; ``.result()`` waits.
-    ``name`` replaces the model's path in messages (for a temporary file the user never sees)."""
+    ``name`` replaces the model's path in messages (for a temporary file the user never sees);
+    ``testset``: that test set as the caller already loaded it (the child then skips parsing)."""
     model, test_dir = Path(model).resolve(), Path(test_dir).resolve()
-    return IsolatedRun(model, test_dir, memory_mode, timeout, name or str(model))
+    return IsolatedRun(model, test_dir, memory_mode, timeout, name or str(model), testset)
 
 
 def run_isolated(model: Path, test_dir: Path, memory_mode: str = "normal", timeout: Optional[float] = None,
-                 name: Optional[str] = None) -> List[Dict[str, np.ndarray]]:
+                 name: Optional[str] = None, testset=None) -> List[Dict[str, np.ndarray]]:
     """``[{output name: array}, ...]``, one dict per sample of the test set in ``test_dir``,
     computed by ``model`` in a child process. ``name`` replaces the model's path in messages
     (for a temporary file the user never sees)."""
-    return start_isolated(model, test_dir, memory_mode, timeout, name).result()
+    return start_isolated(model, test_dir, memory_mode, timeout, name, testset).result()
 
 
 _IMAGES_CHILD = FAULT_CODE + """
