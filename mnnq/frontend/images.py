@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -133,8 +133,11 @@ def merged_config(file: Optional[Path], flags: Dict[str, Any]) -> ImageConfig:
     return make_config(merged, where)
 
 
-def list_images(folder: Path, limit: int = 0) -> Tuple[List[Path], List[str]]:
-    """(readable images sorted by name, at most ``limit`` when > 0; names of skipped files)."""
+def list_images(folder: Path, limit: int = 0,
+                none_readable: Optional[Callable[[int], str]] = None) -> Tuple[List[Path], List[str]]:
+    """(readable images sorted by name, at most ``limit`` when > 0; names of skipped files).
+    Every chosen image is first decoded in a child. ``none_readable(skipped count)`` gives the
+    BadInput message when no file is readable (default: the ``--images`` one)."""
     import MNN.cv as cv
 
     folder = Path(folder)
@@ -153,6 +156,8 @@ def list_images(folder: Path, limit: int = 0) -> Tuple[List[Path], List[str]]:
         else:
             skipped.append(p.name)
     if not chosen:
+        if none_readable is not None:
+            raise BadInput(none_readable(len(skipped)))
         extra = f" ({len(skipped)} files it cannot decode)" if skipped else ""
         raise BadInput(f"--images {folder}: no readable images{extra}; put JPEG/PNG/BMP files there")
     check_images_decodable(chosen)  # in a child: a damaged file must not crash this process

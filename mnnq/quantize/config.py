@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mnnq.errors import BadInput
-
-FORMATS = {"RGB": 3, "BGR": 3, "RGBA": 4, "BGRA": 4, "GRAY": 1}
+from mnnq.frontend.images import FORMATS
 INPUT_TYPES = ("image", "sequence")
 KNOWN_KEYS = (
     "path", "input_type", "format", "mean", "normal", "width", "height", "center_crop_h",

@@ -31,11 +31,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from mnnq.errors import BadInput, NativeFailure, PluginError
 from mnnq.fileio import OutputSet, check_output_path
-from mnnq.mnn_backend.isolated import probe_runtime
+from mnnq.frontend.feeds import model_inputs
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize.config import QuantizeConfig, load_config
-from mnnq.quantize.evaluate import Evaluation, eval_indices, evaluate
-from mnnq.quantize.inputs import Samples, make_samples, model_inputs
+from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate
+from mnnq.quantize.inputs import Samples, make_samples
 from mnnq.quantize.writer import ActParams, build_params, sanitize, symmetric, weight_entry, write_int8
 
 EVAL_SAMPLES = 64
@@ -153,8 +153,7 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     except PluginError as exc:
         raise BadInput(str(exc)) from None
     layers, other = cal.find_layers(model, cfg.skip_quant_op_names)
-    _, output_names = probe_runtime(model)   # a file the runtime crashes on must not kill this process
-    inputs = model_inputs(model)
+    inputs, output_names = model_inputs(model)   # run in a child first: a crash must not kill this process
     notes = list(cfg.warnings)
     known = {l.name for l in layers} | {n for n, _ in other}
     for name in cfg.skip_quant_op_names:
@@ -279,15 +278,15 @@ class _Measurer:
         self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
         self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
         model = job.opts.model
-        self.float_plain = cal.TensorRunner(model, job.input_names, job.output_names)
-        self.float_tensors: Optional[cal.TensorRunner] = None
+        self.float_plain = FloatReference(cal.TensorRunner(model, job.input_names, job.output_names), job.samples)
+        self.float_tensors: Optional[FloatReference] = None
         self.probe_float: Optional[Path] = None
 
     def params(self, keep) -> dict:
         return build_params(self.job.layers, self.acts, self.weights, self.clamp, keep)
 
     def _evaluate(self, ref, quant, stage: str) -> Evaluation:
-        return evaluate(ref, quant, self.job.samples, self.indices, self.job.metrics, self.acts, self.clamp,
+        return evaluate(ref, quant, self.indices, self.job.metrics, self.acts, self.clamp,
                         _step(self.progress, stage, len(self.indices)))
 
     def write_and_check(self, dst: Path, keep: Dict[str, str], notes: List[str], stage: str) -> Evaluation:
@@ -319,8 +318,7 @@ class _Measurer:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for i, dst in enumerate(pool.map(write_alone, range(len(candidates)))):
                 quant = cal.TensorRunner(dst, self.job.input_names, self.job.output_names)
-                ev = evaluate(self.float_plain, quant, self.job.samples, self.indices, self.job.metrics,
-                              self.acts, self.clamp)
+                ev = evaluate(self.float_plain, quant, self.indices, self.job.metrics, self.acts, self.clamp)
                 dst.unlink(missing_ok=True)
                 err = ev.errors.get(metric)
                 err = float("inf") if not ev.finite else (err if err is not None else 1.0 - ev.output_cosine[0])
@@ -336,7 +334,9 @@ class _Measurer:
         job = self.job
         if self.probe_float is None:
             self.probe_float = cal.build_probe_model(job.opts.model, self.tensors, self.work / "probe_float.mnn")
-            self.float_tensors = cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors)
+            # every layer tensor of every sample: measured once, so not kept
+            self.float_tensors = FloatReference(
+                cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors), job.samples, 0)
         dst = self.work / "probe_int8.mnn"
         write_int8(self.probe_float, dst, self.params(keep), [])
         quant = cal.TensorRunner(dst, job.input_names, job.output_names, self.tensors, cal.PROBE_SUFFIX)

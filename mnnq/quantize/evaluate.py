@@ -1,10 +1,11 @@
 """Measure an INT8 model against the float model on calibration samples.
 
 Outputs are compared with every metric plugin (max over outputs and samples) and by cosine
-similarity (per sample: the worst output). With a probe model (see :mod:`calibrate`) each
-layer tensor gets its mean and worst cosine similarity against the float activations, and the
-share of float values that would saturate under the tensor's INT8 params (the overflow ratio
-quantized.out's debug mode prints).
+similarity (per sample: the worst output), against the float model's results on the same
+samples (:class:`FloatReference`, computed once for all the INT8 candidates). With a probe
+model (see :mod:`calibrate`) each layer tensor gets its mean and worst cosine similarity
+against the float activations, and the share of float values that would saturate under the
+tensor's INT8 params (the overflow ratio quantized.out's debug mode prints).
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mnnq.quantize.calibrate import TensorRunner, cosine, overflow_ratio
-from mnnq.quantize.inputs import Samples
+from mnnq.quantize.inputs import Feeds, Samples
 from mnnq.records import Metric
+
+# Float results kept for re-measuring (feeds, outputs and fetched tensors of the measured
+# samples); samples beyond it are loaded and run through the float model again each time.
+KEEP_BYTES = 256 << 20
 
 
 @dataclass
@@ -33,6 +38,30 @@ class Evaluation:
         return not self.nonfinite
 
 
+class FloatReference:
+    """The float model (``runner``) on calibration samples: ``get(index) -> (feeds, outputs,
+    tensors)``. Every INT8 candidate (the ``--rate`` ranking, each round) is measured against
+    the same float results, so each sample is loaded and run once and kept while the kept
+    results fit in ``budget`` bytes."""
+
+    def __init__(self, runner: TensorRunner, samples: Samples, budget: int = KEEP_BYTES):
+        self.runner, self.samples, self.budget = runner, samples, budget
+        self._kept: Dict[int, Tuple[Feeds, Feeds, Feeds]] = {}
+        self._used = 0
+
+    def get(self, index: int) -> Tuple[Feeds, Feeds, Feeds]:
+        kept = self._kept.get(index)
+        if kept is not None:
+            return kept
+        feeds = self.samples.load(index)
+        outputs, tensors = self.runner.run(feeds)
+        size = sum(np.asarray(a).nbytes for part in (feeds, outputs, tensors) for a in part.values())
+        if self._used + size <= self.budget:
+            self._kept[index] = (feeds, outputs, tensors)
+            self._used += size
+        return feeds, outputs, tensors
+
+
 def eval_indices(n: int, limit: int) -> List[int]:
     """At most ``limit`` sample indices spread evenly over ``0..n-1``."""
     if n <= limit:
@@ -40,11 +69,11 @@ def eval_indices(n: int, limit: int) -> List[int]:
     return sorted({int(round(i * (n - 1) / (limit - 1))) for i in range(limit)})
 
 
-def evaluate(float_runner: TensorRunner, quant_runner: TensorRunner, samples: Samples, indices: Sequence[int],
+def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Sequence[int],
              metrics: Mapping[str, Metric], act_params: Mapping[str, Tuple[float, int]], clamp: int,
              on_sample: Optional[Callable[[int], None]] = None) -> Evaluation:
     """``quant_runner.tensors`` (probe names stripped) choose the tensors measured; the float
-    runner must fetch the same tensors."""
+    reference's runner must fetch the same tensors."""
     worst: Dict[str, Optional[float]] = {m: None for m in metrics}
     nonfinite: List[str] = []
     out_cos: List[float] = []
@@ -52,15 +81,14 @@ def evaluate(float_runner: TensorRunner, quant_runner: TensorRunner, samples: Sa
     cos_min: Dict[str, float] = {}
     over_sum: Dict[str, float] = {}
     for done, idx in enumerate(indices):
-        feeds = samples.load(idx)
-        ref_out, ref_t = float_runner.run(feeds)
+        feeds, ref_out, ref_t = reference.get(idx)
         got_out, got_t = quant_runner.run(feeds)
         sample_cos = 1.0
         for name, ref in ref_out.items():
             r = np.asarray(ref, dtype=np.float64).ravel()
             g = np.asarray(got_out[name], dtype=np.float64).ravel()
             if g.size != r.size or not np.all(np.isfinite(g)):
-                nonfinite.append(f"{samples.names[idx]}/{name}")
+                nonfinite.append(f"{reference.samples.names[idx]}/{name}")
                 sample_cos = 0.0
                 for m in worst:
                     worst[m] = math.inf

@@ -22,20 +22,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import BadInput
-from mnnq.frontend.images import ImageConfig, read_bgr
+from mnnq.frontend.feeds import ModelInput
+from mnnq.frontend.images import ImageConfig, list_images, read_bgr
 from mnnq.frontend.images import preprocess as preprocess_image
-from mnnq.mnn_backend.isolated import check_images_decodable
 from mnnq.quantize.config import InputSpec, QuantizeConfig
-from mnnq.testset import read_values
+from mnnq.testset import input_file, read_values
 
 Feeds = Dict[str, np.ndarray]
-
-
-@dataclass
-class ModelInput:
-    name: str
-    shape: Optional[List[int]]     # None or with -1 / 0 entries when dynamic
-    dtype: str
 
 
 @dataclass
@@ -56,13 +49,17 @@ class Samples:
 
 # ------------------------------------------------------------------------------- images
 
+def image_config(cfg: QuantizeConfig, width: int, height: int) -> ImageConfig:
+    """The preprocessing keys of ``cfg`` as :mod:`mnnq.frontend.images` takes them."""
+    return ImageConfig(format=cfg.format, mean=tuple(cfg.mean), normal=tuple(cfg.normal), width=width,
+                       height=height, center_crop_h=cfg.center_crop_h, center_crop_w=cfg.center_crop_w)
+
+
 def preprocess(bgr: np.ndarray, cfg: QuantizeConfig, width: int, height: int) -> np.ndarray:
     """A decoded image (``[H, W, 3]`` BGR uint8) -> ``[1, C, height, width]`` float32, exactly as
     quantized.out makes it. One implementation serves ``mnnq quantize`` and ``mnnq testdir
     make``: :func:`mnnq.frontend.images.preprocess` (MNN's own ImageProcess)."""
-    return preprocess_image(bgr, ImageConfig(
-        format=cfg.format, mean=tuple(cfg.mean), normal=tuple(cfg.normal), width=width, height=height,
-        center_crop_h=cfg.center_crop_h, center_crop_w=cfg.center_crop_w))
+    return preprocess_image(bgr, image_config(cfg, width, height))
 
 
 def _readable(path: Path) -> bool:
@@ -99,25 +96,17 @@ def image_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
                        f"input '{first.name}' has {declared[1]}; use "
                        f"{'GRAY' if declared[1] == 1 else 'RGB or BGR' if declared[1] == 3 else 'RGBA or BGRA'}")
     constants = _constants(cfg, inputs[1:], "image input feeds only the model's first input")
-    files = sorted(p for p in cfg.path.iterdir() if p.is_file() and not p.name.startswith("."))
-    chosen: List[Path] = []
-    skipped: List[str] = []
-    for p in files:
-        if cfg.used_sample_num and len(chosen) >= cfg.used_sample_num:
-            break
-        if _readable(p):
-            chosen.append(p)
-        else:
-            skipped.append(p.name)
-    if not chosen:
-        extra = f" ({len(skipped)} unreadable files)" if skipped else ""
-        raise BadInput(f"config key 'path': no readable images in {cfg.path}{extra}; "
-                       "put JPEG/PNG/BMP files there (or use input_type: sequence for test dirs)")
-    check_images_decodable(chosen)  # in a child: a damaged file must not crash this process
+
+    def none_readable(unreadable: int) -> str:
+        extra = f" ({unreadable} unreadable files)" if unreadable else ""
+        return (f"config key 'path': no readable images in {cfg.path}{extra}; "
+                "put JPEG/PNG/BMP files there (or use input_type: sequence for test dirs)")
+
+    chosen, skipped = list_images(cfg.path, cfg.used_sample_num, none_readable)
+    prep = image_config(cfg, width, height)
 
     def load(i: int) -> Feeds:
-        x = preprocess(read_image(chosen[i]), cfg, width, height)
-        return {first.name: x, **constants}
+        return {first.name: preprocess_image(read_image(chosen[i]), prep), **constants}
 
     return Samples([p.name for p in chosen], load, "image", skipped)
 
@@ -154,8 +143,7 @@ def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[Mo
     for i, inp in enumerate(inputs):
         spec = _spec(cfg, inp.name)
         shape = shapes.get(inp.name) or (spec.shape if spec else None) or inp.shape
-        candidates = [f"{inp.name}.txt", f"input{i}.txt", f"input_{i}.txt"] + (["input.txt"] if len(inputs) == 1 else [])
-        path = next((folder / c for c in candidates if (folder / c).is_file()), None)
+        path = input_file(folder, inp.name, i, len(inputs))
         if path is None:
             if spec is not None and spec.value is not None and spec.shape is not None:
                 feeds[inp.name] = np.full(spec.shape, spec.value, dtype=np.float32)
@@ -187,26 +175,6 @@ def sequence_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Sampl
     _read_sequence_sample(folders[0], cfg, inputs)   # fail early on a malformed first sample
     return Samples([p.name for p in folders], lambda i: _read_sequence_sample(folders[i], cfg, inputs),
                    "sequence", skipped)
-
-
-def model_inputs(model: Path) -> List[ModelInput]:
-    """The model's inputs as the runtime reports them."""
-    import MNN.nn as nn
-
-    try:
-        module = nn.load_module_from_file(str(model), [], [])
-    except Exception:  # MNN raises a bare Exception / SystemError for a file it cannot parse
-        module = None
-    if module is None:
-        raise BadInput(f"MNN runtime could not load {model}; check the file is a float MNN model")
-    info = module.get_info()
-    out = []
-    for name, var in zip(info.get("inputNames", []), info.get("inputs", [])):
-        shape = list(var.shape) if var.shape is not None else None
-        out.append(ModelInput(name, shape, str(var.dtype).rsplit(".", 1)[-1]))
-    if not out:
-        raise BadInput(f"model {model} declares no inputs")
-    return out
 
 
 def make_samples(cfg: QuantizeConfig, inputs: Sequence[ModelInput]) -> Samples:
