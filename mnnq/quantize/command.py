@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from mnnq.cli import arg_type, plugin_manager, positive_int
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+non_negative_float = arg_type(float, "a finite number >= 0", lambda v: 0 <= v < math.inf, unparsed="a number")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,11 +29,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("config", help="quantized.out calibration config (.json, or .yaml/.yml with the same keys)")
     p.add_argument("--debug", action="store_true",
                    help="per-layer cosine / overflow table of the INT8 model vs float (as config debug: true)")
-    p.add_argument("--rate", type=_rate, default=None,
+    p.add_argument("--rate", type=non_negative_float, default=None,
                    help="error budget: keep the most sensitive layers float, one at a time, until the "
                         "--metric error is at most this (exit 1 if it cannot hold)")
     p.add_argument("--metric", default="max_rel", help="error metric plugin for --rate (default max_rel)")
-    p.add_argument("--eval-samples", "--eval_samples", type=_count, default=None,
+    p.add_argument("--eval-samples", "--eval_samples", type=positive_int, default=None,
                    help="calibration samples the INT8 model is measured on (default 64, spread evenly)")
     p.add_argument("--report-json", "--report_json", default=None, help="also write the report as JSON here")
     return p
@@ -59,13 +43,10 @@ def run(args, out: Console, err: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mnnq.fileio import atomic_write_text
-    from mnnq.plugin_manager import get_plugin_manager
     from mnnq.quantize.engine import EVAL_SAMPLES, QuantizeOptions, prepare, run_job
     from mnnq.quantize.report import print_result, result_dict
 
-    pm = get_plugin_manager()
-    for failure in pm.failures:
-        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
+    pm = plugin_manager(err)
     opts = QuantizeOptions(
         model=Path(args.model), out=Path(args.out), config=Path(args.config), debug=args.debug,
         rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
