@@ -21,6 +21,16 @@ PARAMS_REJECTED_MARKERS = ("json2protobuf", "Parse compression params", "parse c
 HQQ_MARKER = "Use HQQ"
 
 
+def params_rejected(run: NativeRun, dst: Path) -> bool:
+    """Whether the converter printed that it ignored the compression params file (it then
+    writes a float model); if so ``dst`` is deleted. Callers raise their own error."""
+    lowered = run.output.lower()
+    if any(marker.lower() in lowered for marker in PARAMS_REJECTED_MARKERS):
+        Path(dst).unlink(missing_ok=True)
+        return True
+    return False
+
+
 def _check_written(run: NativeRun, dst: Path, what: str) -> None:
     if run.crashed:
         raise NativeFailure(
@@ -159,9 +169,7 @@ def weight_quantize(
     if hqq and HQQ_MARKER not in run.output:
         Path(dst).unlink(missing_ok=True)
         raise NativeFailure("MNN converter did not apply --hqq (it needs asymmetric quantization)", tail=run.tail())
-    lowered = run.output.lower()
-    if any(marker.lower() in lowered for marker in PARAMS_REJECTED_MARKERS):
-        Path(dst).unlink(missing_ok=True)
+    if params_rejected(run, Path(dst)):
         raise BadInput("MNN converter rejected the compression params (it would write a float model): "
                        + run.tail(3).replace("\n", " "))
     return run

@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from mnnq.errors import NativeFailure
-from mnnq.mnn_backend.converter import PARAMS_REJECTED_MARKERS, convert
+from mnnq.mnn_backend.converter import convert, params_rejected
 from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.quantize.calibrate import QuantLayer
 
@@ -103,9 +103,7 @@ def write_int8(src: Path, dst: Path, params: dict, expected: Sequence[str]) -> D
         pfile.write_text(json.dumps(params))
         run = convert(Path(src), Path(dst), "MNN", ["--compressionParamsFile", str(pfile)],
                       what="writing the INT8 model")
-    lowered = run.output.lower()
-    if any(m.lower() in lowered for m in PARAMS_REJECTED_MARKERS):
-        Path(dst).unlink(missing_ok=True)
+    if params_rejected(run, Path(dst)):
         raise NativeFailure("MNN converter rejected the full-INT8 params (it would write a float model)",
                             tail=run.tail())
     done = set(quantized_layers(Path(dst))) if expected else set()   # re-read the file only to check
