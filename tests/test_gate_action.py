@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from action_harness import Context, parse_output_file, run_action
-from test_gate_validate import DIGITS
+from common import DIGITS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SHA_PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
@@ -24,8 +24,8 @@ def workspace(tmp_path, models):
     """A checked-out repository: float model, test set, quantized model and mnnq.yaml in models/."""
     ws = tmp_path / "ws"
     (ws / "models").mkdir(parents=True)
-    shutil.copy(DIGITS / "digits.mnn", ws / "models" / "digits.mnn")
-    shutil.copytree(DIGITS / "testset", ws / "models" / "testset")
+    shutil.copy(DIGITS_DIR / "digits.mnn", ws / "models" / "digits.mnn")
+    shutil.copytree(DIGITS_DIR / "testset", ws / "models" / "testset")
     (ws / "models" / "mnnq.yaml").write_text(
         "models:\n  - name: digits\n    float: digits.mnn\n    quantized: digits.q.mnn\n"
         "    test_dir: testset\n    rate: 0.05\n")

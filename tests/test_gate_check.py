@@ -9,7 +9,8 @@ from mnnq.errors import BadInput
 from mnnq.gate.check_command import rebuild_argv
 from mnnq.gate.project import find_config, load_config
 from mnnq.testing import run_cli
-from test_gate_validate import DIGITS, Output
+from common import DIGITS_DIR
+from test_gate_validate import Output
 
 
 @pytest.fixture
@@ -21,9 +22,9 @@ def make_project(root: Path, models: dict, quantized: dict, extra: str = "") -> 
     """A project folder with the float digits model, its test set, the given quantized files
     (name -> model key) and an mnnq.yaml listing them."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DIGITS / "digits.mnn", root / "digits.mnn")
+    shutil.copy(DIGITS_DIR / "digits.mnn", root / "digits.mnn")
     if not (root / "testset").exists():
-        shutil.copytree(DIGITS / "testset", root / "testset")
+        shutil.copytree(DIGITS_DIR / "testset", root / "testset")
     entries = []
     for name, key in quantized.items():
         if key is not None:
@@ -186,7 +187,7 @@ def test_rebuild_with_apply_and_auto_quant_jobs(models, tmp_path):
 
     from mnnq.mnn_backend.converter import params_template
 
-    params = params_template(DIGITS / "digits.mnn")
+    params = params_template(DIGITS_DIR / "digits.mnn")
     params.pop("forGuide", None)
     for layer in params["algo"][0]["quantParams"]["layer"]:
         layer["weight"][0].update(bits=8, blockSize=-1)
@@ -235,6 +236,6 @@ def test_rebuild_argv(tmp_path):
 
 def test_bundled_example_passes():
     """examples/digits/mnnq.yaml: the committed digits.q.mnn is within its budget (the example gate)."""
-    code, out = check("--config", DIGITS / "mnnq.yaml")
+    code, out = check("--config", DIGITS_DIR / "mnnq.yaml")
     assert code == 0, out.out
     assert "PASS digits: max_rel" in out.out

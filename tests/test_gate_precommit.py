@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gate_validate import DIGITS
+from common import DIGITS_DIR
 
 pytest.importorskip("pre_commit")
 if shutil.which("git") is None:  # pragma: no cover
@@ -77,8 +77,8 @@ def test_precommit_hook_gates_commits(setup):
     env, models = setup["env"], setup["models"]
     project = setup["root"] / "project"
     project.mkdir()
-    shutil.copy(DIGITS / "digits.mnn", project / "digits.mnn")
-    shutil.copytree(DIGITS / "testset", project / "testset")
+    shutil.copy(DIGITS_DIR / "digits.mnn", project / "digits.mnn")
+    shutil.copytree(DIGITS_DIR / "testset", project / "testset")
     shutil.copy(models["good"], project / "digits.q.mnn")
     config = "models:\n  - name: digits\n    float: digits.mnn\n    quantized: digits.q.mnn\n" \
              "    test_dir: testset\n    rate: 0.05\n"

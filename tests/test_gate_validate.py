@@ -1,6 +1,6 @@
 """mnnq validate: within / over budget, and fail-closed on everything that cannot be measured.
 
-The helpers here (``DIGITS``, ``quantize_digits``, ``gate_models``) also serve the other
+The helpers here (``DIGITS_DIR``, ``quantize_digits``, ``gate_models``) also serve the other
 ``test_gate_*`` modules: real models, weight-quantized with ``mnnq apply``.
 """
 import json
@@ -12,8 +12,8 @@ import pytest
 
 from mnnq.cli import main
 from mnnq.testing import run_cli
+from common import DIGITS_DIR
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 RATE = "0.05"
 
 
@@ -22,13 +22,13 @@ def quantize_digits(dst: Path, bits: int) -> Path:
     (8 bits: max_rel ~0.023, within 0.05; 4 bits: ~0.33, over it)."""
     from mnnq.mnn_backend.converter import params_template
 
-    params = params_template(DIGITS / "digits.mnn")
+    params = params_template(DIGITS_DIR / "digits.mnn")
     params.pop("forGuide", None)
     for layer in params["algo"][0]["quantParams"]["layer"]:
         layer["weight"][0].update(bits=bits, blockSize=-1)
     pfile = dst.with_suffix(".params.json")
     pfile.write_text(json.dumps(params))
-    assert main(["apply", str(DIGITS / "digits.mnn"), str(dst), "--params", str(pfile)]) == 0
+    assert main(["apply", str(DIGITS_DIR / "digits.mnn"), str(dst), "--params", str(pfile)]) == 0
     return dst
 
 
@@ -54,7 +54,7 @@ def gate_models(directory: Path) -> dict:
     corrupt = directory / "corrupt.mnn"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     truncated = directory / "truncated.mnn"
-    data = (DIGITS / "digits.mnn").read_bytes()
+    data = (DIGITS_DIR / "digits.mnn").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     return {
         "good": good, "bad": bad, "corrupt": corrupt, "truncated": truncated,
@@ -86,8 +86,8 @@ def validate(*args):
 
 def test_within_budget_passes_with_reports(models, tmp_path):
     paths = {k: tmp_path / f"report.{k}" for k in ("json", "md", "svg")}
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
-                         "--float-model", DIGITS / "digits.mnn", "--report-json", paths["json"],
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE,
+                         "--float-model", DIGITS_DIR / "digits.mnn", "--report-json", paths["json"],
                          "--summary-md", paths["md"], "--svg", paths["svg"])
     assert code == 0, out.err
     assert "PASS good: max_rel" in out.out
@@ -111,7 +111,7 @@ def test_over_budget_fails_with_exit_1(models, tmp_path):
     report = tmp_path / "r.json"
     md = tmp_path / "r.md"
     # underscore spellings, as the rest of the CLI accepts them
-    code, out = validate("--model", models["bad"], "--test_dir", DIGITS / "testset", "--rate", RATE,
+    code, out = validate("--model", models["bad"], "--test_dir", DIGITS_DIR / "testset", "--rate", RATE,
                          "--report_json", report, "--summary_md", md)
     assert code == 1
     assert "FAIL bad: max_rel" in out.out and "> rate 0.05" in out.out
@@ -124,14 +124,14 @@ def test_over_budget_fails_with_exit_1(models, tmp_path):
 
 
 def test_single_sample_test_dir(models):
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset" / "003", "--rate", RATE)
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset" / "003", "--rate", RATE)
     assert code == 0
     assert "1 sample," in out.out
 
 
 def test_memory_mode_low_and_cosine_metric(models, tmp_path):
     report = tmp_path / "r.json"
-    code, _ = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", "0.01",
+    code, _ = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", "0.01",
                        "--metric", "cosine", "--memory-mode", "low", "--report-json", report)
     assert code == 0
     model = json.loads(report.read_text())["models"][0]
@@ -150,7 +150,7 @@ def test_memory_mode_low_and_cosine_metric(models, tmp_path):
 def test_cannot_measure_fails_closed(models, tmp_path, case, needle):
     report = tmp_path / "r.json"
     md = tmp_path / "r.md"
-    code, out = validate("--model", models[case], "--test-dir", DIGITS / "testset", "--rate", RATE,
+    code, out = validate("--model", models[case], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE,
                          "--report-json", report, "--summary-md", md)
     assert code == 2, out.out
     needles = needle if isinstance(needle, tuple) else (needle,)
@@ -162,24 +162,24 @@ def test_cannot_measure_fails_closed(models, tmp_path, case, needle):
 
 
 def test_missing_model_test_dir_or_metric_fail_closed(models, tmp_path):
-    code, out = validate("--model", tmp_path / "nope.mnn", "--test-dir", DIGITS / "testset", "--rate", RATE)
+    code, out = validate("--model", tmp_path / "nope.mnn", "--test-dir", DIGITS_DIR / "testset", "--rate", RATE)
     assert code == 2 and "quantized model not found" in out.out
     code, out = validate("--model", models["good"], "--test-dir", tmp_path / "no-tests", "--rate", RATE)
     assert code == 2 and "test dir not found" in out.out
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE,
                          "--metric", "nope")
     assert code == 2 and "unknown metric 'nope'" in out.out
 
 
 def test_bad_rate_is_a_usage_error(models, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["validate", "--model", str(models["good"]), "--test-dir", str(DIGITS / "testset"), "--rate", "-1"])
+        main(["validate", "--model", str(models["good"]), "--test-dir", str(DIGITS_DIR / "testset"), "--rate", "-1"])
     assert exc.value.code == 2
     assert "positive finite number" in capsys.readouterr().err
 
 
 def test_report_may_not_overwrite_the_model(models):
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE,
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE,
                          "--report-json", models["good"])
     assert code == 2
     assert "is the input file" in out.err
@@ -189,13 +189,13 @@ def test_a_runtime_crash_becomes_an_error(models, monkeypatch):
     import mnnq.gate.runner as runner
 
     monkeypatch.setattr(runner, "_run_child", lambda work, timeout: "crashed (SIGSEGV)")
-    code, out = validate("--model", models["good"], "--test-dir", DIGITS / "testset", "--rate", RATE)
+    code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE)
     assert code == 2
     assert "crashed (SIGSEGV)" in out.out
 
 
 def test_github_annotations_only_under_actions(models, monkeypatch):
-    args = ("--model", models["bad"], "--test-dir", DIGITS / "testset", "--rate", RATE)
+    args = ("--model", models["bad"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE)
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     _, out = validate(*args)
     assert "::error" not in out.out

@@ -1,7 +1,6 @@
 """Keep-or-drop measurements stop running samples once the error is over the budget."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -10,15 +9,15 @@ from mnnq.measure import compare
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.plugin_manager import get_plugin_manager
 from mnnq.testset import load_testset
+from common import DIGITS_DIR
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 
 
 class Counting:
     """The digits model, counting runs; ``spoil`` samples get a perturbed output."""
 
     def __init__(self, testset, spoil=()):
-        self.model = LoadedModel(DIGITS / "digits.mnn", testset.input_names, testset.output_names)
+        self.model = LoadedModel(DIGITS_DIR / "digits.mnn", testset.input_names, testset.output_names)
         self.spoiled = {id(testset.samples[i].inputs[testset.input_names[0]]) for i in spoil}
         self.runs = 0
 
@@ -31,7 +30,7 @@ class Counting:
 
 
 def test_a_miss_stops_early_and_a_pass_is_the_whole_test_set():
-    testset = load_testset(DIGITS / "testset")
+    testset = load_testset(DIGITS_DIR / "testset")
     metrics = {"max_rel": get_plugin_manager().metrics()["max_rel"]}
     assert len(testset.samples) > 8
 

@@ -9,8 +9,8 @@ import pytest
 from mnnq.cli import main
 from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel
+from common import DIGITS_MODEL
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits.mnn"
 
 # Held-out output cosine vs float, measured with MNN 3.6.1 (x86-64): digits KL / ADMM 0.9992-0.9993
 # with either weight method, EMA 0.989 (MNN's 0.99 moving average trails); the ONNX convnet from
@@ -85,11 +85,11 @@ def test_each_method_writes_a_runnable_int8_model(feature, weight, digits, tmp_p
     cfg = write_config(tmp_path / "cfg.json", path=str(digits["seq"]), input_type="sequence",
                        feature_quantize_method=feature, weight_quantize_method=weight)
     out, report = tmp_path / "int8.mnn", tmp_path / "report.json"
-    rc, stdout, _ = quantize(capsys, DIGITS, out, cfg, "--report-json", report)
+    rc, stdout, _ = quantize(capsys, DIGITS_MODEL, out, cfg, "--report-json", report)
     assert rc == 0, stdout
     assert int8_layers(out) == ["conv1", "conv2", "conv3", "fc__matmul_converted"]
-    assert out.stat().st_size < 0.5 * DIGITS.stat().st_size
-    mean, worst = heldout_cosine(DIGITS, out, digits["heldout"])
+    assert out.stat().st_size < 0.5 * DIGITS_MODEL.stat().st_size
+    mean, worst = heldout_cosine(DIGITS_MODEL, out, digits["heldout"])
     assert mean >= DIGITS_MIN_COSINE[feature], (mean, worst)
     doc = json.loads(report.read_text())
     assert doc["status"] == "MET" and doc["feature_quantize_method"] == feature
@@ -105,8 +105,8 @@ def test_image_folder_matches_the_same_samples_as_test_dirs(digits, tmp_path, ca
     seq = write_config(tmp_path / "seq.json", path=str(digits["seq"]), input_type="sequence")
     img = write_config(tmp_path / "img.json", path=str(digits["png"]), format="GRAY", width=8, height=8,
                        mean=[0.0], normal=[1 / 240])
-    assert quantize(capsys, DIGITS, tmp_path / "a.mnn", seq)[0] == 0
-    assert quantize(capsys, DIGITS, tmp_path / "b.mnn", img)[0] == 0
+    assert quantize(capsys, DIGITS_MODEL, tmp_path / "a.mnn", seq)[0] == 0
+    assert quantize(capsys, DIGITS_MODEL, tmp_path / "b.mnn", img)[0] == 0
     a = json.loads((tmp_path / "a.mnn.json").read_text())["algo"][0]["quantParams"]["layer"]
     b = json.loads((tmp_path / "b.mnn.json").read_text())["algo"][0]["quantParams"]["layer"]
     for la, lb in zip(a, b):
@@ -216,7 +216,7 @@ def test_zero_points_stay_on_tensors_the_int8_runtime_handles(two_input, tmp_pat
 
 def test_debug_table_measured_on_the_int8_model(digits, tmp_path, capsys):
     cfg = write_config(tmp_path / "cfg.json", path=str(digits["seq"]), input_type="sequence", debug=True)
-    rc, stdout, _ = quantize(capsys, DIGITS, tmp_path / "q.mnn", cfg, "--report-json", tmp_path / "r.json")
+    rc, stdout, _ = quantize(capsys, DIGITS_MODEL, tmp_path / "q.mnn", cfg, "--report-json", tmp_path / "r.json")
     assert rc == 0
     assert "per-layer INT8 vs float" in stdout and "overflow" in stdout
     doc = json.loads((tmp_path / "r.json").read_text())
@@ -302,7 +302,7 @@ def test_skip_quant_op_names_keeps_layers_float(digits, tmp_path, capsys):
     cfg = write_config(tmp_path / "cfg.json", path=str(digits["seq"]), input_type="sequence",
                        skip_quant_op_names=["conv1", "no_such_op"])
     out = tmp_path / "q.mnn"
-    rc, stdout, _ = quantize(capsys, DIGITS, out, cfg, "--report-json", tmp_path / "r.json")
+    rc, stdout, _ = quantize(capsys, DIGITS_MODEL, out, cfg, "--report-json", tmp_path / "r.json")
     assert rc == 0
     assert int8_layers(out) == ["conv2", "conv3", "fc__matmul_converted"]
     doc = json.loads((tmp_path / "r.json").read_text())

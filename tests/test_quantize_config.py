@@ -8,8 +8,8 @@ import pytest
 
 from mnnq.cli import main
 from mnnq.quantize.config import parse_config
+from common import DIGITS_DIR
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(what, config, key, data
     cfg.write_text(json.dumps(config))
     out = tmp_path / "int8.mnn"
     report = tmp_path / "report.json"
-    rc, stdout, err = run_cli([DIGITS / "digits.mnn", out, cfg, "--report-json", report], capsys)
+    rc, stdout, err = run_cli([DIGITS_DIR / "digits.mnn", out, cfg, "--report-json", report], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (stdout, err)
     assert len(lines) == 1 and lines[0].startswith("mnnq: error:"), err
@@ -105,16 +105,16 @@ def test_format_must_match_the_model_input_channels(data, tmp_path, capsys):
 def test_malformed_yaml(text, needle, data, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(text)
-    rc, _, err = run_cli([DIGITS / "digits.mnn", tmp_path / "q.mnn", cfg], capsys)
+    rc, _, err = run_cli([DIGITS_DIR / "digits.mnn", tmp_path / "q.mnn", cfg], capsys)
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_flags_and_paths(data, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"path": str(data["seq"]), "input_type": "sequence"}))
-    rc, _, err = run_cli([DIGITS / "digits.mnn", tmp_path / "q.mnn", cfg, "--metric", "nope"], capsys)
+    rc, _, err = run_cli([DIGITS_DIR / "digits.mnn", tmp_path / "q.mnn", cfg, "--metric", "nope"], capsys)
     assert rc == 2 and "--metric" in err
-    rc, _, err = run_cli([DIGITS / "digits.mnn", DIGITS / "digits.mnn", cfg], capsys)
+    rc, _, err = run_cli([DIGITS_DIR / "digits.mnn", DIGITS_DIR / "digits.mnn", cfg], capsys)
     assert rc == 2 and "input file" in err
     rc, _, err = run_cli([tmp_path / "missing.mnn", tmp_path / "q.mnn", cfg], capsys)
     assert rc == 2 and "missing.mnn" in err
@@ -141,7 +141,7 @@ def test_yaml_config_and_unknown_key_warning(data, tmp_path, capsys):
     cfg.write_text(f"path: {data['seq']}\ninput_type: sequence\nfeature_quantize_method: ADMM\n"
                    "my_comment: hello\n")
     out = tmp_path / "q.mnn"
-    rc, stdout, _ = run_cli([DIGITS / "digits.mnn", out, cfg], capsys)
+    rc, stdout, _ = run_cli([DIGITS_DIR / "digits.mnn", out, cfg], capsys)
     assert rc == 0 and out.is_file()
     assert "unknown key 'my_comment'" in stdout
     params = json.loads(Path(str(out) + ".json").read_text())

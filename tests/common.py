@@ -1,0 +1,18 @@
+"""Paths and helpers shared by the test modules (import as ``from common import ...``)."""
+from pathlib import Path
+
+from mnnq.measure import compare
+from mnnq.mnn_backend.runtime import LoadedModel
+from mnnq.testset import load_testset
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_DIR = ROOT / "examples" / "digits"          # the bundled example
+DIGITS_MODEL = DIGITS_DIR / "digits.mnn"            # its float model
+DIGITS_TESTSET = DIGITS_DIR / "testset"             # its 16-sample test set
+
+
+def measured(model, testset_dir, pm, memory_mode="normal"):
+    """Every metric's error of ``model`` on ``testset_dir``, from a run of the file itself."""
+    ts = load_testset(testset_dir)
+    loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
+    return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics()).errors
