@@ -260,7 +260,7 @@ def validate(model: PathLike, test_dir: PathLike, rate: float, **options) -> Res
                         rate=_positive(rate, "rate"), metric=opts.get("metric", "max_rel"),
                         memory_mode=opts.get("memory_mode", "normal"), float_model=float_model)
     pm = _manager(options.get("plugin_manager"), options.get("disable_plugins"))
-    pm.pick("mnnq_metrics", target.metric)  # an unknown metric is a PluginError, as in auto_quant
+    pm.metric(target.metric)  # an unknown metric is a PluginError, as in auto_quant
     gate = measure(target, pm, layers=float_model is not None)
     report = result_dict(gate)
     params = Path(str(model) + ".json")

@@ -36,7 +36,7 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
     doc = read_params_file(params_path)
     settings = settings_from_params(doc, str(params_path))
     metrics = pm.metrics()
-    pm.pick("mnnq_metrics", metric)
+    pm.metric(metric)
     testset = load_testset(test_dir) if test_dir else None
     try:
         template = params_template(model, limits=probe_limits(model))

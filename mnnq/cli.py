@@ -10,6 +10,9 @@ import argparse
 import math
 import os
 import sys
+import time
+
+STARTED = time.monotonic()  # the command's start, for auto-quant's timing breakdown (start-up)
 from pathlib import Path
 from typing import List, Optional
 
@@ -155,7 +158,7 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
         def on_trial(trial):
             progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
 
-        result = run_auto_quant(opts, pm, on_trial=on_trial)
+        result = run_auto_quant(opts, pm, on_trial=on_trial, started=STARTED)
     print_autoquant(result, out)  # --report-json was written with the model (all or nothing)
     return EXIT_OK if result.met else EXIT_MISSED
 
@@ -182,15 +185,14 @@ def cmd_apply(args, out: Console, err: Console) -> int:
 def cmd_plugins(args, out: Console, err: Console) -> int:
     from rich.table import Table
 
-    from mnnq.plugin_manager import KINDS, get_plugin_manager
+    from mnnq.plugin_manager import get_plugin_manager
 
     pm = get_plugin_manager()
     table = Table(title="mnnq plugins", title_justify="left")
     for col in ("kind", "name", "plugin", "summary"):
         table.add_column(col, overflow="fold")
-    for hook_name, (_, kind) in KINDS.items():
-        for name, record in sorted(pm._collect(hook_name).items()):
-            table.add_row(kind, name, pm.owner_of(hook_name, name), record.summary)
+    for row in pm.listing():
+        table.add_row(*row)
     out.print(table)
     _report_plugin_failures(pm, err)
     return EXIT_OK

@@ -1,8 +1,8 @@
 """The hooks mnnq plugins implement.
 
-Every hook yields (or returns a list of) records from :mod:`mnnq.records`. Built-in plugins
-in ``plugins/`` use exactly these hooks and register through the ``mnnq`` entry-point group,
-as a third-party package would::
+Every hook yields (or returns a list of) records; plugin authors import them, and the marker,
+from :mod:`mnnq.plugin`. Built-in plugins in ``plugins/`` use exactly these hooks and register
+through the ``mnnq`` entry-point group, as a third-party package would::
 
     # pyproject.toml of your package
     [project.entry-points.mnnq]
@@ -29,8 +29,7 @@ class MnnqSpecs:
         Example::
 
             import numpy as np
-            from mnnq import hookimpl
-            from mnnq.records import WeightMethod
+            from mnnq.plugin import WeightMethod, hookimpl
 
             @hookimpl
             def mnnq_weight_methods():
@@ -48,10 +47,9 @@ class MnnqSpecs:
         Example::
 
             import numpy as np
-            from mnnq import hookimpl
-            from mnnq.records import FeatureMethod
+            from mnnq.plugin import FeatureMethod, Observer, hookimpl
 
-            class AbsMax:
+            class AbsMax(Observer):
                 def __init__(self): self.m = 0.0
                 def update(self, x): self.m = max(self.m, float(np.abs(x).max()))
                 def finish(self, bits, clamp): return (self.m / clamp or 1.0, 0)
@@ -68,8 +66,7 @@ class MnnqSpecs:
 
         Example::
 
-            from mnnq import hookimpl
-            from mnnq.records import SearchStrategy
+            from mnnq.plugin import SearchStrategy, hookimpl
 
             def all_eight_bits(ctx):
                 changes = {n: ctx.setting(n).with_bits(8) for n in ctx.candidates}
@@ -90,8 +87,7 @@ class MnnqSpecs:
         Example::
 
             import numpy as np
-            from mnnq import hookimpl
-            from mnnq.records import Metric
+            from mnnq.plugin import Metric, hookimpl
 
             @hookimpl
             def mnnq_metrics():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pluggy
 
@@ -66,19 +66,16 @@ class MnnqPluginManager(pluggy.PluginManager):
         self.check_pending()
 
     def _collect(self, hook_name: str) -> Dict[str, object]:
+        """``{record name: record}`` of one hook. Each plugin's implementation is called through
+        pluggy (a caller of the hook without the other plugins' implementations: wrappers,
+        tracing and blocking apply), so a plugin that raises is skipped on its own and every
+        record is known to come from its plugin."""
         if hook_name in self._cache:
             return self._cache[hook_name]
         record_type, kind = KINDS[hook_name]
         found: Dict[str, object] = {}
         owner: Dict[str, str] = {}
-        hook = getattr(self.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
-            plugin_name = impl.plugin_name
-            try:
-                records = list(impl.function() or ())
-            except Exception as exc:
-                self._fail(plugin_name, f"{hook_name} raised {exc.__class__.__name__}: {exc}")
-                continue
+        for plugin_name, records in self._per_plugin(hook_name):
             for record in records:
                 if not isinstance(record, record_type):
                     self._fail(plugin_name,
@@ -92,6 +89,22 @@ class MnnqPluginManager(pluggy.PluginManager):
         self._cache[hook_name] = found
         self._owners.update({(hook_name, n): p for n, p in owner.items()})
         return found
+
+    def _per_plugin(self, hook_name: str) -> Iterator[Tuple[str, list]]:
+        """``(plugin name, its records)`` for each plugin implementing ``hook_name``, in pluggy's
+        call order (the last registered first); a plugin whose hook raises is recorded in ``failures`` and skipped."""
+        hook = getattr(self.hook, hook_name)
+        impls = [impl for impl in reversed(hook.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+        for impl in impls:
+            others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+            caller = self.subset_hook_caller(hook_name, remove_plugins=others)
+            try:
+                results = caller()
+                records = [record for result in results for record in (result or ())]
+            except Exception as exc:  # a broken plugin must not break the tool
+                self._fail(impl.plugin_name, f"{hook_name} raised {exc.__class__.__name__}: {exc}")
+                continue
+            yield impl.plugin_name, records
 
     def _fail(self, plugin: str, error: str) -> None:
         failure = PluginFailure(plugin, error)
@@ -116,6 +129,7 @@ class MnnqPluginManager(pluggy.PluginManager):
         self._cache.clear()
         return super().unregister(plugin=plugin, name=name)
 
+    # -- the records of each kind ----------------------------------------------------------
     def weight_methods(self) -> Dict[str, WeightMethod]:
         return self._collect("mnnq_weight_methods")  # type: ignore[return-value]
 
@@ -128,7 +142,28 @@ class MnnqPluginManager(pluggy.PluginManager):
     def metrics(self) -> Dict[str, Metric]:
         return self._collect("mnnq_metrics")  # type: ignore[return-value]
 
-    def pick(self, hook_name: str, name: str):
+    def weight_method(self, name: str) -> WeightMethod:
+        return self._pick("mnnq_weight_methods", name)  # type: ignore[return-value]
+
+    def feature_method(self, name: str) -> FeatureMethod:
+        return self._pick("mnnq_feature_methods", name)  # type: ignore[return-value]
+
+    def search_strategy(self, name: str) -> SearchStrategy:
+        return self._pick("mnnq_search_strategies", name)  # type: ignore[return-value]
+
+    def metric(self, name: str) -> Metric:
+        return self._pick("mnnq_metrics", name)  # type: ignore[return-value]
+
+    def listing(self) -> List[Tuple[str, str, str, str]]:
+        """``(kind, record name, plugin, summary)`` of every record, by kind then name (what
+        ``mnnq plugins`` prints)."""
+        rows = []
+        for hook_name, (_, kind) in KINDS.items():
+            for name, record in sorted(self._collect(hook_name).items()):
+                rows.append((kind, name, self.owner_of(hook_name, name), record.summary))
+        return rows
+
+    def _pick(self, hook_name: str, name: str):
         records = self._collect(hook_name)
         if name not in records:
             kind = KINDS[hook_name][1]

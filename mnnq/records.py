@@ -7,12 +7,19 @@ into a plugin's module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mnnq.autoquant.context import SearchContext
+    from mnnq.contracts import ActivationObserver, SearchContext
+
+# A search strategy's phase: "search" strategies find the settings; "finish" strategies run
+# after them, and again on exact measurements when the written model misses the budget that
+# the in-process simulation met.
+SEARCH = "search"
+FINISH = "finish"
+PHASES = (SEARCH, FINISH)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class WeightMethod:
     ``estimate_with`` (optional) names a cheaper weight method whose quantization noise
     approximates this one's; searches use it to rank settings (never to measure them).
 
+    ``default``: auto-quant uses this method when ``--weight-method`` is not given and its
+    ``hqq`` matches ``--hqq`` (one default per value of ``hqq``).
+
     ``channel_scales(weight, bits, clamp)`` (optional; methods that have it can be used for
     full INT8 by ``mnnq quantize``) returns float32 ``[out_channels]`` symmetric scales for
     ``q = clip(round(w / s), -clamp, clamp)`` with ``clamp`` the weight clamp value
@@ -48,33 +58,45 @@ class WeightMethod:
     underflows: Callable[[np.ndarray, int, int], bool]
     channel_scales: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
     estimate_with: Optional[str] = None
+    default: bool = False
 
 
 @dataclass(frozen=True)
 class FeatureMethod:
     """An activation (feature) calibration method for full INT8 quantization.
 
-    ``make_observer()`` returns a fresh object with ``update(x: np.ndarray)`` called once per
-    calibration batch for one tensor (streamed; memory must not grow with batches), and
-    ``finish(bits: int, clamp: int) -> tuple[float, int]`` returning ``(scale, zero_point)``
-    with ``real = scale * (q - zero_point)``. An observer may also have ``end_batch()``,
-    called after every ``batch_size`` samples (EMA's moving average steps once per batch).
+    ``make_observer()`` returns a fresh :class:`~mnnq.contracts.ActivationObserver` for one
+    tensor: ``update(x)`` once per calibration sample (streamed; memory must not grow with
+    samples), ``end_batch()`` after every ``batch_size`` samples, and ``finish(bits, clamp)``
+    returning ``(scale, zero_point)`` with ``real = scale * (q - zero_point)``. Subclass
+    :class:`~mnnq.contracts.Observer` to inherit a no-op ``end_batch``.
     """
 
     name: str
     summary: str
-    make_observer: Callable[[], object]
+    make_observer: Callable[[], "ActivationObserver"]
 
 
 @dataclass(frozen=True)
 class SearchStrategy:
     """One step of the auto-quant search.
 
-    ``run(ctx)`` measures per-layer settings through ``ctx.propose(changes, note)`` (which
-    evaluates and records a trial), keeps the good ones with ``ctx.accept(changes, error)``,
-    and leaves ``ctx.settings`` at the best configuration it found under the budget.
-    ``order`` places it in the default pipeline (lower first); ``default`` says whether the
-    default pipeline includes it.
+    ``run(ctx)`` gets a :class:`~mnnq.contracts.SearchContext`: it measures per-layer settings
+    (``ctx.propose(changes, note)`` evaluates and records a trial), keeps the good ones with
+    ``ctx.accept(changes, error)`` and leaves ``ctx.settings`` at the best configuration it
+    found under the budget.
+
+    How it composes, as data (the engine names no strategy):
+
+    * ``phase``: ``"search"`` strategies run first; ``"finish"`` strategies run after every
+      search strategy, and run again on exact measurements (converted and run) when the
+      written model misses a budget the in-process simulation met.
+    * ``order``: position within its phase (lower first), in the default pipeline and presets.
+    * ``default``: the pipeline run without ``--strategy`` includes it.
+    * ``presets``: names of pipelines it belongs to (``--strategy auto_quant`` runs every
+      strategy listing ``"auto_quant"``, by phase and order).
+    * ``disabled_by``: auto-quant switches that skip it when turned off (``"select_bits"``
+      for ``--select_bits 0``, ``"select_block"`` for ``--select_block 0``).
     """
 
     name: str
@@ -82,6 +104,13 @@ class SearchStrategy:
     run: Callable[["SearchContext"], None]
     order: int = 100
     default: bool = False
+    phase: str = SEARCH
+    presets: Tuple[str, ...] = ()
+    disabled_by: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"search strategy {self.name!r}: phase must be one of {PHASES}, not {self.phase!r}")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ def autoquant_dict(result) -> dict:
         "trials": len(result.trials),
         "wall_time_s": result.seconds,
         "stopped_early": result.stopped_early,
+        "timing": result.timing,
         "notes": result.notes,
         "layers": [
             {"name": r.name, "kind": r.kind, "shape": r.shape, "bits": r.bits, "block": r.block, "reason": r.reason}
@@ -40,7 +41,8 @@ def autoquant_dict(result) -> dict:
         ],
         "trial_log": [
             {"index": t.index, "note": t.note, "error": t.error, "evaluator": t.evaluator,
-             "memory_mode": t.memory_mode, "seconds": t.seconds, "accepted": t.accepted, "quick": t.quick}
+             "memory_mode": t.memory_mode, "seconds": t.seconds, "accepted": t.accepted, "quick": t.quick,
+             "stage": t.stage}
             for t in result.trials
         ],
     }
@@ -77,6 +79,9 @@ def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
                     f"({result.size_after / max(result.size_before, 1):.2f}x)")
     summary.add_row("method", f"{result.method}; strategies {', '.join(result.strategies) or 'none'}")
     summary.add_row("trials", f"{len(result.trials)} ({result.evaluator} evaluator), wall time {result.seconds:.1f} s")
+    phases = (result.timing or {}).get("phases_s") or {}
+    if phases:
+        summary.add_row("time", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()))
     summary.add_row("outputs", f"{result.quant_model}, {result.params_path}")
     console.print(summary)
     for note in result.notes:

@@ -16,10 +16,7 @@ from typing import Tuple
 
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.quantize.stats import AbsHistogram, min_max
-from mnnq.records import FeatureMethod
-from mnnq.weightquant import c_round
+from mnnq.plugin import AbsHistogram, FeatureMethod, Observer, c_round, hookimpl, min_max
 
 STEPS = 300
 INIT_DIVISOR = 2.5
@@ -44,7 +41,7 @@ def admm_scale(values: np.ndarray, counts: np.ndarray, sums: np.ndarray, top: fl
     return alpha
 
 
-class ADMMObserver:
+class ADMMObserver(Observer):
     def __init__(self):
         self.hist = AbsHistogram()
         self.lowest = 0.0

@@ -15,10 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.quantize.stats import min_max
-from mnnq.records import FeatureMethod
-from mnnq.weightquant import c_round
+from mnnq.plugin import FeatureMethod, Observer, c_round, hookimpl, min_max
 
 MOMENTUM = 0.99
 TRAIN_CLAMP = 127.0
@@ -34,7 +31,7 @@ def nudged_range(lo: float, hi: float, clamp: float = TRAIN_CLAMP) -> Tuple[floa
     return min(0.0, (-clamp - zero) * scale), max(0.0, (clamp - zero) * scale)
 
 
-class EMAObserver:
+class EMAObserver(Observer):
     def __init__(self):
         self.running: Optional[Tuple[float, float]] = None
         self.pending: Optional[Tuple[float, float]] = None

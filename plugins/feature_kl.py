@@ -18,9 +18,7 @@ from typing import Tuple
 
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.quantize.stats import AbsHistogram, min_max
-from mnnq.records import FeatureMethod
+from mnnq.plugin import AbsHistogram, FeatureMethod, Observer, hookimpl, min_max
 
 BINS = 2048
 TARGET_BINS = 128
@@ -71,7 +69,7 @@ def kl_threshold(distribution: np.ndarray, target: int = TARGET_BINS) -> int:
     return int(cand[int(np.argmin(kl))])
 
 
-class KLObserver:
+class KLObserver(Observer):
     """Streams ``|x|`` into a growing histogram; ``finish`` runs MNN's threshold search."""
 
     def __init__(self):

@@ -10,9 +10,7 @@ encoding, exactly as MAX_ABS (:mod:`mnnq.weightquant`).
 """
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.records import WeightMethod
-from mnnq.weightquant import c_round, qdq_max_abs, underflows_max_abs
+from mnnq.plugin import WeightMethod, c_round, hookimpl, qdq_max_abs, underflows_max_abs
 
 MAX_ROUNDS = 1000
 EPS = 1e-9

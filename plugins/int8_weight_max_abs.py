@@ -4,9 +4,7 @@ For full INT8 (``mnnq quantize``) it gives the per-channel scales of the params 
 weight-only quantization it is the converter's own symmetric encoding (``asymmetric: false``),
 simulated exactly by ``quantize_dequantize`` (:mod:`mnnq.weightquant`).
 """
-from mnnq.hookspecs import hookimpl
-from mnnq.records import WeightMethod
-from mnnq.weightquant import channel_scales_max_abs, qdq_max_abs, underflows_max_abs
+from mnnq.plugin import WeightMethod, channel_scales_max_abs, hookimpl, qdq_max_abs, underflows_max_abs
 
 
 @hookimpl

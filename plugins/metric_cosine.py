@@ -1,8 +1,7 @@
 """cosine: 1 - cosine similarity between output and reference."""
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.records import Metric
+from mnnq.plugin import Metric, hookimpl
 
 
 def cosine_distance(reference: np.ndarray, actual: np.ndarray) -> float:

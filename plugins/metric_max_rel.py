@@ -3,8 +3,7 @@ from typing import Optional
 
 import numpy as np
 
-from mnnq.hookspecs import hookimpl
-from mnnq.records import Metric
+from mnnq.plugin import Metric, hookimpl
 
 # auto_quant.py ignores an output whose max |ref| is at or under this floor.
 ABS_MAX_FLOOR = 0.01

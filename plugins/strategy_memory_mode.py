@@ -4,21 +4,20 @@ auto_quant.py measures with runtime memory mode Low (dynamic int8 activations) a
 rate is missed, switches to Normal (float activations). The report says which mode the
 budget holds under: the model must be run in that mode.
 """
-from mnnq.hookspecs import hookimpl
-from mnnq.records import SearchStrategy
+from mnnq.plugin import FINISH, SearchStrategy, hookimpl
 
 
 def memory_mode(ctx) -> None:
     # Only a run of the written model can tell memory modes apart; the in-process
     # simulation always computes float activations.
-    if ctx.evaluator_name != "exact":
+    if not ctx.exact:
         return
-    if ctx.memory_mode != "low" or "normal" not in ctx.memory_modes_allowed:
+    if ctx.memory_mode != "low" or "normal" not in ctx.memory_modes:
         return
     error = ctx.remeasure("measure in memory mode low")
     if ctx.meets(error):
         return
-    ctx.memory_mode = "normal"
+    ctx.use_memory_mode("normal")
     error = ctx.remeasure("fall back to memory mode normal")
     ctx.note(f"memory-mode: low misses the budget; the model must run with memory mode normal ({error:.4g})")
 
@@ -31,4 +30,6 @@ def mnnq_search_strategies():
         run=memory_mode,
         order=30,
         default=True,
+        phase=FINISH,
+        presets=("auto_quant", "sensitivity"),
     )

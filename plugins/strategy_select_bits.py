@@ -4,8 +4,7 @@ Sets block 64 everywhere (as auto_quant.py does) and measures; if that misses th
 stops. Otherwise it tries 4 bits on each candidate layer, smallest first, and keeps 4 bits
 where the error stays within the budget.
 """
-from mnnq.hookspecs import hookimpl
-from mnnq.records import SearchStrategy
+from mnnq.plugin import SearchStrategy, hookimpl
 
 START_BLOCK = 64
 LOW_BITS = 4
@@ -35,5 +34,6 @@ def mnnq_search_strategies():
         summary="auto_quant.py's --select_bits: try 4 bits per layer (smallest first), keep it under the rate",
         run=select_bits,
         order=10,
-        default=False,
+        presets=("auto_quant",),
+        disabled_by=("select_bits",),
     )

@@ -4,8 +4,7 @@ Tries one block size for all layers, 256, 128, 64, 32, stopping at the first tha
 budget; then bisects how many candidate layers (smallest first) can keep twice that block.
 If no block meets the budget it keeps the best one.
 """
-from mnnq.hookspecs import hookimpl
-from mnnq.records import SearchStrategy
+from mnnq.plugin import SearchStrategy, hookimpl
 
 BLOCKS = (256, 128, 64, 32)
 
@@ -55,5 +54,6 @@ def mnnq_search_strategies():
         summary="auto_quant.py's --select_block: largest block (256..32) under the rate, then bisect 2x blocks",
         run=select_block,
         order=20,
-        default=False,
+        presets=("auto_quant",),
+        disabled_by=("select_block",),
     )

@@ -18,9 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from mnnq.hookspecs import hookimpl
-from mnnq.layers import FLOAT_BITS, PER_CHANNEL, LayerSetting, effective_block, weight_bytes
-from mnnq.records import SearchStrategy
+from mnnq.plugin import FLOAT_BITS, PER_CHANNEL, LayerSetting, SearchStrategy, hookimpl
 
 BITS = (8, 6, 5, 4, 3, 2)
 BLOCKS = (PER_CHANNEL, 128, 64, 32)
@@ -46,16 +44,15 @@ class Step:
 
 def layer_settings(ctx, name: str, bits: int) -> List[LayerSetting]:
     """The distinct settings at ``bits`` the converter would really apply to ``name``."""
-    layer = ctx.layers[name]
     blocks = BLOCKS if ctx.allow_blocks else (PER_CHANNEL,)
     seen, out = set(), []
     for block in blocks:
-        eff = effective_block(layer, block)
+        eff = ctx.effective_block(name, block)
         if eff in seen:
             continue
         seen.add(eff)
         setting = LayerSetting(bits, eff)
-        if not ctx.underflows(name, setting):
+        if not ctx.would_underflow(name, setting):
             out.append(setting)
     return out
 
@@ -88,7 +85,7 @@ def screen(ctx) -> Dict[str, List[Option]]:
                 for setting in settings:
                     predicted = math.sqrt(gain * (ctx.weight_noise(name, setting) or 0.0))
                     if predicted <= ctx.target:
-                        options[name].append(Option(setting, weight_bytes(ctx.layers[name], setting), predicted))
+                        options[name].append(Option(setting, ctx.layer_bytes(name, setting), predicted))
     active = [n for n in ctx.candidates if n not in predictable]
     for bits in bit_widths:
         batch: List[Tuple[str, LayerSetting]] = [(n, s) for n in active for s in layer_settings(ctx, n, bits)]
@@ -99,7 +96,7 @@ def screen(ctx) -> Dict[str, List[Option]]:
         fits = set()
         for (name, setting), error in zip(batch, errors):
             if ctx.meets(error):
-                options[name].append(Option(setting, weight_bytes(ctx.layers[name], setting), error))
+                options[name].append(Option(setting, ctx.layer_bytes(name, setting), error))
                 fits.add(name)
         active = [n for n in active if n in fits]
     return options
@@ -124,7 +121,7 @@ def plan(ctx, options: Dict[str, List[Option]]) -> List[Step]:
     order = {n: i for i, n in enumerate(ctx.candidates)}
     steps: List[Step] = []
     for name, opts in options.items():
-        start = Option(LayerSetting(FLOAT_BITS, PER_CHANNEL), weight_bytes(ctx.layers[name], LayerSetting(0)), 0.0)
+        start = Option(LayerSetting(FLOAT_BITS, PER_CHANNEL), ctx.layer_bytes(name, LayerSetting(FLOAT_BITS)), 0.0)
         chain = hull_steps(name, start, opts)
         # keep each layer's own order even where its hull is not strictly convex
         running = -math.inf
@@ -148,20 +145,20 @@ def confirmed(ctx, settings: Dict[str, LayerSetting], note: str) -> float:
     return ctx.measure_until_miss(settings, note)
 
 
-def sensitivity(ctx) -> None:
-    options = screen(ctx)
-    steps = plan(ctx, options)
-    if not steps:
-        ctx.note("sensitivity: no layer can be quantized alone within the budget; all kept float")
-        ctx.accept(apply_steps(ctx, steps, 0), ctx.measure(apply_steps(ctx, steps, 0), "all candidates float"))
-        return
-    # first guess: the longest prefix whose errors, added like independent noise, fit
+def first_guess(ctx, steps: List[Step]) -> int:
+    """The longest prefix whose predicted errors, added like independent noise, fit."""
     guess = 0
     energy: Dict[str, float] = {}
     for i, step in enumerate(steps, start=1):
         energy[step.layer] = step.option.error ** 2
         if math.sqrt(sum(energy.values())) <= ctx.target:
             guess = i
+    return guess
+
+
+def longest_prefix(ctx, steps: List[Step], guess: int) -> Tuple[int, Dict[int, float]]:
+    """``(count, measured)``: the largest number of leading steps whose real error meets the
+    budget, by bisection starting at ``guess``; ``measured`` maps each count tried to its error."""
     measured: Dict[int, float] = {}
 
     def error_at(count: int) -> float:
@@ -180,12 +177,16 @@ def sensitivity(ctx) -> None:
             lo = mid
         else:
             hi = mid - 1
-    best = apply_steps(ctx, steps, lo)
-    best_error = error_at(lo) if lo else ctx.measure(best, "plan: all candidates float")
-    # use the budget that is left on the steps after the prefix
-    failed_layers = {steps[lo].layer} if lo < len(steps) and lo + 1 in measured else set()
+    if lo and lo not in measured:
+        error_at(lo)
+    return lo, measured
+
+
+def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], best_error: float,
+           failed_layers: set) -> Tuple[Dict[str, LayerSetting], float]:
+    """Use the budget left after the prefix: try the following steps one by one."""
     tried = 0
-    for step in steps[lo:]:
+    for step in steps[count:]:
         if tried >= REFINE_TRIALS:
             break
         if step.layer in failed_layers:
@@ -194,11 +195,33 @@ def sensitivity(ctx) -> None:
         if trial == best:
             continue
         tried += 1
-        error = confirmed(ctx, trial, f"refine {step.layer}: {step.option.setting.bits} bits, block {step.option.setting.block}")
+        setting = step.option.setting
+        error = confirmed(ctx, trial, f"refine {step.layer}: {setting.bits} bits, block {setting.block}")
         if ctx.meets(error):
             best, best_error = trial, error
         else:
             failed_layers.add(step.layer)
+    return best, best_error
+
+
+def sensitivity(ctx) -> None:
+    with ctx.stage("screening"):
+        options = screen(ctx)
+    with ctx.stage("planning"):
+        steps = plan(ctx, options)
+        guess = first_guess(ctx, steps)
+    if not steps:
+        ctx.note("sensitivity: no layer can be quantized alone within the budget; all kept float")
+        everything_float = apply_steps(ctx, steps, 0)
+        ctx.accept(everything_float, ctx.measure(everything_float, "all candidates float"))
+        return
+    with ctx.stage("confirmation"):
+        count, measured = longest_prefix(ctx, steps, guess)
+        best = apply_steps(ctx, steps, count)
+        best_error = measured[count] if count else ctx.measure(best, "plan: all candidates float")
+    with ctx.stage("refine"):
+        failed = {steps[count].layer} if count < len(steps) and count + 1 in measured else set()
+        best, best_error = refine(ctx, steps, count, best, best_error, failed)
     ctx.accept(best, best_error)
 
 
@@ -210,4 +233,5 @@ def mnnq_search_strategies():
         run=sensitivity,
         order=5,
         default=True,
+        presets=("sensitivity",),
     )

@@ -5,9 +5,7 @@ Walks the candidates from the largest back to the smallest, setting one layer fl
 is within the budget. Unlike auto_quant.py it restores a layer to its previous setting
 (not always 8 bits) when keeping it float does not help.
 """
-from mnnq.hookspecs import hookimpl
-from mnnq.layers import FLOAT_BITS
-from mnnq.records import SearchStrategy
+from mnnq.plugin import FINISH, FLOAT_BITS, SearchStrategy, hookimpl
 
 
 def skip_layers(ctx) -> None:
@@ -33,4 +31,6 @@ def mnnq_search_strategies():
         run=skip_layers,
         order=40,
         default=True,
+        phase=FINISH,
+        presets=("auto_quant", "sensitivity"),
     )

@@ -1,7 +1,5 @@
 """hqq: the converter's ``--hqq`` (asymmetric, zero point optimised by half-quadratic steps)."""
-from mnnq.hookspecs import hookimpl
-from mnnq.records import WeightMethod
-from mnnq.weightquant import qdq_hqq, underflows_hqq
+from mnnq.plugin import WeightMethod, hookimpl, qdq_hqq, underflows_hqq
 
 
 @hookimpl
@@ -16,4 +14,5 @@ def mnnq_weight_methods():
         # HQQ only moves the zero point of min-max quantization: its noise tracks min-max's,
         # which costs a twentieth to compute.
         estimate_with="min_max",
+        default=True,  # auto-quant's method with --hqq 1 (auto_quant.py's default)
     )

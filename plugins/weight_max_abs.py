@@ -1,7 +1,5 @@
 """max_abs: symmetric abs-max weight quantization (converter ``asymmetric: false``)."""
-from mnnq.hookspecs import hookimpl
-from mnnq.records import WeightMethod
-from mnnq.weightquant import channel_scales_max_abs, qdq_max_abs, underflows_max_abs
+from mnnq.plugin import WeightMethod, channel_scales_max_abs, hookimpl, qdq_max_abs, underflows_max_abs
 
 
 @hookimpl
@@ -14,4 +12,5 @@ def mnnq_weight_methods():
         quantize_dequantize=qdq_max_abs,
         underflows=underflows_max_abs,
         channel_scales=channel_scales_max_abs,
+        default=True,  # auto-quant's method with --hqq 0
     )

@@ -1,7 +1,5 @@
 """min_max: asymmetric min-max weight quantization (the converter's default mode)."""
-from mnnq.hookspecs import hookimpl
-from mnnq.records import WeightMethod
-from mnnq.weightquant import qdq_min_max, underflows_min_max
+from mnnq.plugin import WeightMethod, hookimpl, qdq_min_max, underflows_min_max
 
 
 @hookimpl

@@ -3,23 +3,11 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from mnnq.measure import compare
-from mnnq.mnn_backend.runtime import LoadedModel
+from common import DIGITS_DIR, measured
 from mnnq.testing import run_cli, tiny_model
-from mnnq.testset import load_testset
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "examples" / "digits"
-
-
-def measured(model, testset_dir, pm, memory_mode="normal"):
-    ts = load_testset(testset_dir)
-    loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
-    return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics()).errors
 
 
 @pytest.fixture
@@ -31,14 +19,14 @@ def convnet(tiny_convnet):
 def test_digits_default_flags_meet_the_rate_on_the_written_model(tmp_path, pm):
     q = tmp_path / "q.mnn"
     report = tmp_path / "report.json"
-    code, out, err = run_cli(["auto-quant", "--model", str(DIGITS / "digits.mnn"), "--quant_model", str(q),
-                              "--test_dir", str(DIGITS / "testset"), "--report-json", str(report)])
+    code, out, err = run_cli(["auto-quant", "--model", str(DIGITS_DIR / "digits.mnn"), "--quant_model", str(q),
+                              "--test_dir", str(DIGITS_DIR / "testset"), "--report-json", str(report)])
     assert code == 0, out + err
     assert q.is_file() and (tmp_path / "q.mnn.json").is_file()
     data = json.loads(report.read_text())
     assert data["status"] == "MET" and data["weight_method"] == "hqq"
     # the claim is checked independently, by running the written file
-    errors = measured(q, DIGITS / "testset", pm, memory_mode=data["memory_mode"])
+    errors = measured(q, DIGITS_DIR / "testset", pm, memory_mode=data["memory_mode"])
     assert errors["max_rel"] <= 0.05
     assert errors["max_rel"] == pytest.approx(data["errors"]["max_rel"], rel=1e-6, abs=1e-9)
     assert data["size_after_bytes"] < data["size_before_bytes"]

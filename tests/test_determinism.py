@@ -12,7 +12,7 @@ import pytest
 
 from mnnq.testing import file_sha256
 
-TIMING_KEYS = {"wall_time_s", "seconds"}
+TIMING_KEYS = {"wall_time_s", "seconds", "timing"}
 
 
 def mnnq(argv, seed: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import mnnq.autoquant.engine as engine
+import mnnq.autoquant.prepare as engine
 from mnnq.mnn_backend.native import FAULT_ENV, Limits
 from mnnq.testing import file_digests, run_cli, tiny_model
 

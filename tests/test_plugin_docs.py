@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from mnnq import records
-from mnnq.autoquant.context import SearchContext
 from mnnq.hookspecs import MnnqSpecs
-from mnnq.layers import Layer, LayerSetting
-from mnnq.measure import Measurement
+from mnnq.plugin import Layer, LayerSetting
 from mnnq.plugin_manager import KINDS, MnnqPluginManager
+from mnnq.testing import search_context
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "plugins.md"
@@ -122,10 +121,9 @@ def exercise(hook: str, record) -> None:
         assert scale > 0 and isinstance(zero_point, int)
     elif hook == "mnnq_search_strategies":
         layers = {n: Layer(n, "conv", 16, 16, (1, 1)) for n in ("a", "b")}
-        ctx = SearchContext(layers=layers, settings={n: LayerSetting(4) for n in layers}, candidates=["a", "b"],
-                            target=1.0, metric="m", evaluate=lambda s, mode, quick=False: Measurement({"m": 0.0}))
-        record.run(ctx)
-        assert ctx.trials, "the example strategy measured nothing"
+        toy = search_context(layers, lambda s, mode: 0.0, target=1.0, settings={n: LayerSetting(4) for n in layers})
+        record.run(toy.ctx)
+        assert toy.ctx.trials, "the example strategy measured nothing"
     elif hook == "mnnq_metrics":
         ref = rng.standard_normal(10)
         assert record.per_output(ref, ref + 0.1) > 0
@@ -138,7 +136,8 @@ def test_hookspec_docstring_example_runs(hook):
     module = run_as_module(docstring_example(hook), f"mnnq_hookspec_example_{hook}")
     pm = MnnqPluginManager()
     pm.register(module, name=f"example-{hook}")
-    found = pm._collect(hook)
+    found = {"mnnq_weight_methods": pm.weight_methods, "mnnq_feature_methods": pm.feature_methods,
+             "mnnq_search_strategies": pm.search_strategies, "mnnq_metrics": pm.metrics}[hook]()
     assert not pm.failures, pm.failures
     assert len(found) == 1, f"{hook}: the example should yield one record"
     record = next(iter(found.values()))

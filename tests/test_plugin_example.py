@@ -98,13 +98,32 @@ def test_installed_only_in_the_venv(venv):
     assert Path(mnnq_file).resolve().parent.name == "mnnq"
 
 
-def test_mnnq_plugins_lists_both(venv):
+def test_mnnq_plugins_lists_all_three(venv):
     run = mnnq(venv, "plugins")
     assert run.returncode == 0, run.stderr
     rows = [line for line in run.stdout.splitlines() if "example_" in line]
     assert any("feature method" in r and "percentile" in r and "example_percentile" in r for r in rows), run.stdout
     assert any("metric" in r and "snr_db" in r and "example_snr" in r for r in rows), run.stdout
+    assert any("search strategy" in r and "margin" in r and "example_margin" in r for r in rows), run.stdout
     assert "skipped" not in run.stderr
+
+
+@pytest.mark.parametrize("strategy", [None, "auto_quant"])
+def test_a_third_party_finish_strategy_joins_the_pipeline(venv, tiny_convnet, tmp_path, strategy):
+    """The example's `margin` record says phase=FINISH, default=True and presets: installed, it
+    runs last in the default pipeline and in the auto_quant preset, and its margin holds on the
+    written model; blocked, the pipeline is mnnq's own again."""
+    q, report = tmp_path / "q.mnn", tmp_path / "report.json"
+    args = ["auto-quant", "--model", tiny_convnet.model, "--quant_model", q, "--test_dir", tiny_convnet.test_dir,
+            "--rate", "0.05", "--report-json", report] + (["--strategy", strategy] if strategy else [])
+    run = mnnq(venv, *args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(report.read_text())
+    assert data["strategies"][-1] == "margin"
+    assert data["errors"]["max_rel"] <= 0.9 * 0.05 or any("margin: could not" in n for n in data["notes"])
+    blocked = mnnq(venv, *args, "--disable-plugins", "example_margin")
+    assert blocked.returncode == 0, blocked.stdout + blocked.stderr
+    assert "margin" not in json.loads(report.read_text())["strategies"]
 
 
 def test_auto_quant_with_the_snr_metric(venv, tiny_convnet, tmp_path):

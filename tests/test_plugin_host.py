@@ -66,7 +66,7 @@ def test_wrong_record_type_is_reported(pm):
 
 def test_unknown_name_lists_alternatives(pm):
     with pytest.raises(PluginError, match="unknown metric 'nope'; available: .*cosine.*max_rel"):
-        pm.pick("mnnq_metrics", "nope")
+        pm.metric("nope")
 
 
 def test_disable_by_environment(monkeypatch):

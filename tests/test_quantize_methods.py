@@ -11,7 +11,7 @@ C = 127
 
 
 def observer(pm, name):
-    return pm.pick("mnnq_feature_methods", name).make_observer()
+    return pm.feature_method(name).make_observer()
 
 
 # ------------------------------------------------------------------------------------ KL
@@ -170,7 +170,7 @@ def test_ema_without_batches_uses_everything_seen(pm):
 
 def test_max_abs_channel_scales(pm):
     w = np.random.default_rng(6).standard_normal((5, 3, 3, 3)).astype(np.float32)
-    method = pm.pick("mnnq_weight_methods", "MAX_ABS")
+    method = pm.weight_method("MAX_ABS")
     np.testing.assert_allclose(method.channel_scales(w, 8, C), np.abs(w).reshape(5, -1).max(1) / C, rtol=1e-6)
 
 
@@ -181,7 +181,7 @@ def test_admm_weight_scales_equal_mnn_1000_rounds(pm):
     for _ in range(1000):
         q = np.clip(round_half_away(flat / (alpha[:, None] + 1e-9)), -C, C)
         alpha = (flat * q).sum(1) / ((q * q).sum(1) + 1e-9)
-    got = pm.pick("mnnq_weight_methods", "ADMM").channel_scales(w, 8, C)
+    got = pm.weight_method("ADMM").channel_scales(w, 8, C)
     np.testing.assert_allclose(got, alpha, rtol=1e-6)
 
 
@@ -202,11 +202,11 @@ def test_int8_weight_methods_simulate_the_converter_weight_only(pm, tmp_path):
     for op in read_conv_ops(out):
         w = floats[op.name].weight.reshape(op.converter_shape())
         for name in ("MAX_ABS", "ADMM"):
-            method = pm.pick("mnnq_weight_methods", name)
+            method = pm.weight_method(name)
             sim = method.quantize_dequantize(w, 6, -1)
             np.testing.assert_allclose(sim.ravel(), dequantize_like_runtime(op), rtol=1e-5, atol=1e-7)
             assert not method.underflows(w, 6, -1)
-    assert pm.pick("mnnq_weight_methods", "MAX_ABS").underflows(np.full((2, 4, 1, 1), 1e-5, np.float32), 8, -1)
+    assert pm.weight_method("MAX_ABS").underflows(np.full((2, 4, 1, 1), 1e-5, np.float32), 8, -1)
 
 
 def test_abs_histogram_growth_keeps_counts_and_sums():

@@ -1,9 +1,10 @@
-"""Each built-in search strategy against a fake evaluator with known per-layer sensitivities."""
+"""Each built-in search strategy's mechanics against a stand-in evaluator with known per-layer
+errors (what it proposes, keeps and records). Whether a strategy finds a good plan on a real
+model is tested on real converted models in test_strategies_real.py."""
 import pytest
 
-from mnnq.autoquant.context import SearchContext
-from mnnq.layers import Layer, LayerSetting
-from mnnq.measure import Measurement
+from mnnq.plugin import Layer, LayerSetting, StopSearch
+from mnnq.testing import search_context
 
 # name -> (error added at 4 bits, error added per block-size step below 256, float-only error)
 LAYERS = {
@@ -29,21 +30,19 @@ def fake_error(settings, memory_mode="normal", low_penalty=0.0):
     return total + (low_penalty if memory_mode == "low" else 0.0)
 
 
-def make_ctx(target, low_penalty=0.0, underflow=()):
-    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
+def make_toy(target, low_penalty=0.0, underflow=(), exact=True, settings=None):
+    toy = search_context(LAYERS, lambda s, mode: fake_error(s, mode, low_penalty), target=target, metric="max_rel",
+                         exact=exact, underflows=lambda n, s: n in underflow, settings=settings)
+    toy.ctx.remeasure("initial")
+    return toy
 
-    def evaluate(settings, memory_mode, quick=False):
-        return Measurement({"max_rel": fake_error(settings, memory_mode, low_penalty)})
 
-    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
-                        target=target, metric="max_rel", evaluate=evaluate, evaluator_name="exact",
-                        underflows=lambda n, s: n in underflow)
-    ctx.remeasure("initial")
-    return ctx
+def make_ctx(target, **kw):
+    return make_toy(target, **kw).ctx
 
 
 def strategy(pm, name):
-    return pm.pick("mnnq_search_strategies", name)
+    return pm.search_strategy(name)
 
 
 def test_select_bits_keeps_4_bits_only_where_budget_holds(pm):
@@ -57,10 +56,10 @@ def test_select_bits_keeps_4_bits_only_where_budget_holds(pm):
 
 
 def test_select_bits_stops_when_block_64_misses(pm):
-    ctx = make_ctx(target=0.001)
-    strategy(pm, "select-bits").run(ctx)
-    assert all(ctx.setting(n) == LayerSetting(8, -1) for n in LAYERS)
-    assert any("misses" in note for note in ctx.notes)
+    toy = make_toy(target=0.001)
+    strategy(pm, "select-bits").run(toy.ctx)
+    assert all(toy.ctx.setting(n) == LayerSetting(8, -1) for n in LAYERS)
+    assert any("misses" in note for note in toy.search.notes)
 
 
 def test_select_block_takes_largest_block_meeting_budget(pm):
@@ -75,10 +74,11 @@ def test_select_block_takes_largest_block_meeting_budget(pm):
 
 
 def test_select_block_keeps_best_when_nothing_meets(pm):
-    ctx = make_ctx(target=0.0001)
+    toy = make_toy(target=0.0001)
+    ctx = toy.ctx
     strategy(pm, "select-block").run(ctx)
     assert ctx.error == min(t.error for t in ctx.trials[1:])
-    assert any("no block size meets" in n for n in ctx.notes)
+    assert any("no block size meets" in n for n in toy.search.notes)
 
 
 def test_memory_mode_falls_back_to_normal(pm):
@@ -89,8 +89,7 @@ def test_memory_mode_falls_back_to_normal(pm):
 
 
 def test_memory_mode_does_nothing_for_simulation(pm):
-    ctx = make_ctx(target=0.01, low_penalty=0.05)
-    ctx.evaluator_name = "fast"
+    ctx = make_ctx(target=0.01, low_penalty=0.05, exact=False)
     strategy(pm, "memory-mode").run(ctx)
     assert ctx.memory_mode == "low"
 
@@ -104,17 +103,15 @@ def test_skip_layers_floats_largest_first_until_budget(pm):
 
 
 def test_skip_layers_restores_previous_setting(pm):
-    ctx = make_ctx(target=0.0)
-    ctx.settings["small"] = LayerSetting(4, 64)
-    ctx.remeasure("again")
+    ctx = make_ctx(target=0.0, settings={**{n: LayerSetting(8, -1) for n in LAYERS}, "small": LayerSetting(4, 64)})
     strategy(pm, "skip-layers").run(ctx)
     # every layer lowers the error when floated, so all end float; none is reset to 8 bits
     assert all(ctx.setting(n).bits == 0 for n in LAYERS)
 
 
 def test_guard_keeps_underflowing_layers_float(pm):
-    ctx = make_ctx(target=1.0, underflow=("mid",))
-    guarded = ctx.guarded(ctx.settings)
+    toy = make_toy(target=1.0, underflow=("mid",))
+    guarded = toy.search.guarded(toy.ctx.settings)
     assert guarded["mid"].bits == 0 and guarded["mid"].reason == "scale underflow"
     assert guarded["big"].bits == 8
 
@@ -134,69 +131,70 @@ def noisy_error(settings):
     return sum(GAIN[n] ** 2 * noise(n, s) for n, s in settings.items()) ** 0.5
 
 
-def noisy_ctx(target):
-    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
-    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
-                        target=target, metric="max_rel", evaluator_name="fast", weight_noise=noise,
-                        evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}))
-    ctx.remeasure("initial")
-    return ctx
+def noisy_toy(target, measured=True, **kw):
+    toy = search_context(LAYERS, lambda s, mode: noisy_error(s), target=target, metric="max_rel", exact=False,
+                         weight_noise=kw.pop("weight_noise", noise), **kw)
+    if measured:
+        toy.ctx.remeasure("initial")
+    return toy
 
 
-def test_sensitivity_meets_budget_with_a_smaller_file_than_auto_quant_order(pm):
+def noisy_ctx(target, **kw):
+    return noisy_toy(target, **kw).ctx
+
+
+def test_sensitivity_meets_budget_probing_each_layer_once(pm):
     target = 0.05
     ctx = noisy_ctx(target)
     strategy(pm, "sensitivity").run(ctx)
     assert ctx.error <= target and noisy_error(ctx.settings) == pytest.approx(ctx.error)
-    baseline = noisy_ctx(target)
-    for name in ("select-bits", "select-block"):
-        strategy(pm, name).run(baseline)
-    assert baseline.error <= target
-    assert ctx.size_bytes() < baseline.size_bytes()
     # the most sensitive layer gets the most bits
     assert ctx.setting("mid").bits >= max(ctx.setting(n).bits for n in ("small", "big"))
     # screening probed each layer once; the rest was predicted from weight noise
     assert sum(t.note.startswith("probe") for t in ctx.trials) == len(LAYERS)
+    assert {t.stage for t in ctx.trials[1:]} <= {"screening", "confirmation", "refine"}
+    assert all(t.quick for t in ctx.trials if t.stage == "screening")
 
 
 def test_sensitivity_respects_select_bits_off(pm):
-    ctx = noisy_ctx(0.05)
-    ctx.allow_low_bits = False
+    ctx = noisy_ctx(0.05, allow_low_bits=False)
     strategy(pm, "sensitivity").run(ctx)
     assert {ctx.setting(n).bits for n in LAYERS} <= {0, 8}
 
 
 def test_sensitivity_without_weights_measures_every_setting(pm):
-    ctx = noisy_ctx(0.05)
-    ctx.weight_noise = lambda name, s: None
+    ctx = noisy_ctx(0.05, weight_noise=lambda name, s: None)
     strategy(pm, "sensitivity").run(ctx)
     assert ctx.error <= 0.05
     assert any(t.note.startswith("screen") for t in ctx.trials)
 
 
 def test_time_budget_stops_the_search(pm):
-    from mnnq.autoquant.context import StopSearch
-
-    ctx = noisy_ctx(0.05)
-    ctx.deadline = 0.0  # already spent
+    ctx = noisy_ctx(0.05, measured=False, deadline=0.0)  # already spent
     with pytest.raises(StopSearch):
         strategy(pm, "sensitivity").run(ctx)
 
 
 def test_starting_settings_are_measured_only_when_a_strategy_reads_the_error(pm):
-    names = sorted(LAYERS, key=lambda n: LAYERS[n].weight_count)
-    ctx = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
-                        target=0.05, metric="max_rel", evaluator_name="fast", weight_noise=noise,
-                        evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}),
-                        unmeasured_note="initial")
-    assert ctx.measured_error is None and ctx.trials == []
+    ctx = noisy_ctx(0.05, measured=False)
+    assert ctx.measured_error is None and not ctx.trials
     strategy(pm, "sensitivity").run(ctx)
     assert not any(t.note == "initial" for t in ctx.trials)  # sensitivity measures its own proposals
     assert ctx.measured_error == ctx.error <= 0.05
 
-    fresh = SearchContext(layers=dict(LAYERS), settings={n: LayerSetting(8, -1) for n in LAYERS}, candidates=names,
-                          target=0.05, metric="max_rel", evaluator_name="fast",
-                          evaluate=lambda s, mode, quick=False: Measurement({"max_rel": noisy_error(s)}),
-                          unmeasured_note="initial")
+    fresh = noisy_ctx(0.05, measured=False)
     assert fresh.error == pytest.approx(noisy_error(fresh.settings))  # the first read measures once
     assert fresh.error == fresh.error and [t.note for t in fresh.trials] == ["initial"]
+
+
+def test_a_strategy_sees_only_the_search_context_contract(pm):
+    """Built-ins and third parties get the same read-only view: engine wiring and anything
+    outside mnnq.plugin.SearchContext is not reachable, and nothing can be assigned."""
+    ctx = make_ctx(target=0.05)
+    for hidden in ("guarded", "switch_evaluation", "set_error", "_settings", "notes", "evaluator_name"):
+        with pytest.raises(AttributeError, match="not part of the search context"):
+            getattr(ctx, hidden)
+    with pytest.raises(AttributeError, match="ctx.accept"):
+        ctx.memory_mode = "normal"
+    with pytest.raises(TypeError):
+        ctx.settings["small"] = LayerSetting(4)

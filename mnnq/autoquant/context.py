@@ -1,173 +1,268 @@
-"""The state a search strategy works on: layers, current settings, budget, trials."""
+"""The search state that strategies work on, and the view of it they are given.
+
+:class:`Search` holds the settings, the trials and the budget; the engine wires it to an
+:class:`Evaluation` (how a trial is measured: in-process simulation or convert-and-run) and a
+:class:`~mnnq.autoquant.weights.WeightOracle` (numpy facts about each layer's weights).
+Strategies never see it directly: :func:`strategy_view` gives them an object with exactly the
+members of :class:`mnnq.contracts.SearchContext`, read-only.
+"""
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from mnnq.autoquant.timing import Timings
+from mnnq.contracts import SearchContext, Settings, StopSearch, Trial
 from mnnq.layers import FLOAT_BITS, Layer, LayerSetting, effective_block, weight_bytes
 from mnnq.measure import Measurement
 
-
-@dataclass
-class Trial:
-    index: int
-    note: str
-    error: float
-    evaluator: str
-    memory_mode: str
-    seconds: float
-    accepted: bool = False
-    quick: bool = False
+__all__ = ["Evaluation", "Search", "StopSearch", "Trial", "strategy_view"]
 
 
-class StopSearch(Exception):
-    """Raised inside a strategy when the time budget is spent; the engine keeps the best so far."""
+@dataclass(frozen=True)
+class Evaluation:
+    """How trials are measured. ``measure(settings, memory_mode, quick)`` -> Measurement;
+    ``until_miss(settings, memory_mode, metric, limit)`` -> ``(Measurement, complete)`` stops at
+    the first sample over ``limit``; ``many(list of settings, memory_mode, quick)`` measures
+    independent trials in parallel (None: one by one). ``exact``: trials run the written model
+    (it alone tells runtime memory modes apart; the simulation computes float activations)."""
+
+    name: str
+    exact: bool
+    measure: Callable[[Settings, str, bool], Measurement]
+    until_miss: Optional[Callable[[Settings, str, str, float], Tuple[Measurement, bool]]] = None
+    many: Optional[Callable[[List[Settings], str, bool], List[Measurement]]] = None
 
 
-@dataclass
-class SearchContext:
-    """What strategies read and change.
+class Search:
+    """Settings, budget and trials of one auto-quant search (the engine's side).
 
-    ``settings`` maps every layer name to its current :class:`LayerSetting`; ``candidates``
-    lists the layers a strategy may change, smallest first (layers pinned float, e.g.
-    because their scales would underflow the encoder, are not candidates). ``error`` is the
-    measured error of ``settings`` under ``metric`` and ``memory_mode``; the starting settings
-    are measured (as trial ``unmeasured_note``) only when a strategy first reads it, so a
-    strategy that measures its own proposals (sensitivity) does not pay for that run.
+    ``settings`` maps every layer to its current setting; ``candidates`` are the layers a
+    strategy may change, smallest first. ``error`` is the measured error of ``settings``; the
+    starting settings are measured (as trial ``unmeasured_note``) only when first read.
     """
 
-    layers: Dict[str, Layer]
-    settings: Dict[str, LayerSetting]
-    candidates: List[str]
-    target: float
-    metric: str
-    evaluate: Callable[..., Measurement]
-    evaluator_name: str = "exact"
-    memory_mode: str = "low"
-    memory_modes_allowed: tuple = ("low", "normal")
-    underflows: Callable[[str, LayerSetting], bool] = lambda name, s: False
-    # squared quantization error of a layer's weights under a setting (None when unknown)
-    weight_noise: Callable[[str, LayerSetting], Optional[float]] = lambda name, s: None
-    on_trial: Callable[[Trial], None] = lambda t: None
-    deadline: Optional[float] = None
-    allow_low_bits: bool = True
-    allow_blocks: bool = True
-    # evaluate_many(list of settings, memory_mode, quick) -> list of Measurement; None = one by one
-    evaluate_many: Optional[Callable[..., List[Measurement]]] = None
-    # evaluate_until_miss(settings, memory_mode, metric, limit) -> (Measurement, complete): stops
-    # running samples once ``metric`` is over ``limit``; None = measure_until_miss runs them all
-    evaluate_until_miss: Optional[Callable[..., Tuple[Measurement, bool]]] = None
-    unmeasured_note: str = "starting settings"
-    trials: List[Trial] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-    _error: Optional[float] = field(default=None, repr=False)
+    def __init__(self, layers: Mapping[str, Layer], settings: Mapping[str, LayerSetting], candidates: Sequence[str],
+                 target: float, metric: str, evaluation: Evaluation, oracle=None, *,
+                 memory_modes: Tuple[str, ...] = ("low", "normal"), allow_low_bits: bool = True,
+                 allow_blocks: bool = True, deadline: Optional[float] = None,
+                 on_trial: Callable[[Trial], None] = lambda t: None, timings: Optional[Timings] = None,
+                 unmeasured_note: str = "starting settings"):
+        self.layers: Mapping[str, Layer] = MappingProxyType(dict(layers))
+        self._settings: Dict[str, LayerSetting] = dict(settings)
+        self.candidates: Tuple[str, ...] = tuple(candidates)
+        self.target = float(target)
+        self.metric = metric
+        self.allow_low_bits = allow_low_bits
+        self.allow_blocks = allow_blocks
+        self._evaluation = evaluation
+        self._oracle = oracle
+        self._memory_modes = tuple(memory_modes)
+        self._memory_mode = self._memory_modes[0]
+        self._deadline = deadline
+        self._on_trial = on_trial
+        self._timings = timings or Timings()
+        self._unmeasured_note = unmeasured_note
+        self._trials: List[Trial] = []
+        self._notes: List[str] = []
+        self._error: Optional[float] = None
+        self._stage = ""
+
+    # -- engine side -------------------------------------------------------------------
+    def switch_evaluation(self, evaluation: Evaluation, deadline: Optional[float] = None) -> None:
+        """Measure from now on with ``evaluation`` (e.g. exact finishing), with a new deadline."""
+        self._evaluation = evaluation
+        self._deadline = deadline
+
+    def set_error(self, error: float) -> None:
+        """The engine measured ``settings`` itself (the written model)."""
+        self._error = error
+
+    @property
+    def notes(self) -> List[str]:
+        return list(self._notes)
+
+    @property
+    def evaluator_name(self) -> str:
+        return self._evaluation.name
+
+    def guarded(self, settings: Settings) -> Dict[str, LayerSetting]:
+        """``settings`` with every layer whose scales would underflow MNN's encoder kept float."""
+        out = dict(settings)
+        for name, s in settings.items():
+            if s.bits != FLOAT_BITS and self.would_underflow(name, s):
+                out[name] = LayerSetting(FLOAT_BITS, s.block, "scale underflow")
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+    @property
+    def settings(self) -> Mapping[str, LayerSetting]:
+        return MappingProxyType(self._settings)
+
+    @property
+    def trials(self) -> Sequence[Trial]:
+        return tuple(self._trials)
 
     @property
     def error(self) -> float:
         if self._error is None:
-            self.remeasure(self.unmeasured_note)
-        return self._error
-
-    @error.setter
-    def error(self, value: float) -> None:
-        self._error = value
+            self.remeasure(self._unmeasured_note)
+        return self._error  # type: ignore[return-value]
 
     @property
     def measured_error(self) -> Optional[float]:
-        """``error`` if the current settings were measured, else None (reading ``error`` measures)."""
         return self._error
 
-    # -- reading ---------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        return self._evaluation.exact
+
+    @property
+    def memory_mode(self) -> str:
+        return self._memory_mode
+
+    @property
+    def memory_modes(self) -> Tuple[str, ...]:
+        return self._memory_modes
+
     def setting(self, name: str) -> LayerSetting:
-        return self.settings[name]
+        return self._settings[name]
 
     def meets(self, error: float) -> bool:
         return error <= self.target
 
-    def size_bytes(self, settings: Optional[Mapping[str, LayerSetting]] = None) -> float:
-        settings = settings or self.settings
+    def weight_noise(self, name: str, setting: LayerSetting) -> Optional[float]:
+        return self._oracle.weight_noise(name, setting) if self._oracle is not None else None
+
+    def would_underflow(self, name: str, setting: LayerSetting) -> bool:
+        return bool(self._oracle.underflows(name, setting)) if self._oracle is not None else False
+
+    def effective_block(self, name: str, block: Optional[int] = None) -> int:
+        return effective_block(self.layers[name], self._settings[name].block if block is None else block)
+
+    def layer_bytes(self, name: str, setting: LayerSetting) -> float:
+        return weight_bytes(self.layers[name], setting)
+
+    def size_bytes(self, settings: Optional[Settings] = None) -> float:
+        settings = settings or self._settings
         return sum(weight_bytes(self.layers[n], settings[n]) for n in self.layers)
 
-    # -- proposing -------------------------------------------------------------------
-    def guarded(self, settings: Mapping[str, LayerSetting]) -> Dict[str, LayerSetting]:
-        """``settings`` with every layer whose scales would underflow MNN's encoder kept float."""
-        out = dict(settings)
-        for name, s in settings.items():
-            if s.bits != FLOAT_BITS and self.underflows(name, s):
-                out[name] = LayerSetting(FLOAT_BITS, s.block, "scale underflow")
-        return out
-
-    def measure(self, settings: Mapping[str, LayerSetting], note: str, quick: bool = False) -> float:
-        """Evaluate ``settings`` (guarded) as one recorded trial and return its error.
-
-        ``quick`` screens on the first few samples only (for ranking candidates); a decision
-        that is kept must be measured without it.
-        """
+    # -- measuring ---------------------------------------------------------------------
+    def measure(self, settings: Settings, note: str, quick: bool = False) -> float:
         return self.measure_many([(settings, note)], quick=quick)[0]
 
-    def measure_until_miss(self, settings: Mapping[str, LayerSetting], note: str) -> float:
-        """Like :meth:`measure` for a keep-or-drop decision: the samples run one by one and the
-        run stops as soon as the error is over the budget. The error returned is then a lower
-        bound that already misses (the trial is recorded as ``quick``); within the budget, it is
-        the whole test set's error."""
-        if self.evaluate_until_miss is None:
-            return self.measure(settings, note)
-        self._check_deadline()
-        started = time.monotonic()
-        result, complete = self.evaluate_until_miss(self.guarded(settings), self.memory_mode, self.metric,
-                                                    self.target)
-        return self._record([(settings, note + ("" if complete else " (stopped at a miss)"))], [result],
-                            time.monotonic() - started, quick=not complete)[0]
-
-    def _check_deadline(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise StopSearch()
-
-    def _record(self, batch, results, each: float, quick: bool) -> List[float]:
-        # The in-process simulation always computes float activations (memory mode normal).
-        mode = self.memory_mode if self.evaluator_name == "exact" else "normal"
-        errors = []
-        for (_, note), result in zip(batch, results):
-            error = result.error(self.metric)
-            trial = Trial(len(self.trials) + 1, note, error, self.evaluator_name, mode, each, quick=quick)
-            self.trials.append(trial)
-            self.on_trial(trial)
-            errors.append(error)
-        return errors
-
-    def measure_many(self, batch: Sequence[Tuple[Mapping[str, LayerSetting], str]], quick: bool = False) -> List[float]:
-        """Evaluate independent trials, in parallel processes when the engine has them."""
+    def measure_many(self, batch: Sequence[Tuple[Settings, str]], quick: bool = False) -> List[float]:
         self._check_deadline()
         started = time.monotonic()
         guarded = [self.guarded(s) for s, _ in batch]
-        if self.evaluate_many is not None and len(batch) > 1 and self.evaluator_name == "fast":
-            results = self.evaluate_many(guarded, self.memory_mode, quick)
+        evaluation = self._evaluation
+        if evaluation.many is not None and len(batch) > 1:
+            results = evaluation.many(guarded, self._memory_mode, quick)
         else:
-            results = [self.evaluate(s, self.memory_mode, quick) for s in guarded]
-        return self._record(batch, results, (time.monotonic() - started) / max(len(batch), 1), quick)
+            results = [evaluation.measure(s, self._memory_mode, quick) for s in guarded]
+        return self._record([note for _, note in batch], results, time.monotonic() - started, quick)
 
-    def propose(self, changes: Mapping[str, LayerSetting], note: str) -> float:
-        """Measure the current settings with ``changes`` applied, without keeping them."""
-        merged = dict(self.settings)
-        merged.update(changes)
-        return self.measure(merged, note)
+    def measure_until_miss(self, settings: Settings, note: str) -> float:
+        until_miss = self._evaluation.until_miss
+        if until_miss is None:
+            return self.measure(settings, note)
+        self._check_deadline()
+        started = time.monotonic()
+        result, complete = until_miss(self.guarded(settings), self._memory_mode, self.metric, self.target)
+        suffix = "" if complete else " (stopped at a miss)"
+        return self._record([note + suffix], [result], time.monotonic() - started, quick=not complete)[0]
 
-    def accept(self, changes: Mapping[str, LayerSetting], error: float) -> None:
-        """Keep ``changes``, whose measured error was ``error``."""
-        self.settings.update(changes)
-        self.error = error
-        for trial in reversed(self.trials):
+    def propose(self, changes: Settings, note: str) -> float:
+        return self.measure({**self._settings, **changes}, note)
+
+    def remeasure(self, note: str) -> float:
+        self._error = self.measure(self._settings, note)
+        return self._error
+
+    # -- changing ----------------------------------------------------------------------
+    def accept(self, changes: Settings, error: float) -> None:
+        self._settings.update(changes)
+        self._error = error
+        for trial in reversed(self._trials):
             if trial.error == error:
                 trial.accepted = True
                 break
 
-    def remeasure(self, note: str) -> float:
-        self.error = self.measure(self.settings, note)
-        return self.error
+    def use_memory_mode(self, mode: str) -> None:
+        if mode not in self._memory_modes:
+            raise ValueError(f"memory mode {mode!r} is not allowed here; allowed: {', '.join(self._memory_modes)}")
+        if mode != self._memory_mode:
+            self._memory_mode = mode
+            self._error = None
 
     def note(self, text: str) -> None:
-        self.notes.append(text)
+        self._notes.append(text)
 
-    def effective_block(self, name: str) -> int:
-        return effective_block(self.layers[name], self.settings[name].block)
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        outer = self._stage
+        self._stage = name
+        try:
+            with self._timings.phase(name):
+                yield
+        finally:
+            self._stage = outer
+
+    # -- internals ---------------------------------------------------------------------
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise StopSearch()
+
+    def _record(self, notes: Sequence[str], results: Sequence[Measurement], seconds: float,
+                quick: bool) -> List[float]:
+        # the in-process simulation always computes float activations (memory mode normal)
+        mode = self._memory_mode if self._evaluation.exact else "normal"
+        each = seconds / max(len(notes), 1)
+        errors = []
+        for note, result in zip(notes, results):
+            error = result.error(self.metric)
+            trial = Trial(len(self._trials) + 1, note, error, self._evaluation.name, mode, each, quick=quick,
+                          stage=self._stage)
+            self._trials.append(trial)
+            self._on_trial(trial)
+            errors.append(error)
+        return errors
+
+
+def _contract_members() -> frozenset:
+    names = {n for n in vars(SearchContext) if not n.startswith("_")}
+    names |= set(getattr(SearchContext, "__annotations__", {}))
+    return frozenset(names)
+
+
+CONTRACT = _contract_members()
+
+
+class _StrategyView:
+    """What a strategy is given: the members of :class:`mnnq.contracts.SearchContext` and
+    nothing else, read-only (changes go through ``accept`` / ``use_memory_mode``)."""
+
+    __slots__ = ("_search",)
+
+    def __init__(self, search: Search):
+        object.__setattr__(self, "_search", search)
+
+    def __getattr__(self, name: str):
+        if name in CONTRACT:
+            return getattr(object.__getattribute__(self, "_search"), name)
+        raise AttributeError(f"'{name}' is not part of the search context a strategy gets "
+                             "(see mnnq.plugin.SearchContext)")
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"cannot set '{name}': a strategy changes the search through "
+                             "ctx.accept(...) and ctx.use_memory_mode(...)")
+
+    def __dir__(self):
+        return sorted(CONTRACT)
+
+
+def strategy_view(search: Search) -> SearchContext:
+    return _StrategyView(search)  # type: ignore[return-value]

@@ -14,6 +14,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
 from mnnq.measure import Comparison, Measurement, compare
 from mnnq.mnn_backend.converter import weight_quantize
@@ -28,8 +29,19 @@ from mnnq.testset import TestSet
 QUICK_SAMPLES = 2
 
 
-def run_testset(model, testset: TestSet):
-    return [model.run(sample.inputs) for sample in testset.samples]
+def run_testset(model, testset: TestSet, timings: Timings):
+    """``model``'s outputs for every sample (each run is one ``forward`` cost)."""
+    outputs = []
+    for sample in testset.samples:
+        with timings.cost("forward"):
+            outputs.append(model.run(sample.inputs))
+    return outputs
+
+
+def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], timings: Timings) -> Measurement:
+    outputs = run_testset(model, testset, timings)
+    with timings.cost("compare"):
+        return compare(testset, outputs, metrics)
 
 
 def quick_view(testset: TestSet) -> TestSet:
@@ -38,14 +50,18 @@ def quick_view(testset: TestSet) -> TestSet:
 
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
-                       limit: float) -> Tuple[Measurement, bool]:
+                       limit: float, timings: Optional[Timings] = None) -> Tuple[Measurement, bool]:
     """Run ``model`` sample by sample and stop once ``metric`` is over ``limit``: a model's
     error is the maximum over samples, so the rest cannot bring it back. Returns
     ``(measurement, complete)``; the complete measurement is exactly :func:`compare` over the
     whole test set."""
+    timings = timings or Timings()
     comparison = Comparison(metrics)
     for sample in testset.samples:
-        comparison.add(sample, model.run(sample.inputs))
+        with timings.cost("forward"):
+            produced = model.run(sample.inputs)
+        with timings.cost("compare"):
+            comparison.add(sample, produced)
         if comparison.error(metric) > limit:
             return comparison.result(testset, complete=False), False
     return comparison.result(testset), True
@@ -58,7 +74,8 @@ class ExactEvaluator:
     exact = True
 
     def __init__(self, float_model: Path, template: dict, method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric], workdir: Path):
+                 metrics: Mapping[str, Metric], workdir: Path, timings: Optional[Timings] = None):
+        self.timings = timings or Timings()
         self.float_model = Path(float_model)
         self.template = template
         self.method = method
@@ -79,7 +96,9 @@ class ExactEvaluator:
         if key != self._last_key or not last.is_file():
             self._last_key = None
             self._last_measured = {}
-            weight_quantize(self.float_model, last, params, hqq=self.method.hqq, asymmetric=self.method.asymmetric)
+            with self.timings.cost("convert"):
+                weight_quantize(self.float_model, last, params, hqq=self.method.hqq,
+                                asymmetric=self.method.asymmetric)
             self._last_key = key
         return params, last
 
@@ -106,8 +125,9 @@ class ExactEvaluator:
 
     def measure_file(self, path: Path, memory_mode: str, testset: Optional[TestSet] = None) -> Measurement:
         testset = testset or self.testset
-        model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
-        return compare(testset, run_testset(model, testset), self.metrics)
+        with self.timings.cost("load"):
+            model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
+        return measure_testset(model, testset, self.metrics, self.timings)
 
     # Trials run the kept conversion itself: no copy of the file per trial.
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
@@ -119,8 +139,10 @@ class ExactEvaluator:
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
         _, converted = self._converted(settings)
-        model = LoadedModel(converted, self.testset.input_names, self.testset.output_names, memory_mode=memory_mode)
-        return measure_until_miss(model, self.testset, self.metrics, metric, limit)
+        with self.timings.cost("load"):
+            model = LoadedModel(converted, self.testset.input_names, self.testset.output_names,
+                                memory_mode=memory_mode)
+        return measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings)
 
 
 class FastEvaluator:
@@ -130,7 +152,8 @@ class FastEvaluator:
     exact = False
 
     def __init__(self, swappable, layers: Mapping[str, Layer], method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric]):
+                 metrics: Mapping[str, Metric], timings: Optional[Timings] = None):
+        self.timings = timings or Timings()
         self.model = swappable
         self.layers = layers
         self.method = method
@@ -147,19 +170,20 @@ class FastEvaluator:
             if bits == 0:
                 self._cache[key] = original
             else:
-                self._cache[key] = self.method.quantize_dequantize(original, bits, block).astype(np.float32)
+                with self.timings.cost("weight_quant"):
+                    self._cache[key] = self.method.quantize_dequantize(original, bits, block).astype(np.float32)
         return self._cache[key]
 
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
         self._apply(settings)
         testset = quick_view(self.testset) if quick else self.testset
-        return compare(testset, run_testset(self.model, testset), self.metrics)
+        return measure_testset(self.model, testset, self.metrics, self.timings)
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
         self._apply(settings)
-        return measure_until_miss(self.model, self.testset, self.metrics, metric, limit)
+        return measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings)
 
     def _apply(self, settings: Dict[str, LayerSetting]) -> None:
         """Swap in the weights of every layer whose setting changed since the last trial."""
@@ -173,4 +197,5 @@ class FastEvaluator:
                 updates[name] = self.weights_for(name, s.bits, block)
                 self._applied[name] = key
         if updates:
-            self.model.set_weights(updates)
+            with self.timings.cost("swap"):
+                self.model.set_weights(updates)

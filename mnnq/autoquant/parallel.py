@@ -35,7 +35,7 @@ def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metric
     swappable = SwappableModel.load(Path(model), layers, testset.input_names, testset.output_names, Path(work),
                                     prepare="none")
     all_metrics = pm.metrics()
-    _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.pick("mnnq_weight_methods", method),
+    _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.weight_method(method),
                                          testset, {m: all_metrics[m] for m in metrics})
 
 

@@ -130,7 +130,7 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
 
     try:
         metrics = pm.metrics()
-        pm.pick("mnnq_metrics", target.metric)
+        pm.metric(target.metric)
         model = Path(target.model)
         if not model.exists():
             return errored(target, f"quantized model not found: {model}")

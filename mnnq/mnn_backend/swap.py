@@ -30,6 +30,7 @@ stored order, which for convolutions is the usual ``[out, in_per_group, kh, kw]`
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -69,6 +70,14 @@ def _param_shape(op: ConvOp) -> Tuple[int, ...]:
 MODES = ("patch", "module", "module-fast")
 
 
+class _NoTimings:
+    """Stands in for a timings object when the caller keeps none."""
+
+    @contextlib.contextmanager
+    def cost(self, kind: str):
+        yield
+
+
 class SwappableModel:
     """A float model whose conv weights can be replaced between runs.
 
@@ -103,6 +112,7 @@ class SwappableModel:
         self._params: List[object] = []
         self._param_shapes: List[Tuple[int, ...]] = []
         self._weight_index: Dict[str, int] = {}
+        self._timings = _NoTimings()
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -117,6 +127,7 @@ class SwappableModel:
         mode: str = "patch",
         threads: int = 1,
         ops: Optional[Sequence[ConvOp]] = None,
+        timings=None,
     ) -> "SwappableModel":
         """Load ``float_mnn`` for swapping the weights of ``layers``.
 
@@ -125,7 +136,9 @@ class SwappableModel:
         weights the weight-quantizing conversion starts from; ``"none"`` uses ``float_mnn`` as
         is. ``mode`` picks the backend (see the module docstring). ``ops``: the file's conv ops
         when the caller already read them (``read_conv_ops`` of that same file, with
-        ``prepare="none"``).
+        ``prepare="none"``). ``timings``: an object with ``cost(kind)`` context managers
+        (:class:`mnnq.autoquant.timing.Timings`) charged with writing (``swap``) and loading
+        (``load``) the swapped file.
         Raises :class:`SwapMappingError` when a layer is missing, unsupported or not matched
         one-to-one, :class:`NativeFailure` when MNN fails.
         """
@@ -149,6 +162,8 @@ class SwappableModel:
         self = cls()
         self.path = model_path
         self.mode = mode
+        if timings is not None:
+            self._timings = timings
         self._workdir = workdir
         self._threads = threads
         self.input_names = list(input_names)
@@ -402,21 +417,27 @@ class SwappableModel:
             which = self._generation % 2
             path = self._workdir / f"swapped_{which}.mnn"
             self._loaded = None
-            stale = self._stale[which]
-            if stale is None or not path.is_file():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(self._buffer)
-                tmp.replace(path)
-            else:
-                with open(path, "r+b") as fh:
-                    for name in sorted(stale, key=lambda n: self.ops[n].weight_offset):
-                        start = self.ops[name].weight_offset
-                        fh.seek(start)
-                        fh.write(self._buffer[start: start + 4 * self.weights[name].size])
-            self._stale[which] = set()
-            self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads)
+            with self._timings.cost("swap"):
+                self._write_swap_file(path, which)
+            with self._timings.cost("load"):
+                self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads)
             self._dirty = False
         return self._loaded
+
+    def _write_swap_file(self, path: Path, which: int) -> None:
+        """Bring swap file ``which`` up to date: whole when new, else the changed layers only."""
+        stale = self._stale[which]
+        if stale is None or not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(self._buffer)
+            tmp.replace(path)
+        else:
+            with open(path, "r+b") as fh:
+                for name in sorted(stale, key=lambda n: self.ops[n].weight_offset):
+                    start = self.ops[name].weight_offset
+                    fh.seek(start)
+                    fh.write(self._buffer[start: start + 4 * self.weights[name].size])
+        self._stale[which] = set()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self.mode == "patch":

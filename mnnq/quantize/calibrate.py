@@ -22,7 +22,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from mnnq.errors import BadInput, NativeFailure
+from mnnq.contracts import ActivationObserver
+from mnnq.errors import BadInput, NativeFailure, PluginError
 from mnnq.mnn_backend.inventory import OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE, read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel, model_io_names
 from mnnq.quantize.inputs import Samples
@@ -113,16 +114,24 @@ class TensorRunner:
         return outputs, tensors
 
 
+def checked_observer(observer: object) -> ActivationObserver:
+    """``observer`` if it has the observer contract's methods, else a PluginError naming it."""
+    if not isinstance(observer, ActivationObserver):
+        raise PluginError(f"feature method observer {type(observer).__name__} lacks update/end_batch/finish; "
+                          "subclass mnnq.plugin.Observer")
+    return observer
+
+
 def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[str], tensors: Sequence[str],
-              samples: Samples, make_observer: Callable[[], object], batch_size: int,
+              samples: Samples, make_observer: Callable[[], ActivationObserver], batch_size: int,
               on_sample: Optional[Callable[[int], None]] = None
-              ) -> Tuple[Dict[str, object], Dict[str, Tuple[float, float]]]:
+              ) -> Tuple[Dict[str, ActivationObserver], Dict[str, Tuple[float, float]]]:
     """Stream every sample through the float model; one observer per tensor gets
-    ``update(x)`` per sample and, when it has one, ``end_batch()`` every ``batch_size``
-    samples. Returns the observers and each tensor's ``(min, max)``. Memory does not depend
-    on the number of samples."""
+    ``update(x)`` per sample and ``end_batch()`` every ``batch_size`` samples. Returns the
+    observers and each tensor's ``(min, max)``. Memory does not depend on the number of
+    samples."""
     runner = TensorRunner(model, input_names, output_names, tensors)
-    observers = {t: make_observer() for t in tensors}
+    observers = {t: checked_observer(make_observer()) for t in tensors}
     ranges = {t: (math.inf, -math.inf) for t in tensors}
     for i in range(len(samples)):
         _, values = runner.run(samples.load(i))
@@ -132,8 +141,7 @@ def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[st
             ranges[t] = (min(lo, float(np.min(x))), max(hi, float(np.max(x))))
         if (i + 1) % batch_size == 0:
             for obs in observers.values():
-                if hasattr(obs, "end_batch"):
-                    obs.end_batch()
+                obs.end_batch()
         if on_sample:
             on_sample(i)
     return observers, ranges

@@ -148,8 +148,8 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     if opts.metric not in metrics:
         raise BadInput(f"--metric: unknown metric '{opts.metric}'; available: {', '.join(sorted(metrics))}")
     try:
-        feature = pm.pick("mnnq_feature_methods", cfg.feature_quantize_method)
-        weight = pm.pick("mnnq_weight_methods", cfg.weight_quantize_method)
+        feature = pm.feature_method(cfg.feature_quantize_method)
+        weight = pm.weight_method(cfg.weight_quantize_method)
     except PluginError as exc:
         raise BadInput(str(exc)) from None
     layers, other = cal.find_layers(model, cfg.skip_quant_op_names)

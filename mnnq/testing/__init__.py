@@ -20,6 +20,7 @@ from mnnq.testing.builders import (
     tiny_model,
     write_calibration_config,
 )
+from mnnq.testing.search import ToySearch, manager_with, search_context
 from mnnq.testing.models import (
     OnnxGraph,
     build_convnet,
@@ -34,6 +35,9 @@ from mnnq.testing.models import (
 )
 
 __all__ = [
+    "ToySearch",
+    "manager_with",
+    "search_context",
     "MODELS",
     "CliRun",
     "OnnxGraph",

@@ -12,9 +12,10 @@ def installed():
         pytest.skip("mnnq-plugin-example is not installed (pip install -e .)")
 
 
-def test_entry_points_register_both_plugins(mnnq_pm):
+def test_entry_points_register_all_three_plugins(mnnq_pm):
     assert "percentile" in mnnq_pm.feature_methods()
     assert "snr_db" in mnnq_pm.metrics()
+    assert mnnq_pm.owner_of("mnnq_search_strategies", "margin") == "example_margin"
     assert mnnq_pm.owner_of("mnnq_feature_methods", "percentile") == "example_percentile"
     assert mnnq_pm.owner_of("mnnq_metrics", "snr_db") == "example_snr"
     assert not [f for f in mnnq_pm.failures if f.plugin.startswith("example_")]

@@ -1,4 +1,5 @@
-"""Example mnnq plugins: ``percentile`` (activation calibration) and ``snr_db`` (a metric).
+"""Example mnnq plugins: ``percentile`` (activation calibration), ``snr_db`` (a metric) and
+``margin`` (a finish-phase search strategy).
 
 Each module is one plugin, registered in pyproject.toml under ``[project.entry-points.mnnq]``.
 """

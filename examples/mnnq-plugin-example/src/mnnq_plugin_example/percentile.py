@@ -19,8 +19,7 @@ from typing import Tuple
 
 import numpy as np
 
-from mnnq import hookimpl
-from mnnq.records import FeatureMethod
+from mnnq.plugin import FeatureMethod, Observer, hookimpl
 
 PERCENTILE = 99.99
 BINS = 4096
@@ -82,7 +81,7 @@ class AbsHistogram:
         return float(min((b + frac) * self.width, self.max))
 
 
-class PercentileObserver:
+class PercentileObserver(Observer):
     """Observer for one tensor: ``update(x)`` per calibration batch, ``finish(bits, clamp)`` ->
     ``(scale, zero_point)`` with ``real = scale * (q - zero_point)``."""
 

@@ -16,8 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from mnnq import hookimpl
-from mnnq.records import Metric
+from mnnq.plugin import Metric, hookimpl
 
 CEILING_DB = 100.0
 

@@ -1,0 +1,126 @@
+"""Stage 1 of auto-quant: read the float model safely and set up what the search measures with.
+
+Before anything runs in-process, the converter reads the user's file in a child (under probe
+limits) while the runtime runs it on the test set in another child (a damaged file can crash
+the MNN runtime); a converter failure is reported first. The converter's float re-write of
+the model is kept: the weight-quantizing conversion starts from that graph, so the layers'
+ops and weights are read from it, once, and the in-process simulation loads the same file.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+
+from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator
+from mnnq.autoquant.timing import Timings
+from mnnq.autoquant.weights import WeightOracle
+from mnnq.errors import BadInput, MnnqError, NativeFailure
+from mnnq.layers import FLOAT_BITS, PER_CHANNEL, Layer, LayerSetting
+from mnnq.measure import Measurement, compare
+from mnnq.mnn_backend.converter import start_params_template
+from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
+from mnnq.mnn_backend.isolated import start_isolated
+from mnnq.mnn_backend.native import probe_limits
+from mnnq.mnn_backend.swap import SwappableModel
+from mnnq.records import Metric, WeightMethod
+from mnnq.testset import TestSet
+
+
+@dataclass
+class Prepared:
+    """Everything the search needs, read from the float model once."""
+
+    model: Path
+    rewritten: Path                  # the converter's float re-write (what the simulation loads)
+    testset: TestSet
+    layers: List[Layer]
+    float_measure: Measurement       # the float model against the references
+    exact: ExactEvaluator
+    fast: Optional[FastEvaluator]
+    oracle: WeightOracle
+    candidates: List[str]            # smallest first, without the pinned layers
+    settings: Dict[str, LayerSetting]
+    notes: List[str] = field(default_factory=list)
+
+
+def read_model(model: Path, testset: TestSet, keep_model: Path):
+    """``(params template, conv ops, float outputs per sample)`` of ``model``, after proving it
+    safe to load in-process (see the module docstring)."""
+    listing = start_params_template(model, limits=probe_limits(model))
+    try:
+        float_run = start_isolated(model, testset.root, testset=testset)
+    except BaseException:
+        listing.cancel()
+        raise
+    try:
+        try:
+            template = listing.result(keep_model=keep_model)
+        except NativeFailure as exc:
+            raise NativeFailure(f"not a readable MNN model: {model} ({exc}); re-export it with MNNConvert",
+                                tail=exc.tail) from None
+    except BaseException:
+        float_run.cancel()
+        raise
+    float_outputs = float_run.result()
+    try:
+        ops = read_conv_ops(keep_model)
+    except (ValueError, IndexError, struct.error, OverflowError, MemoryError) as exc:
+        raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
+    return template, ops, float_outputs
+
+
+def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: WeightMethod,
+            metrics: Mapping[str, Metric], evaluator: str, work: Path, timings: Timings) -> Prepared:
+    """Read ``model`` and build the evaluators, the weight oracle and the starting settings."""
+    rewritten = work / "float-rewritten.mnn"
+    with timings.phase("read model (listing + float run)"):
+        template, ops, float_outputs = read_model(model, testset, keep_model=rewritten)
+        float_measure = compare(testset, float_outputs, metrics)
+    layers = layers_from_template(template, ops=ops)
+    if not layers:
+        raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
+                       "constant weights); nothing to quantize")
+    with timings.phase("prepare search"):
+        notes: List[str] = []
+        exact = ExactEvaluator(model, template, method, testset, metrics, work, timings=timings)
+        fast = _fast_evaluator(rewritten, layers, ops, method, testset, metrics, work, evaluator, notes, timings)
+        weights = {op.name: np.asarray(op.weight, dtype=np.float32).reshape(op.converter_shape())
+                   for op in ops if op.weight is not None}
+        layer_map = {l.name: l for l in layers}
+        oracle = WeightOracle(layer_map, weights, method, noise_method)
+        candidates, settings = _starting_settings(layers, oracle, notes)
+    return Prepared(model, rewritten, testset, layers, float_measure, exact, fast, oracle, candidates, settings, notes)
+
+
+def _fast_evaluator(rewritten: Path, layers: List[Layer], ops, method: WeightMethod, testset: TestSet,
+                    metrics: Mapping[str, Metric], work: Path, evaluator: str, notes: List[str],
+                    timings: Timings) -> Optional[FastEvaluator]:
+    if evaluator not in ("auto", "fast"):
+        return None
+    try:
+        swappable = SwappableModel.load(rewritten, layers, testset.input_names, testset.output_names, work,
+                                        prepare="none", ops=ops, timings=timings)
+        return FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics, timings=timings)
+    except MnnqError as exc:
+        if evaluator == "fast":
+            raise
+        notes.append(f"in-process simulation unavailable ({exc}); every trial converts and runs the model")
+        return None
+
+
+def _starting_settings(layers: List[Layer], oracle: WeightOracle, notes: List[str]):
+    """``(candidates smallest first, settings)``: every layer at 8 bits per channel, except the
+    layers whose scales underflow even then, which are pinned float."""
+    candidates = [l.name for l in sorted(layers, key=lambda l: l.weight_count)]
+    eight = LayerSetting(8, PER_CHANNEL)
+    pinned = [n for n in candidates if oracle.underflows(n, eight)]
+    settings = {l.name: eight for l in layers}
+    for name in pinned:
+        notes.append(f"{name}: kept float, its weights are so small that MNN's encoder would zero them "
+                     "(scale <= 1e-6)")
+        settings[name] = LayerSetting(FLOAT_BITS, PER_CHANNEL, "scale underflow")
+    return [n for n in candidates if n not in pinned], settings

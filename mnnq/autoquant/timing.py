@@ -1,0 +1,67 @@
+"""Where an auto-quant run spends its time: named phases, and what trials cost.
+
+``phase(name)`` times a stretch of the run (nested phases are charged to the innermost one,
+so the phases add up to the wall time they cover); ``cost(kind)`` times one kind of work inside
+trials: ``weight_quant`` (numpy quantize-dequantize), ``swap`` (weights into the in-process
+model), ``convert`` (the converter writing a model), ``load`` (loading a model file),
+``forward`` (running samples), ``compare`` (errors against the references). Costs nest like
+phases: a model file written and loaded lazily inside a forward call is charged to ``swap`` and
+``load``, not to ``forward``.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Dict, Iterator, List
+
+COSTS = ("weight_quant", "swap", "convert", "load", "forward", "compare")
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.phases: Dict[str, float] = {}
+        self.costs: Dict[str, float] = {k: 0.0 for k in COSTS}
+        self.counts: Dict[str, int] = {k: 0 for k in COSTS}
+        self._stack: List[List[float]] = []  # [start, time charged to inner phases]
+        self._cost_stack: List[List[float]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        frame = [time.monotonic(), 0.0]
+        self._stack.append(frame)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+            total = time.monotonic() - frame[0]
+            self.add_phase(name, total - frame[1])
+            if self._stack:
+                self._stack[-1][1] += total
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + max(seconds, 0.0)
+
+    @contextlib.contextmanager
+    def cost(self, kind: str) -> Iterator[None]:
+        frame = [time.monotonic(), 0.0]
+        self._cost_stack.append(frame)
+        try:
+            yield
+        finally:
+            self._cost_stack.pop()
+            total = time.monotonic() - frame[0]
+            self.costs[kind] = self.costs.get(kind, 0.0) + max(total - frame[1], 0.0)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self._cost_stack:
+                self._cost_stack[-1][1] += total
+
+    def snapshot(self) -> Dict[str, float]:
+        """The trial costs so far (to tell the search's share from later work)."""
+        return dict(self.costs)
+
+    def as_dict(self) -> dict:
+        return {
+            "phases_s": {k: round(v, 6) for k, v in self.phases.items()},
+            "trial_costs_s": {k: round(v, 6) for k, v in self.costs.items()},
+            "trial_cost_counts": dict(self.counts),
+        }
