@@ -64,18 +64,29 @@ class LayerSetting:
         return self.bits == FLOAT_BITS
 
 
-def block_applies(layer: Layer, block: int) -> bool:
-    """Whether the converter really uses ``block`` for ``layer`` (else it is per-channel).
+def converter_block(in_per_group: int, block: int) -> int:
+    """The input channels per block MNN's converter really uses for a layer with
+    ``in_per_group`` input channels per group, or ``PER_CHANNEL`` (one group per output channel).
 
-    The converter needs the per-group input channels divisible by the block, the block a
-    multiple of 16 and at least 16; depthwise convs (one input channel per group) never block.
+    ``WeightQuantAndCoding.cpp`` blocks when ``icCount % block == 0``, ``block >= 16`` and
+    ``block % 16 == 0`` (depthwise weights have ``icCount == 1`` and never block). A block as
+    large as the input channels is one block per output channel: byte for byte the same model
+    as per channel (tests/test_weight_sim.py pins this on the converter), so it is
+    ``PER_CHANNEL`` here too and reports and searches never tell the two apart.
     """
-    if block is None or block <= 0 or layer.kind == "depthwise":
+    if block is None or block <= 0:
+        return PER_CHANNEL
+    ic = int(in_per_group)
+    if block >= 16 and block % 16 == 0 and ic % block == 0 and ic > block:
+        return int(block)
+    return PER_CHANNEL
+
+
+def block_applies(layer: Layer, block: int) -> bool:
+    """Whether the converter really uses ``block`` for ``layer`` (else it is per channel)."""
+    if layer.kind == "depthwise":
         return False
-    icg = layer.in_per_group
-    # A block as large as the input channels is one block per output channel: the same
-    # quantization as per channel, so it is reported (and deduplicated) as per channel.
-    return block >= 16 and block % 16 == 0 and icg % block == 0 and icg > block
+    return converter_block(layer.in_per_group, block) != PER_CHANNEL
 
 
 def effective_block(layer: Layer, block: int) -> int:

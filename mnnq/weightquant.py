@@ -11,7 +11,7 @@ dequantization in ``source/core/ConvolutionCommon.cpp``):
   kh, kw]``, see :func:`mnnq.mnn_backend.inventory.ConvOp.converter_shape`).
 * A block of ``block`` input channels covers ``block * kh * kw`` consecutive values of a row;
   it applies only when ``ic_per_group % block == 0``, ``block >= 16`` and ``block % 16 == 0``,
-  else the row is one group (:func:`converter_block`).
+  else the row is one group (:func:`mnnq.layers.converter_block`).
 * Rounding is C's ``round`` (half away from zero), not numpy's half-to-even.
 * Symmetric: ``scale = absmax / (2^(b-1) - 1)``, ``q = clamp(round(w / scale), -2^(b-1),
   2^(b-1) - 1)``; the runtime rebuilds ``q * scale``.
@@ -31,6 +31,8 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+
+from mnnq.layers import converter_block
 
 F32 = np.float32
 ENCODER_ZERO_SCALE = F32(1e-6)     # IDSTEncoder: alpha <= 1e-6f is treated as zero
@@ -91,32 +93,13 @@ def clamp_bits(bits: int) -> int:
     return int(min(max(int(bits), 2), 8))
 
 
-def converter_block(weight_shape: Tuple[int, ...], block: int) -> int:
-    """Input channels per block the converter really uses for a weight of ``weight_shape``
-    (``[oc, ic_per_group, kh, kw]``, the converter view), or ``-1`` (one group per output
-    channel). Mirrors ``WeightQuantAndCoding.cpp``: ``icCount % block == 0 && block >= 16 &&
-    block % 16 == 0`` with ``icCount = kernelSize / (kh * kw)``; depthwise weights have
-    ``icCount == 1`` and never block."""
-    if block is None or block <= 0 or len(weight_shape) < 2:
+def weight_block(weight_shape: Tuple[int, ...], block: int) -> int:
+    """:func:`mnnq.layers.converter_block` for a weight of ``weight_shape`` (``[oc,
+    ic_per_group, kh, kw]``, the converter view): the input channels per block the converter
+    uses, or ``-1`` (one group per output channel)."""
+    if len(weight_shape) < 2:
         return -1
-    ic = int(weight_shape[1])
-    if ic % block == 0 and block >= 16 and block % 16 == 0:
-        return int(block)
-    return -1
-
-
-def layer_block(layer, block: int) -> int:
-    """:func:`converter_block` for a :class:`mnnq.layers.Layer`: the input channels per block
-    the converter applies to it for a requested ``block`` (``-1`` = per output channel).
-
-    Uses ``layer.weight_shape`` (the converter view) when known; otherwise depthwise layers
-    never block and other layers use ``in_channels`` as the per-group input count.
-    """
-    if layer.weight_shape:
-        return converter_block(tuple(layer.weight_shape), block)
-    if layer.kind == "depthwise":
-        return -1
-    return converter_block((layer.out_channels, layer.in_channels), block)
+    return converter_block(int(weight_shape[1]), block)
 
 
 def _as_groups(weight: np.ndarray, block: int) -> Tuple[np.ndarray, int]:
@@ -127,7 +110,7 @@ def _as_groups(weight: np.ndarray, block: int) -> Tuple[np.ndarray, int]:
         raise ValueError(f"weight must be [oc, ic_per_group, kh, kw], got shape {w.shape}")
     oc = w.shape[0]
     per_oc = w.size // max(oc, 1)
-    eff = converter_block(w.shape, block)
+    eff = weight_block(w.shape, block)
     if eff > 0:
         kxky = per_oc // w.shape[1]
         return w.reshape(-1, eff * kxky), eff

@@ -17,7 +17,7 @@ import pytest
 
 from mnnq import weightquant as wq
 from mnnq.errors import MnnqError
-from mnnq.layers import Layer
+from mnnq.layers import Layer, converter_block, effective_block
 
 ONNX_INPUT = [1, 32, 6, 6]
 OUTPUTS = ["y", "up"]
@@ -163,9 +163,29 @@ def test_layers_and_kinds(sim):
     up = next(layer for layer in sim["layers"] if layer.name == "up")
     # a deconvolution is quantized in the converter's view of its stored [ic, oc, kh, kw] array
     assert up.weight_shape == (16, 64, 3, 3)
-    assert wq.layer_block(up, 64) == 64
+    assert effective_block(up, 32) == 32 and effective_block(up, 64) == -1   # 64 = one block per row
     dw = next(layer for layer in sim["layers"] if layer.name == "dw")
-    assert wq.layer_block(dw, 16) == -1
+    assert effective_block(dw, 16) == -1
+
+
+def test_the_block_rule_is_the_converters(sim, tmp_path):
+    """One rule (mnnq.layers.converter_block) for the report, the search and the simulation,
+    pinned to the converter: a block as large as the input channels writes the very same model
+    as per channel; a smaller valid block writes another; an invalid one falls back to per channel."""
+    from mnnq.mnn_backend.converter import weight_quantize
+
+    def written(block):
+        settings = {layer.name: (8, -1) for layer in sim["layers"]}
+        settings["up"] = (8, block)
+        out = tmp_path / f"up-{block}.mnn"
+        weight_quantize(sim["float_mnn"], out, _params(sim["template"], settings, False), hqq=False,
+                        asymmetric=False)
+        return out.read_bytes()
+
+    per_channel = written(-1)
+    assert written(64) == per_channel and converter_block(64, 64) == -1
+    assert written(32) != per_channel and converter_block(64, 32) == 32
+    assert written(24) == per_channel and converter_block(64, 24) == -1   # not a multiple of 16
 
 
 @pytest.mark.parametrize("mode", ["patch", "module", "module-fast"])
@@ -244,11 +264,12 @@ def test_unknown_layer_is_refused(sim, tmp_path):
 def test_c_round_and_block_rule():
     x = np.array([0.5, -0.5, 1.5, 2.5, -2.5, 0.49999997, -3.5], np.float32)
     np.testing.assert_array_equal(wq.c_round(x), [1, -1, 2, 3, -3, 0, -4])
-    assert wq.converter_block((8, 64, 3, 3), 32) == 32
-    assert wq.converter_block((8, 48, 3, 3), 32) == -1
-    assert wq.converter_block((8, 64, 1, 1), 8) == -1      # below 16
-    assert wq.converter_block((8, 72, 1, 1), 24) == -1     # not a multiple of 16
-    assert wq.converter_block((8, 1, 3, 3), 16) == -1      # depthwise
+    assert wq.weight_block((8, 64, 3, 3), 32) == 32
+    assert wq.weight_block((8, 48, 3, 3), 32) == -1
+    assert wq.weight_block((8, 64, 1, 1), 8) == -1      # below 16
+    assert wq.weight_block((8, 72, 1, 1), 24) == -1     # not a multiple of 16
+    assert wq.weight_block((8, 1, 3, 3), 16) == -1      # depthwise
+    assert wq.weight_block((8, 64, 1, 1), 64) == -1     # one block per row: per channel
 
 
 def test_plugins_are_registered(pm):
