@@ -427,12 +427,12 @@ VALIDATE_MODEL_ROWS = [
     ("onnx-as-mnn", "onnx-as-mnn", r"mnnq: error: renamed: " + CANNOT_LOAD.format(name=r"renamed\.mnn")),
     ("length-bomb", "length-bomb", r"mnnq: error: bomb: not a readable MNN model: \S*bomb\.mnn \(MNN converter "
                                    r"crashed \(killed by SIGABRT\)"),
-    ("bad-index", "bad-index", r"mnnq: error: bad-index: the MNN runtime crashed \(SIGSEGV\).* while running "
+    ("bad-index", "bad-index", r"mnnq: error: bad-index: the MNN runtime crashed \(killed by SIGSEGV\).* while running "
                                r"\S*bad-index\.mnn"),
 ]
 for sfx, kind, expect in VALIDATE_MODEL_ROWS:
     ROWS.append(Row(f"validate/model-{sfx}", lambda c, k=kind: va(c, model=c.model(k, c.w.quant)), expect))
-ROWS.append(Row("validate/runtime-crash", lambda c: va(c), r"the MNN runtime crashed \(SIGSEGV\)", env=SEGV_RUNTIME))
+ROWS.append(Row("validate/runtime-crash", lambda c: va(c), r"the MNN runtime crashed \(killed by SIGSEGV\)", env=SEGV_RUNTIME))
 for sfx, mutate, single, expect in TESTSET_ROWS:
     ROWS.append(Row(f"validate/{sfx}", lambda c, m=mutate, s=single: va(c, test_dir=_testset_arg(c, m, s)), expect))
 ROWS += [

@@ -188,10 +188,10 @@ def test_report_may_not_overwrite_the_model(models):
 def test_a_runtime_crash_becomes_an_error(models, monkeypatch):
     import mnnq.gate.runner as runner
 
-    monkeypatch.setattr(runner, "_run_child", lambda work, timeout: "crashed (SIGSEGV)")
+    monkeypatch.setattr(runner, "_run_child", lambda work, timeout: "crashed (killed by SIGSEGV)")
     code, out = validate("--model", models["good"], "--test-dir", DIGITS_DIR / "testset", "--rate", RATE)
     assert code == 2
-    assert "crashed (SIGSEGV)" in out.out
+    assert "crashed (killed by SIGSEGV)" in out.out
 
 
 def test_github_annotations_only_under_actions(models, monkeypatch):

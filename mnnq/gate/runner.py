@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -199,7 +198,7 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
 
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
-    from mnnq.mnn_backend.native import Limits, output_tail, run_python
+    from mnnq.mnn_backend.native import Limits, exit_text, output_tail, run_python
 
     try:
         proc = run_python(["-m", "mnnq.gate.child", str(work / "request.json")], "the gate's child",
@@ -209,13 +208,8 @@ def _run_child(work: Path, timeout: Optional[float]) -> str:
     code = proc.returncode
     if code in (0, 3):
         return ""
-    if code < 0:
-        try:
-            what = f"crashed ({signal.Signals(-code).name})"
-        except ValueError:
-            what = f"crashed (signal {-code})"
-    else:
-        what = f"exited with status {code}"
+    # the same words as every other native child's failure (native.exit_text)
+    what = f"crashed ({exit_text(code)})" if code < 0 else f"exited with {exit_text(code)}"
     tail = output_tail(proc.stdout.decode("utf-8", "replace"), CHILD_TAIL_LINES)
     if tail:
         what += " after printing: " + " | ".join(tail.splitlines())
