@@ -16,14 +16,18 @@ from mnnq.layers import LayerSetting
 
 
 def template_layers(params: dict) -> List[dict]:
-    """The per-layer entries of the first QUANTIZE algo in a params dict."""
+    """The per-layer entries the converter reads from a params dict: those of the first algo
+    whose ``type`` is QUANTIZE (the protobuf default when absent) and that has ``quantParams``;
+    later algos are ignored (``writeFb.cpp``; tests/test_params_rule.py pins it)."""
     algos = params.get("algo") if isinstance(params, dict) else None
     for algo in algos if isinstance(algos, list) else []:
-        if isinstance(algo, dict) and algo.get("type") == "QUANTIZE":
-            quant = algo.get("quantParams")
-            layers = quant.get("layer") if isinstance(quant, dict) else None
-            if isinstance(layers, list):
-                return layers
+        if not isinstance(algo, dict) or algo.get("type", "QUANTIZE") != "QUANTIZE":
+            continue
+        quant = algo.get("quantParams")
+        if not isinstance(quant, dict):
+            continue
+        layers = quant.get("layer")
+        return layers if isinstance(layers, list) else []
     return []
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from mnnq.errors import BadInput
 from mnnq.layers import Layer
+from mnnq.params import template_layers
 
 # OpType enum values (MNN.fbs).
 OP_CONVOLUTION = 12
@@ -336,15 +337,6 @@ def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
-def _template_layers(template: Mapping) -> List[dict]:
-    out: List[dict] = []
-    for algo in template.get("algo", []):
-        if algo.get("type", "QUANTIZE") != "QUANTIZE":
-            continue
-        out.extend(algo.get("quantParams", {}).get("layer", []))
-    return out
-
-
 def layers_from_template(
     template: Mapping,
     swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
@@ -372,7 +364,7 @@ def layers_from_template(
         by_name = {op.name: op for op in ops}
     layers: List[Layer] = []
     seen = set()
-    for entry in _template_layers(template):
+    for entry in template_layers(template):
         name = entry.get("opName")
         if not name or name in seen:
             continue
