@@ -250,7 +250,7 @@ def test_images_smaller_than_the_input_are_upsampled(models, photos, tmp_path):
 
 
 def test_same_pixels_as_mnnq_quantize_calibration(photos):
-    inputs = pytest.importorskip("mnnq.quantize.inputs")
+    from mnnq.quantize import inputs
     from mnnq.quantize.config import QuantizeConfig
 
     cfg = make_config({"format": "RGB", "mean": [1, 2, 3], "normal": [0.5, 0.25, 2], "width": 40, "height": 30,

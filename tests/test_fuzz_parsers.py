@@ -13,7 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -209,7 +208,7 @@ quantize_docs = st.dictionaries(st.sampled_from(QUANTIZE_KEYS), json_values | st
 @FUZZ
 @given(doc=quantize_docs)
 def test_quantize_config(doc):
-    config = pytest.importorskip("mnnq.quantize.config")
+    from mnnq.quantize import config
 
     if isinstance(doc, dict):
         _expect_clean(config.parse_config, doc)
@@ -218,7 +217,7 @@ def test_quantize_config(doc):
 @FUZZ
 @given(doc=quantize_docs | st.binary(max_size=80), suffix=st.sampled_from([".json", ".yaml", ".yml", ".txt"]))
 def test_quantize_config_files(doc, suffix):
-    config = pytest.importorskip("mnnq.quantize.config")
+    from mnnq.quantize import config
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"calib{suffix}"

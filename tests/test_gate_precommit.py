@@ -14,7 +14,7 @@ import pytest
 
 from common import DIGITS_DIR
 
-pytest.importorskip("pre_commit")
+import pre_commit  # noqa: F401,E402 - the test extra installs it: a missing one must fail, not skip
 if shutil.which("git") is None:  # pragma: no cover
     pytest.skip("git is not installed", allow_module_level=True)
 
