@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from rich.console import Console
 
-from mnnq import __version__
+from mnnq.version import __version__
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, Interrupted, MnnqError, NativeFailure
 
 

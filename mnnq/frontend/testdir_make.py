@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mnnq import __version__
+from mnnq.version import __version__
 from mnnq.errors import BadInput
 from mnnq.frontend import feeds as F
 from mnnq.frontend import images as I
