@@ -30,7 +30,7 @@ from mnnq.autoquant.context import SearchContext, StopSearch, Trial
 from mnnq.autoquant.evaluators import ExactEvaluator, FastEvaluator
 from mnnq.errors import BadInput, Interrupted, MnnqError, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs.sources import resolve_model
 from mnnq.layers import LayerSetting, effective_block
 from mnnq.measure import Measurement, compare
 from mnnq.mnn_backend.converter import start_params_template

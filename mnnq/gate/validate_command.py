@@ -12,7 +12,7 @@ from rich.console import Console
 
 from mnnq.cli import add_flag, plugin_manager, positive_float
 from mnnq.fileio import check_output_path
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs.sources import resolve_model
 
 
 def add_report_flags(parser) -> None:
