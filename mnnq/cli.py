@@ -7,7 +7,6 @@ or usage (nothing written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -15,43 +14,9 @@ from typing import List, Optional
 
 from rich.console import Console
 
-from mnnq.version import __version__
+from mnnq.cli_args import add_flag, int01, plugin_manager, positive_float, report_plugin_failures
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, Interrupted, MnnqError, NativeFailure
-
-
-def add_flag(parser, *names, **kw):
-    """Add a flag under its underscore spelling (auto_quant.py's ``--quant_model``) and its
-    hyphenated one (``--quant-model``); every command uses this."""
-    spellings: List[str] = []
-    for name in names:
-        for alt in (name, "--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
-            if alt not in spellings:
-                spellings.append(alt)
-    return parser.add_argument(*spellings, **kw)
-
-
-def arg_type(convert, expected: str, valid=None, unparsed: Optional[str] = None):
-    """An argparse ``type``: ``convert(text)``, then ``valid(value)`` when given. Either failing is
-    the usage error ``expected <what>, got 'text'`` (``unparsed`` names what a text that does not
-    convert should have been, default ``expected``)."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {unparsed or expected}, got {text!r}") from None
-        if valid is not None and not valid(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    parse.__name__ = convert.__name__
-    return parse
-
-
-int01 = arg_type(int, "0 or 1", lambda v: v >= 0)
-positive_float = arg_type(float, "a positive finite number", lambda v: 0 < v < math.inf, unparsed="a number")
-positive_int = arg_type(int, "a positive integer", lambda v: v > 0)
-number = arg_type(float, "a number")
+from mnnq.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,23 +157,8 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
         for name, record in sorted(pm._collect(hook_name).items()):
             table.add_row(kind, name, pm.owner_of(hook_name, name), record.summary)
     out.print(table)
-    _report_plugin_failures(pm, err)
+    report_plugin_failures(pm, err)
     return EXIT_OK
-
-
-def plugin_manager(err: Console):
-    """A manager with the installed plugins loaded; those that failed to load (or whose hook
-    raised) are warned about on ``err``. Every command but ``plugins`` starts with this."""
-    from mnnq.plugin_manager import get_plugin_manager
-
-    pm = get_plugin_manager()
-    _report_plugin_failures(pm, err)
-    return pm
-
-
-def _report_plugin_failures(pm, err: Console) -> None:
-    for failure in pm.failures:
-        err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
 
 
 COMMANDS = {"auto-quant": cmd_auto_quant, "apply": cmd_apply, "plugins": cmd_plugins}

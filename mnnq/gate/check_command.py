@@ -19,9 +19,9 @@ from typing import Iterable, List, Optional, Sequence
 
 from rich.console import Console
 
+from mnnq.cli_args import add_flag, plugin_manager
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, BadInput, MnnqError
 from mnnq.gate.project import ModelSpec, ProjectConfig, find_config, load_config
-from mnnq.cli import add_flag, plugin_manager
 from mnnq.gate.validate_command import add_report_flags, report_paths
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mnnq.cli import add_flag, plugin_manager, positive_float
+from mnnq.cli_args import add_flag, plugin_manager, positive_float
 from mnnq.fileio import check_output_path
 from mnnq.inputs.sources import resolve_model
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mnnq.cli import arg_type, plugin_manager, positive_int
+from mnnq.cli_args import arg_type, plugin_manager, positive_int
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
 non_negative_float = arg_type(float, "a finite number >= 0", lambda v: 0 <= v < math.inf, unparsed="a number")
