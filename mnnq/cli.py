@@ -16,7 +16,8 @@ from rich.console import Console
 
 from mnnq import apply_command, plugins_command
 from mnnq.autoquant import command as auto_quant_command
-from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Interrupted, MnnqError, NativeFailure
+from mnnq.cli_args import FAILURES, report_failure
+from mnnq.errors import EXIT_BAD_INPUT
 from mnnq.frontend import convert_command, testdir_command
 from mnnq.gate import check_command, validate_command
 from mnnq.quantize import command as quantize_command
@@ -76,24 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ[DISABLE_ENV] = ",".join(n for n in (saved, args.disable_plugins) if n)
     try:
         return handler(args, out, err)
-    except Interrupted as exc:
-        print(f"mnnq: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except NativeFailure as exc:
-        _error_line(exc)
-        if exc.tail:
-            print("native output (last lines):\n" + exc.tail, file=sys.stderr)
-        return exc.exit_code
-    except MnnqError as exc:
-        _error_line(exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("mnnq: interrupted; no output was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as exc:  # the file system refused (disk full, permissions, ...): nothing was written
-        where = f" ({exc.filename})" if exc.filename else ""
-        _error_line(Exception(f"{exc.strerror or exc}{where}; nothing was written"))
-        return EXIT_BAD_INPUT
+    except FAILURES as exc:
+        return report_failure(exc)
     finally:
         if saved is None:
             os.environ.pop(DISABLE_ENV, None)
@@ -111,12 +96,6 @@ def _import_mnn_quietly() -> None:
     sys.stdout.flush()
     with quiet_native_stdout():
         import MNN  # noqa: F401
-
-
-def _error_line(exc: Exception) -> None:
-    """The one line a failure gets: never wrapped, whatever the terminal width."""
-    text = " ".join(str(exc).split())
-    print(f"mnnq: error: {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,14 +1,17 @@
-"""What the command modules share: flag spellings, argparse types, and the plugin manager with
-its load warnings. It sits below the commands (``mnnq.cli`` only assembles them), so a command
-module never imports ``mnnq.cli``.
+"""What the command modules share: flag spellings, argparse types, the plugin manager with its
+load warnings, and what a failure prints. It sits below the commands (``mnnq.cli`` only
+assembles them), so a command module never imports ``mnnq.cli``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import List, Optional
 
 from rich.console import Console
+
+from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Interrupted, MnnqError, NativeFailure
 
 
 def add_flag(parser, *names, **kw):
@@ -59,3 +62,33 @@ def plugin_manager(err: Console):
 def report_plugin_failures(pm, err: Console) -> None:
     for failure in pm.failures:
         err.print(f"warning: plugin '{failure.plugin}' skipped: {failure.error}", highlight=False, markup=False)
+
+
+# What a command may raise that is the user's to act on, not a bug: report_failure handles these.
+FAILURES = (MnnqError, KeyboardInterrupt, OSError)
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying what failed: an :class:`MnnqError`'s message, or what the file system
+    refused (an ``OSError``: disk full, permissions, ...; nothing was written)."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}; nothing was written"
+    else:
+        text = str(exc)
+    return " ".join(text.split())  # never wrapped, whatever the terminal width
+
+
+def report_failure(exc: BaseException) -> int:
+    """Print what a failed command prints on stderr (``mnnq: error: <one line>``, plus a native
+    failure's last output lines) and return its exit code. ``exc`` is one of :data:`FAILURES`."""
+    if isinstance(exc, Interrupted):
+        print(f"mnnq: {failure_text(exc)}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        print("mnnq: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"mnnq: error: {failure_text(exc)}", file=sys.stderr, flush=True)
+    if isinstance(exc, NativeFailure) and exc.tail:
+        print("native output (last lines):\n" + exc.tail, file=sys.stderr)
+    return exc.exit_code if isinstance(exc, MnnqError) else EXIT_BAD_INPUT
