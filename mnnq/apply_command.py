@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from rich.console import Console
 
@@ -37,12 +38,19 @@ def run(args, out: Console, err: Console) -> int:
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm,
                           report_json=Path(args.report_json) if args.report_json else None)
+    return print_applied(result, out, args.params, args.test_dir, args.metric, args.rate)
+
+
+def print_applied(result: dict, out: Console, params: str, test_dir: Optional[str] = None,
+                  metric: str = "max_rel", rate: Optional[float] = None) -> int:
+    """Print what was written (``result`` is :func:`mnnq.apply.apply_params`'s) and, with a test
+    dir, what it measured; return the exit code."""
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
-              f"{args.params})", highlight=False)
+              f"{params})", highlight=False)
     if result.get("errors") is not None:
         errs = ", ".join(f"{k} {v:.6f}" for k, v in result["errors"].items())
-        out.print(f"measured on {args.test_dir}: {errs}", highlight=False)
+        out.print(f"measured on {test_dir}: {errs}", highlight=False)
     if result.get("met") is False:
-        out.print(f"[red]MISSED[/red]: {args.metric} {result['errors'][args.metric]:.6f} > rate {args.rate}")
+        out.print(f"[red]MISSED[/red]: {metric} {result['errors'][metric]:.6f} > rate {rate}")
         return EXIT_MISSED
     return EXIT_OK

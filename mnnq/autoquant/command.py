@@ -7,7 +7,9 @@ input (nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator
 
 from rich.console import Console
 
@@ -40,9 +42,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return aq
 
 
-def run(args, out: Console, err: Console) -> int:
+@contextlib.contextmanager
+def trial_progress(err: Console) -> Iterator[Callable]:
+    """A transient spinner on ``err`` (when it is a terminal) naming the latest trial; yields the
+    ``on_trial(trial)`` callback for the engine."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("auto-quant: preparing", total=None)
+
+        def on_trial(trial):
+            progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
+
+        yield on_trial
+
+
+def run(args, out: Console, err: Console) -> int:
     from mnnq.api import _names
     from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant
     from mnnq.report import print_autoquant
@@ -56,13 +72,7 @@ def run(args, out: Console, err: Console) -> int:
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
         report_json=Path(args.report_json) if args.report_json else None,
     )
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("auto-quant: preparing", total=None)
-
-        def on_trial(trial):
-            progress.update(task, description=f"trial {trial.index}: {trial.note[:60]} -> {trial.error:.5f}")
-
+    with trial_progress(err) as on_trial:
         result = run_auto_quant(opts, pm, on_trial=on_trial)
     print_autoquant(result, out)  # --report-json was written with the model (all or nothing)
     return EXIT_OK if result.met else EXIT_MISSED
