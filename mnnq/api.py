@@ -221,6 +221,10 @@ def quantize(model: PathLike, out: PathLike, config: Union[PathLike, Mapping[str
         value = opts["rate"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise BadInput(f"rate: expected a finite number >= 0, got {value!r}")
+    if "eval_samples" in opts:  # as the CLI's --eval-samples (the engine would fail on it later, untyped)
+        value = opts["eval_samples"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"eval_samples: expected a positive integer, got {value!r}")
     if opts.get("report_json") is not None:
         opts["report_json"] = _path(opts["report_json"], "report_json")
     pm = _manager(options.get("plugin_manager"), options.get("disable_plugins"))

@@ -14,7 +14,7 @@ from typing import Optional
 
 from mnnq.errors import BadInput, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs.sources import resolve_model
 from mnnq.measure import compare
 from mnnq.mnn_backend.converter import params_template, weight_quantize
 from mnnq.mnn_backend.isolated import probe_runtime, run_isolated

@@ -93,6 +93,9 @@ def test_quantize_from_a_file_and_bad_configs(tiny_convnet, tmp_path):
         api.quantize(tiny_convnet.model, tmp_path / "x.mnn", {"input_type": "sequence"})
     with pytest.raises(BadInput, match="not JSON-serialisable"):
         api.quantize(tiny_convnet.model, tmp_path / "x.mnn", {"path": object()})
+    for bad in ("8", 0, 2.5, True):
+        with pytest.raises(BadInput, match=f"eval_samples: expected a positive integer, got {bad!r}"):
+            api.quantize(tiny_convnet.model, tmp_path / "x.mnn", config, eval_samples=bad)
     assert not (tmp_path / "x.mnn").exists()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mnnq.errors import BadInput
-from mnnq.frontend import sources
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs import sources
+from mnnq.inputs.sources import resolve_model
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testing import build_convnet, reference_outputs, run_cli, write_testdir
 

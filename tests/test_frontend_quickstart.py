@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnnq.frontend.images import read_bgr
+from mnnq.inputs.images import read_bgr
 from mnnq.testing import run_cli
 from mnnq.testing.models import OnnxGraph
 from test_frontend_testdir import IMAGENET

@@ -6,8 +6,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from mnnq.frontend import references
-from mnnq.frontend.images import make_config, preprocess, read_bgr
+from mnnq.inputs import references
+from mnnq.inputs.images import make_config, preprocess, read_bgr
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testing import build_convnet, build_int_input, run_cli, write_multi_testdir, write_testdir
 from mnnq.testing.models import OnnxGraph, export_and_convert

@@ -1,4 +1,5 @@
 """mnnq check: the project config, model selection, --rebuild, and one summary for every model."""
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -216,6 +217,21 @@ def test_failed_rebuild_fails_closed(models, tmp_path):
                                                  "    quantized: a.mnn\n    job: {apply: {params: missing.json}}\n"))
     code, out = check("--config", config, "--rebuild")
     assert code == 2 and "rebuild failed: params file not found" in out.out
+
+
+def test_failed_rebuild_names_the_option(models, tmp_path):
+    """The job's error comes back typed from the engines, not scraped from the CLI's stderr."""
+    config = make_project(tmp_path, models, {"a": "good"})
+    (tmp_path / "c.json").write_text(json.dumps({"path": "testset", "input_type": "sequence"}))
+    config.write_text(config.read_text().replace(
+        "    quantized: a.mnn\n", "    quantized: a.mnn\n    job: {quantize: {config: c.json, eval_sampels: 4}}\n"))
+    code, out = check("--config", config, "--rebuild", "--report-json", tmp_path / "r.json")
+    assert code == 2
+    assert "rebuild failed: quantize: unknown option 'eval_sampels' (did you mean 'eval_samples'?)" in out.out
+    assert "mnnq: error: quantize: unknown option 'eval_sampels'" in out.err  # as `mnnq quantize` prints it
+    rebuilt = json.loads((tmp_path / "r.json").read_text())["models"][0]["rebuild"]
+    assert rebuilt["exit_code"] == 2 and rebuilt["message"].startswith("quantize: unknown option 'eval_sampels'")
+    assert filecmp.cmp(models["good"], tmp_path / "a.mnn", shallow=False)  # nothing was written
 
 
 def test_rebuild_argv(tmp_path):

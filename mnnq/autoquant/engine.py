@@ -35,7 +35,7 @@ from mnnq.autoquant.result import AutoQuantResult, LayerRow
 from mnnq.autoquant.timing import Timings
 from mnnq.errors import Interrupted, PluginError
 from mnnq.fileio import OutputSet
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs.sources import resolve_model
 from mnnq.layers import effective_block
 from mnnq.measure import Measurement
 from mnnq.plugin_manager import MnnqPluginManager

@@ -14,8 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mnnq.cli_args import add_flag, number, positive_int
 from mnnq.errors import EXIT_MISSED, EXIT_OK
-from mnnq.cli import add_flag, number, positive_int
 
 
 def add_parser(subparsers):

@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mnnq import __version__
+from mnnq.version import __version__
 from mnnq.errors import BadInput
-from mnnq.frontend import feeds as F
-from mnnq.frontend import images as I
-from mnnq.frontend.references import MnnReference, check_outputs, choose, make_reference, max_rel
 from mnnq.fileio import check_writable_folder
-from mnnq.frontend.sources import file_sha256, mnn_version, resolve_model
+from mnnq.inputs import feeds as F
+from mnnq.inputs import images as I
+from mnnq.inputs.references import MnnReference, check_outputs, choose, make_reference, max_rel
+from mnnq.inputs.sources import file_sha256, mnn_version, resolve_model
 
 METADATA = "mnnq-testset.json"
 FORMAT = "mnnq-testset/1"

@@ -206,9 +206,9 @@ def _rel(root: Path, path: Path) -> str:
 
 def _check_model(result: ShowResult, model: Path) -> None:
     """Names and sizes against the model; runs the first sample through it."""
-    from mnnq.frontend.feeds import model_inputs
-    from mnnq.frontend.references import max_rel
-    from mnnq.frontend.sources import resolve_model
+    from mnnq.inputs.feeds import model_inputs
+    from mnnq.inputs.references import max_rel
+    from mnnq.inputs.sources import resolve_model
     from mnnq.mnn_backend.runtime import LoadedModel
 
     mnn_path = resolve_model(model)

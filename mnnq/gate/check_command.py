@@ -9,9 +9,6 @@ cannot be measured (or a bad config).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -19,9 +16,9 @@ from typing import Iterable, List, Optional, Sequence
 
 from rich.console import Console
 
+from mnnq.cli_args import FAILURES, add_flag, failure_text, plugin_manager, report_failure
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MISSED, EXIT_OK, BadInput, MnnqError
 from mnnq.gate.project import ModelSpec, ProjectConfig, find_config, load_config
-from mnnq.cli import add_flag, plugin_manager
 from mnnq.gate.validate_command import add_report_flags, report_paths
 
 
@@ -96,78 +93,88 @@ def _flags(options: dict) -> List[str]:
     return argv
 
 
+def _auto_quant_options(spec: ModelSpec) -> dict:
+    """An auto-quant job's flags: the model entry's budget, then the job's own options."""
+    return {"rate": spec.rate, "metric": spec.metric, "memory_mode": spec.memory_mode, **spec.job.options}
+
+
+def _quantize_options(spec: ModelSpec) -> dict:
+    """A quantize job's flags besides its config, as the job spells them."""
+    return {k: v for k, v in spec.job.options.items() if k != "config"}
+
+
 def rebuild_argv(spec: ModelSpec) -> List[str]:
-    """The ``mnnq`` command line that rewrites ``spec.quantized`` with its job."""
+    """The ``mnnq`` command line that rewrites ``spec.quantized`` with its job (what --rebuild
+    prints and records; it runs the same job through the engines)."""
     job = spec.job
     assert job is not None and spec.float_model is not None
     if job.kind == "auto-quant":
-        options = {"rate": spec.rate, "metric": spec.metric, "memory_mode": spec.memory_mode, **job.options}
         return ["auto-quant", "--model", str(spec.float_model), "--quant_model", str(spec.quantized),
-                "--test_dir", str(spec.test_dir), *_flags(options)]
+                "--test_dir", str(spec.test_dir), *_flags(_auto_quant_options(spec))]
     if job.kind == "apply":
         argv = ["apply", str(spec.float_model), str(spec.quantized), "--params", str(job.options["params"])]
         return argv + (["--hqq"] if job.options.get("hqq") else [])
-    options = {k: v for k, v in job.options.items() if k != "config"}
     return ["quantize", str(spec.float_model), str(spec.quantized), str(job.options["config"]),
-            *_flags({k.replace("_", "-"): v for k, v in options.items()})]
+            *_flags({k.replace("_", "-"): v for k, v in _quantize_options(spec).items()})]
 
 
-class _Tee(io.TextIOBase):
-    """Forwards writes to ``stream`` and keeps a copy (to quote the job's error line)."""
+def _rebuild_auto_quant(spec: ModelSpec, pm, out: Console, err: Console) -> int:
+    from mnnq.api import auto_quant
+    from mnnq.autoquant.command import trial_progress
+    from mnnq.report import print_autoquant
 
-    def __init__(self, stream):
-        self.stream = stream
-        self.parts: List[str] = []
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def text(self) -> str:
-        return "".join(self.parts)
+    options = _auto_quant_options(spec)
+    if "strategy" in options:
+        options["strategies"] = options.pop("strategy")
+    rate = options.pop("rate")
+    with trial_progress(err) as on_trial:
+        result = auto_quant(spec.float_model, spec.quantized, spec.test_dir, rate, on_trial=on_trial,
+                            plugin_manager=pm, **options)
+    print_autoquant(result.details, out)
+    return EXIT_OK if result.passed else EXIT_MISSED
 
 
-def _quoted_error(text: str) -> str:
-    """The message of the last ``mnnq: error: ...`` the CLI printed (unwrapped), if any."""
-    start = text.rfind("mnnq: error: ")
-    if start < 0:
-        return ""
-    message = text[start + len("mnnq: error: "):].split("native output (last lines):")[0]
-    return " ".join(message.split())
+def _rebuild_quantize(spec: ModelSpec, pm, out: Console, err: Console) -> int:
+    from mnnq.api import quantize
+    from mnnq.quantize.command import finish, stage_progress
+
+    options = {k.replace("-", "_"): v for k, v in _quantize_options(spec).items()}
+    with stage_progress(err) as on_progress:  # the job's options are the API's (checked there)
+        result = quantize(spec.float_model, spec.quantized, spec.job.options["config"], on_progress=on_progress,
+                          **{**options, "plugin_manager": pm})
+    report_json = options.get("report_json")
+    return finish(result.details, Path(report_json) if report_json else None, out)
 
 
-def rebuild(spec: ModelSpec, err: Console) -> dict:
-    """Run the job through mnnq's own CLI (it prints its own report); return what happened."""
-    from mnnq.cli import main as cli_main
+def _rebuild_apply(spec: ModelSpec, pm, out: Console, err: Console) -> int:
+    from mnnq.apply import apply_params
+    from mnnq.apply_command import print_applied
 
+    params = spec.job.options["params"]
+    result = apply_params(spec.float_model, spec.quantized, params, hqq=bool(spec.job.options.get("hqq")),
+                          test_dir=None, metric="max_rel", rate=None, memory_mode="normal", pm=pm)
+    return print_applied(result, out, str(params))
+
+
+REBUILDERS = {"auto-quant": _rebuild_auto_quant, "quantize": _rebuild_quantize, "apply": _rebuild_apply}
+
+
+def rebuild(spec: ModelSpec, pm, out: Console, err: Console) -> dict:
+    """Run the model's job through the engines, printing its report and any failure as its
+    command would; return what happened. Ctrl-C inside the job is re-raised."""
     argv = rebuild_argv(spec)
     started = time.monotonic()
     err.print(f"mnnq check: rebuilding {spec.name}: mnnq {' '.join(argv)}", highlight=False, markup=False)
     message = ""
-    tee = _Tee(sys.stderr)
     try:
-        with contextlib.redirect_stderr(tee):
-            code = cli_main(argv)
-    except SystemExit as exc:  # argparse rejected the job's flags
-        code = exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
-        message = f"mnnq {argv[0]} rejected the job's options"
-    except MnnqError as exc:
-        code, message = exc.exit_code, str(exc)
-    except KeyboardInterrupt:
-        raise
+        code = REBUILDERS[spec.job.kind](spec, pm, out, err)
+    except FAILURES as exc:  # BadInput, NativeFailure, PluginError, Interrupted, Ctrl-C, OSError
+        code, message = report_failure(exc), failure_text(exc)
     except Exception as exc:  # a bug in a job must not pass the gate
         err.print(traceback.format_exc(), highlight=False, markup=False)
         code, message = EXIT_BAD_INPUT, f"{exc.__class__.__name__}: {exc}"
-    if code == EXIT_INTERRUPTED:  # Ctrl-C inside the job (it cleaned up and said where it stopped)
+    if code == EXIT_INTERRUPTED:  # the job cleaned up and said where it stopped
         raise KeyboardInterrupt
-    if code not in (EXIT_OK, EXIT_MISSED) and not message:
-        message = _quoted_error(tee.text()) or f"mnnq {argv[0]} exited with status {code}"
     return {"job": spec.job.kind, "argv": ["mnnq", *argv], "exit_code": code, "message": message,
             "wall_time_s": time.monotonic() - started}
 
@@ -206,7 +213,7 @@ def run(args, out: Console, err: Console) -> int:
                                                "add job: {auto-quant: {}} (or quantize / apply)"))
                 continue
             try:
-                built = rebuild(spec, err)
+                built = rebuild(spec, pm, out, err)
             except KeyboardInterrupt:
                 err.print("mnnq: interrupted", highlight=False)
                 return EXIT_INTERRUPTED

@@ -342,7 +342,7 @@ def _job(value: Any, kp: Tuple, where: _Where, base: Path) -> Job:
         if "params" not in options:
             raise where.error(kp + ("params",), "missing; give the compression params JSON (e.g. q.mnn.json)")
         return Job(kind, {k: _option(k, v, APPLY_OPTIONS, kp, where, base) for k, v in options.items()})
-    # quantize: `config` is required; other keys are passed on as --key value flags.
+    # quantize: `config` is required; other keys are mnnq.quantize()'s options (checked there at rebuild).
     if "config" not in options:
         raise where.error(kp + ("config",), "missing; give quantized.out's JSON (or YAML) config")
     out: Dict[str, Any] = {"config": _path(options["config"], kp + ("config",), where, base)}

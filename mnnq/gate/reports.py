@@ -20,7 +20,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from mnnq import __version__
+from mnnq.version import __version__
 from mnnq.errors import EXIT_BAD_INPUT, EXIT_MISSED, EXIT_OK
 from mnnq.fileio import atomic_write_text
 from mnnq.gate.runner import GateResult

@@ -4,7 +4,7 @@ Fail closed: anything that keeps the model from being measured — a missing or 
 a test dir that is missing or malformed, an output the model lacks, a size mismatch, NaN or
 Inf in an output, a runtime crash — makes the result ``error`` (exit 2), never ``pass``.
 
-The model runs in a child process (:mod:`mnnq.gate.child`): a file that crashes the MNN
+The model runs in a child process (:mod:`mnnq.mnn_backend.child_run`): a file that crashes the MNN
 runtime becomes an ``error`` result with a clear message, and the other models and the
 reports are still produced.
 
@@ -198,15 +198,16 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
 
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
+    from mnnq.mnn_backend import child_run
     from mnnq.mnn_backend.native import Limits, exit_text, output_tail, run_python
 
     try:
-        proc = run_python(["-m", "mnnq.gate.child", str(work / "request.json")], "the gate's child",
+        proc = run_python(["-m", child_run.__name__, str(work / "request.json")], "the gate's child",
                           cwd=str(work), limits=Limits(timeout=timeout))
     except NativeFailure:  # run_child's timeout
         return f"did not finish within {timeout:g} s"
     code = proc.returncode
-    if code in (0, 3):
+    if code in (0, child_run.EXIT_REPORTED):
         return ""
     # the same words as every other native child's failure (native.exit_text)
     what = f"crashed ({exit_text(code)})" if code < 0 else f"exited with {exit_text(code)}"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mnnq.cli import add_flag, plugin_manager, positive_float
+from mnnq.cli_args import add_flag, plugin_manager, positive_float
 from mnnq.fileio import check_output_path
-from mnnq.frontend.sources import resolve_model
+from mnnq.inputs.sources import resolve_model
 
 
 def add_report_flags(parser) -> None:

@@ -4,7 +4,7 @@ The converter accepts some damaged files that the MNN runtime cannot load or eve
 and a runtime crash in-process would kill mnnq with no report. So a model a user gave is
 first used here, in a child:
 
-- :func:`run_isolated` runs it on a whole test set (``python -m mnnq.gate.child``) and returns
+- :func:`run_isolated` runs it on a whole test set (``python -m mnnq.mnn_backend.child_run``) and returns
   the outputs;
 - :func:`probe_runtime` loads it and, when its input shapes are static, runs it once on zeros
   (when there is no test set).
@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mnnq.errors import BadInput, NativeFailure
+from mnnq.mnn_backend import child_run
 from mnnq.mnn_backend.native import FAULT_CODE, Child, ChildJob, Limits, exit_text, output_tail, run_python, start_python
 
 EXIT_REPORTED = 3  # the child wrote a one-line reason
@@ -97,7 +98,7 @@ class IsolatedRun(ChildJob):
                 with open(request["testset"], "wb") as fh:
                     pickle.dump(testset, fh, protocol=pickle.HIGHEST_PROTOCOL)
             (work / "request.json").write_text(json.dumps(request))
-            return start_python(["-m", "mnnq.gate.child", str(work / "request.json")],
+            return start_python(["-m", child_run.__name__, str(work / "request.json")],
                                 f"running {model} on {test_dir}", cwd=str(work), limits=Limits(timeout=timeout))
 
         super().__init__("mnnq-isolated-", start)

@@ -236,7 +236,7 @@ def _forked_child(args: Sequence[str], cwd: Optional[str], limits: Optional[Limi
 
 
 # Imported by the server before it serves (MNN prints a CPU line on import: silenced).
-SERVER_PRELOAD = ("numpy", "_tools", "MNN.expr", "MNN.nn", "mnnq.gate.child", "mnnq.testset",
+SERVER_PRELOAD = ("numpy", "_tools", "MNN.expr", "MNN.nn", "mnnq.mnn_backend.child_run", "mnnq.testset",
                   "mnnq.mnn_backend.runtime")
 _MESSAGE = 1 << 20
 # A request (code, arguments, environment) above this goes to a fresh interpreter instead: a

@@ -7,14 +7,16 @@ Exit codes: 0 written (and within ``--rate``), 1 written but ``--rate`` missed (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 from rich.console import Console
 
-from mnnq.cli import arg_type, plugin_manager, positive_int
+from mnnq.cli_args import arg_type, plugin_manager, positive_int
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
 non_negative_float = arg_type(float, "a finite number >= 0", lambda v: 0 <= v < math.inf, unparsed="a number")
@@ -39,21 +41,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args, out: Console, err: Console) -> int:
+@contextlib.contextmanager
+def stage_progress(err: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """Transient progress bars on ``err`` (when it is a terminal), one per stage; yields the
+    ``on_progress(stage, done, total)`` callback for the engine."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mnnq.fileio import atomic_write_text
-    from mnnq.quantize.engine import EVAL_SAMPLES, QuantizeOptions, prepare, run_job
-    from mnnq.quantize.report import print_result, result_dict
-
-    pm = plugin_manager(err)
-    opts = QuantizeOptions(
-        model=Path(args.model), out=Path(args.out), config=Path(args.config), debug=args.debug,
-        rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
-        report_json=Path(args.report_json) if args.report_json else None,
-    )
-    started = time.perf_counter()
-    job = prepare(opts, pm)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
         tasks = {}
@@ -63,8 +56,32 @@ def run(args, out: Console, err: Console) -> int:
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done)
 
-        result = run_job(job, on_progress, started)
+        yield on_progress
+
+
+def finish(result, report_json: Optional[Path], out: Console) -> int:
+    """Print the report of a finished job (a ``QuantizeResult``), write it as JSON to
+    ``report_json`` when given, and return the exit code."""
+    from mnnq.fileio import atomic_write_text
+    from mnnq.quantize.report import print_result, result_dict
+
     print_result(result, out)
-    if opts.report_json:
-        atomic_write_text(opts.report_json, json.dumps(result_dict(result), indent=2) + "\n")
+    if report_json:
+        atomic_write_text(report_json, json.dumps(result_dict(result), indent=2) + "\n")
     return EXIT_OK if result.met else EXIT_MISSED
+
+
+def run(args, out: Console, err: Console) -> int:
+    from mnnq.quantize.engine import EVAL_SAMPLES, QuantizeOptions, prepare, run_job
+
+    pm = plugin_manager(err)
+    opts = QuantizeOptions(
+        model=Path(args.model), out=Path(args.out), config=Path(args.config), debug=args.debug,
+        rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
+        report_json=Path(args.report_json) if args.report_json else None,
+    )
+    started = time.perf_counter()
+    job = prepare(opts, pm)
+    with stage_progress(err) as on_progress:
+        result = run_job(job, on_progress, started)
+    return finish(result, opts.report_json, out)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mnnq.errors import BadInput
-from mnnq.frontend.images import FORMATS
+from mnnq.inputs.images import FORMATS
 INPUT_TYPES = ("image", "sequence")
 KNOWN_KEYS = (
     "path", "input_type", "format", "mean", "normal", "width", "height", "center_crop_h",

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from mnnq.errors import BadInput, NativeFailure, PluginError
 from mnnq.fileio import OutputSet, check_output_path
-from mnnq.frontend.feeds import model_inputs
+from mnnq.inputs.feeds import model_inputs
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize.config import QuantizeConfig, load_config
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate

@@ -22,9 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import BadInput
-from mnnq.frontend.feeds import ModelInput
-from mnnq.frontend.images import ImageConfig, list_images, read_bgr
-from mnnq.frontend.images import preprocess as preprocess_image
+from mnnq.inputs.feeds import ModelInput
+from mnnq.inputs.images import ImageConfig, list_images, read_bgr
+from mnnq.inputs.images import preprocess as preprocess_image
 from mnnq.quantize.config import InputSpec, QuantizeConfig
 from mnnq.testset import input_file, read_values
 
@@ -50,7 +50,7 @@ class Samples:
 # ------------------------------------------------------------------------------- images
 
 def image_config(cfg: QuantizeConfig, width: int, height: int) -> ImageConfig:
-    """The preprocessing keys of ``cfg`` as :mod:`mnnq.frontend.images` takes them."""
+    """The preprocessing keys of ``cfg`` as :mod:`mnnq.inputs.images` takes them."""
     return ImageConfig(format=cfg.format, mean=tuple(cfg.mean), normal=tuple(cfg.normal), width=width,
                        height=height, center_crop_h=cfg.center_crop_h, center_crop_w=cfg.center_crop_w)
 
@@ -58,7 +58,7 @@ def image_config(cfg: QuantizeConfig, width: int, height: int) -> ImageConfig:
 def preprocess(bgr: np.ndarray, cfg: QuantizeConfig, width: int, height: int) -> np.ndarray:
     """A decoded image (``[H, W, 3]`` BGR uint8) -> ``[1, C, height, width]`` float32, exactly as
     quantized.out makes it. One implementation serves ``mnnq quantize`` and ``mnnq testdir
-    make``: :func:`mnnq.frontend.images.preprocess` (MNN's own ImageProcess)."""
+    make``: :func:`mnnq.inputs.images.preprocess` (MNN's own ImageProcess)."""
     return preprocess_image(bgr, image_config(cfg, width, height))
 
 

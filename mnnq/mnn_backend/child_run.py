@@ -1,7 +1,8 @@
-"""The child process that runs a model for the gate: ``python -m mnnq.gate.child REQUEST.json``.
+"""The child process that runs a model on a test set: ``python -m mnnq.mnn_backend.child_run REQUEST.json``.
 
 A corrupt model file can crash the MNN runtime; running it here turns a crash into a clear
-error in the parent (:mod:`mnnq.gate.runner`) instead of a dead CI job with no report.
+error in the parent (:mod:`mnnq.mnn_backend.isolated`, the gate's :mod:`mnnq.gate.runner`)
+instead of a dead process with no report.
 
 The request names the model, the test set and the files to write:
 

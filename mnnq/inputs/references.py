@@ -51,7 +51,7 @@ class MnnReference:
 
     @staticmethod
     def version() -> str:
-        from mnnq.frontend.sources import mnn_version
+        from mnnq.inputs.sources import mnn_version
 
         return mnn_version()
 
