@@ -263,30 +263,10 @@ def _shrink(x: np.ndarray) -> np.ndarray:
 _SHRINK_ACTIVE = F32(0.15)
 
 
-def quantize_hqq(weight: np.ndarray, bits: int, block: int
-                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(q int8 [groups, elements], min float32 [groups], scale float32 [groups])`` as the
-    converter's HQQQuantizer computes and stores them (group = one converter block).
-
-    Same float32 operations as MNN's express graph: ``scale = max((max-min) * (1/qmax), 1e-7)``,
-    ``S = 1/scale``, ``Z = S * -min``; 20 times ``WQ = clamp(round(W*S + Z), 0, qmax)``,
-    ``WE = shrink(W - (WQ - Z) * (1/S))``, ``Z = mean(WQ - (W - WE) * S)`` (sequential sum / n);
-    then ``scale = 1/S``, ``min = -(Z * scale)``, ``q = clamp(round((W - min) * S - 2^(b-1)))``.
-    """
-    w2, _ = _as_groups(weight, block)
-    # work on [elements, groups]: per-group reductions along axis 0 are sequential float32
-    # sums in numpy, like MNN's ReduceMean loop
-    w = np.ascontiguousarray(w2.T)
-    b = clamp_bits(bits)
-    qmax_u = F32((1 << b) - 1)
-    mn = np.min(w, axis=0, keepdims=True)
-    mx = np.max(w, axis=0, keepdims=True)
-    thresh = F32(1.0) / qmax_u
-    scale = np.maximum((mx - mn) * thresh, HQQ_MIN_SCALE).astype(F32)
-    s_rev = (F32(1.0) / scale).astype(F32)
-    zero = (s_rev * (-mn)).astype(F32)
-    # optimise the zero point (scale fixed): HQQ's legacy proximal step, 20 times. The same
-    # float32 operations as before, written into preallocated [elements, groups] buffers.
+def _hqq_zero(w: np.ndarray, s_rev: np.ndarray, zero: np.ndarray, qmax_u: np.float32) -> np.ndarray:
+    """HQQ's legacy proximal step on the zero point ``[1, groups]`` of ``w`` ``[elements,
+    groups]`` (scale fixed, ``s_rev`` = 1/scale), HQQ_ITERS times: the same float32 operations as
+    MNN's graph, written into preallocated buffers."""
     wfs = (w * s_rev).astype(F32)
     s_inv = (F32(1.0) / s_rev).astype(F32)
     n = F32(w.shape[0])
@@ -317,13 +297,37 @@ def quantize_hqq(weight: np.ndarray, bits: int, block: int
                 t.reshape(-1)[flat] = (wq.reshape(-1)[flat]
                                        - (w.reshape(-1)[flat] - we) * s_rev[0, cols])
         zero = (np.add.reduce(t, axis=0, dtype=F32, keepdims=True) / n).astype(F32)
+    return zero
+
+
+def quantize_hqq(weight: np.ndarray, bits: int, block: int
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(q int8 [groups, elements], min float32 [groups], scale float32 [groups])`` as the
+    converter's HQQQuantizer computes and stores them (group = one converter block).
+
+    Same float32 operations as MNN's express graph: ``scale = max((max-min) * (1/qmax), 1e-7)``,
+    ``S = 1/scale``, ``Z = S * -min``; 20 times ``WQ = clamp(round(W*S + Z), 0, qmax)``,
+    ``WE = shrink(W - (WQ - Z) * (1/S))``, ``Z = mean(WQ - (W - WE) * S)`` (sequential sum / n);
+    then ``scale = 1/S``, ``min = -(Z * scale)``, ``q = clamp(round((W - min) * S - 2^(b-1)))``.
+    """
+    w2, _ = _as_groups(weight, block)
+    # work on [elements, groups]: per-group reductions along axis 0 are sequential float32
+    # sums in numpy, like MNN's ReduceMean loop
+    w = np.ascontiguousarray(w2.T)
+    b = clamp_bits(bits)
+    qmax_u = F32((1 << b) - 1)
+    mn = np.min(w, axis=0, keepdims=True)
+    mx = np.max(w, axis=0, keepdims=True)
+    thresh = F32(1.0) / qmax_u
+    scale = np.maximum((mx - mn) * thresh, HQQ_MIN_SCALE).astype(F32)
+    s_rev = (F32(1.0) / scale).astype(F32)
+    zero = (s_rev * (-mn)).astype(F32)
+    zero = _hqq_zero(w, s_rev, zero, qmax_u)
     scale = (F32(1.0) / s_rev).astype(F32)
     low = (-(zero * scale)).astype(F32)
     lo, hi = _levels(b)
-    qf = np.subtract(w, low, out=xb)                   # (w - low) * s_rev + lo
-    np.multiply(qf, s_rev, out=qf)
-    np.add(qf, F32(lo), out=qf)
-    np.rint(qf, out=wq)
+    qf = (w - low) * s_rev + F32(lo)
+    wq = np.rint(qf)
     _fix_ties(wq, np.subtract(qf, wq, out=qf))
     np.clip(wq, lo, hi, out=wq)
     q = wq.astype(np.int8)

@@ -78,6 +78,37 @@ class _NoTimings:
         yield
 
 
+def _model_file(float_mnn: Path, workdir: Path, prepare: str) -> Path:
+    """The file the swappable model uses (see ``SwappableModel.load``'s ``prepare``)."""
+    if prepare == "convert":
+        model_path = workdir / "swappable.mnn"
+        convert(float_mnn, model_path, "MNN", what="preparing the in-process model")
+        return model_path
+    if prepare == "none":
+        return float_mnn
+    raise ValueError(f"prepare must be 'convert' or 'none', not {prepare!r}")
+
+
+def _checked_op(layer: Layer, op: Optional[ConvOp], mode: str, file_name: str) -> ConvOp:
+    """``op`` when it is a conv op of the file with float weights stored inline that matches
+    ``layer``; else :class:`SwapMappingError` saying why the layer cannot be simulated."""
+    if op is None:
+        raise SwapMappingError(f"layer {layer.name} is not a conv op of the main graph of {file_name}; "
+                               "it cannot be simulated")
+    if op.weight is None or op.weight_offset < 0:
+        why = "external" if op.external else ("quantized" if op.quant is not None else "missing")
+        raise SwapMappingError(f"layer {layer.name}: its weights are {why} in {file_name}")
+    if len(op.inputs) > 1 and mode != "patch":
+        raise SwapMappingError(f"layer {layer.name} takes extra inputs; use mode='patch'")
+    if layer.out_channels and int(op.common["outputCount"]) != layer.out_channels:
+        raise SwapMappingError(f"layer {layer.name}: {op.common['outputCount']} output channels in the file, "
+                               f"{layer.out_channels} in the layer list")
+    if layer.weight_shape and tuple(layer.weight_shape) != op.converter_shape():
+        raise SwapMappingError(f"layer {layer.name}: weight shape {tuple(layer.weight_shape)} differs from the "
+                               f"file's {op.converter_shape()}")
+    return op
+
+
 class SwappableModel:
     """A float model whose conv weights can be replaced between runs.
 
@@ -144,16 +175,9 @@ class SwappableModel:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        float_mnn = Path(float_mnn)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        if prepare == "convert":
-            model_path = workdir / "swappable.mnn"
-            convert(float_mnn, model_path, "MNN", what="preparing the in-process model")
-        elif prepare == "none":
-            model_path = float_mnn
-        else:
-            raise ValueError(f"prepare must be 'convert' or 'none', not {prepare!r}")
+        model_path = _model_file(Path(float_mnn), workdir, prepare)
         if ops is not None and prepare != "none":
             raise ValueError("ops are those of the file used: pass them with prepare='none'")
         file_ops = list(ops) if ops is not None else read_conv_ops(model_path)
@@ -168,27 +192,8 @@ class SwappableModel:
         self._threads = threads
         self.input_names = list(input_names)
         self.output_names = list(output_names)
-
-        # every layer must be a conv op of the file with float weights stored inline
         for layer in layers:
-            op = by_name.get(layer.name)
-            if op is None:
-                raise SwapMappingError(
-                    f"layer {layer.name} is not a conv op of the main graph of {model_path.name}; "
-                    "it cannot be simulated")
-            if op.weight is None or op.weight_offset < 0:
-                why = "external" if op.external else ("quantized" if op.quant is not None else "missing")
-                raise SwapMappingError(f"layer {layer.name}: its weights are {why} in {model_path.name}")
-            if len(op.inputs) > 1 and mode != "patch":
-                raise SwapMappingError(f"layer {layer.name} takes extra inputs; use mode='patch'")
-            if layer.out_channels and int(op.common["outputCount"]) != layer.out_channels:
-                raise SwapMappingError(
-                    f"layer {layer.name}: {op.common['outputCount']} output channels in the file, "
-                    f"{layer.out_channels} in the layer list")
-            if layer.weight_shape and tuple(layer.weight_shape) != op.converter_shape():
-                raise SwapMappingError(
-                    f"layer {layer.name}: weight shape {tuple(layer.weight_shape)} differs from the "
-                    f"file's {op.converter_shape()}")
+            op = _checked_op(layer, by_name.get(layer.name), mode, model_path.name)
             self.ops[layer.name] = op
             w = np.array(op.weight, dtype=np.float32).reshape(op.converter_shape())
             w.setflags(write=False)
