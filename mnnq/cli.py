@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="stop searching after this many seconds and keep the best configuration so far")
     add_flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
     add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(aq, "--fp16_float_weights", type=int01, default=0,
+             help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "
+                  "as fp16 when the re-measured model still meets the rate (default 0)")
 
     ap = sub.add_parser("apply", help="write a weight-quantized model from a (hand-edited) params file")
     ap.add_argument("model", help="float .mnn model")
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
     add_flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
     add_flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(ap, "--fp16_float_weights", action="store_true",
+             help="store the weights left float as fp16 (as auto-quant --fp16-float-weights 1 did)")
 
     sub.add_parser("plugins", help="list loaded plugins by kind")
     for module in _command_modules():
@@ -147,6 +152,7 @@ def cmd_auto_quant(args, out: Console, err: Console) -> int:
         metric=args.metric, weight_method=args.weight_method, strategies=strategies,
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
         report_json=Path(args.report_json) if args.report_json else None,
+        fp16_float_weights=bool(args.fp16_float_weights),
     )
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
@@ -167,7 +173,8 @@ def cmd_apply(args, out: Console, err: Console) -> int:
     result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm,
-                          report_json=Path(args.report_json) if args.report_json else None)
+                          report_json=Path(args.report_json) if args.report_json else None,
+                          fp16_float_weights=args.fp16_float_weights)
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
               f"{args.params})", highlight=False)
     if result.get("errors") is not None:

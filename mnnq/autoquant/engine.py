@@ -38,6 +38,7 @@ from mnnq.mnn_backend.inventory import layers_from_template, read_conv_ops
 from mnnq.mnn_backend.isolated import start_isolated
 from mnnq.mnn_backend.native import probe_limits
 from mnnq.mnn_backend.swap import SwappableModel
+from mnnq.mnn_backend.weight_bytes import WeightAccount, account_weights, kept_float_reason
 from mnnq.plugin_manager import MnnqPluginManager
 from mnnq.records import SearchStrategy
 from mnnq.testset import TestSet, load_testset
@@ -65,6 +66,7 @@ class AutoQuantOptions:
     time_budget: Optional[float] = None
     jobs: int = 1
     report_json: Optional[Path] = None  # also write the report (with the model, atomically)
+    fp16_float_weights: bool = False  # store the weights left float as fp16 when that meets the rate
 
 
 @dataclass
@@ -100,6 +102,7 @@ class AutoQuantResult:
     notes: List[str] = field(default_factory=list)
     stopped_early: bool = False
     measurement: Optional[Measurement] = None
+    weights: Optional[WeightAccount] = None  # the written file's weight bytes: quantized, float and why
 
     @property
     def status(self) -> str:
@@ -366,6 +369,13 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             params, final = exact.write_and_measure(final_settings, out_model, ctx.memory_mode)
             ctx.error = final.error(metric)
 
+        if opts.fp16_float_weights:
+            from mnnq.autoquant.fp16_weights import with_fp16_float_weights
+
+            progress.stage = "storing the float weights as fp16"
+            out_model, final, note = with_fp16_float_weights(
+                out_model, final, lambda path: exact.measure_file(path, ctx.memory_mode), metric, ctx.meets)
+            notes.append(note)
         qpath = Path(opts.quant_model)
         ppath = Path(str(qpath) + ".json")
         rows = [LayerRow(l.name, l.kind, l.shape_text(), final_settings[l.name].bits,
@@ -383,6 +393,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
                 size_before=model.stat().st_size, size_after=out_model.stat().st_size, trials=ctx.trials,
                 seconds=time.monotonic() - started, notes=notes + ctx.notes, stopped_early=stopped,
                 measurement=final,
+                weights=account_weights(out_model, {r.name: kept_float_reason(r.reason) for r in rows if not r.bits}),
             )
             if opts.report_json is not None:
                 from mnnq.report import autoquant_dict
