@@ -180,6 +180,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     ``options`` (defaults as the CLI's): ``select_bits=True``, ``select_block=True``, ``hqq=True``,
     ``metric="max_rel"``, ``weight_method=None``, ``strategies=None`` (names or presets, a list or
     a comma-separated string), ``evaluator="auto"``, ``memory_mode="auto"``, ``time_budget=None``,
+    ``fp16_float_weights=False`` (store the weights MNN cannot quantize as fp16 when that meets the rate),
     and any other field of :class:`mnnq.autoquant.engine.AutoQuantOptions`; plus ``plugin_manager``
     and ``disable_plugins``. ``on_trial(trial)`` is called after every measured trial.
 

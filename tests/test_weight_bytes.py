@@ -12,6 +12,7 @@ import pytest
 import mnnq
 from mnnq.measure import compare
 from mnnq.mnn_backend import weight_bytes as wb
+from mnnq.mnn_backend.native import run_tool
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testing.builders import file_sha256, make_testset, run_cli, write_calibration_config
 from mnnq.testing.models import build_shared_matmul
@@ -144,3 +145,18 @@ def test_quantize_report_lists_the_shared_weights(tmp_path, shared):
     assert sum(q["ops"] for q in weights["quantized"]) == 2   # the two convs, INT8
     assert weights["quantized_bytes"] + weights["float_bytes"] + weights["other_bytes"] == out.stat().st_size
     assert weights["headline"] in " ".join(stdout.split())
+
+
+def test_embedding_table_and_external_weights(tmp_path, tiny_model):
+    account = wb.account_weights(tiny_model("int_input").model)
+    [table] = [f for f in account.float if f.reason == wb.EMBEDDING]
+    assert (table.kind, table.ops, table.tensors, table.bytes) == ("Gather", 1, 1, 16 * 32 * 4)
+    # Weights the converter stores outside the .mnn (--saveExternalData) are counted there, not in the file.
+    model = build_shared_matmul(tmp_path, steps=STEPS, hidden=HIDDEN)
+    out = tmp_path / "external.mnn"
+    run_tool("mnnconvert", ["mnnconvert", "-f", "ONNX", "--modelFile", str(model.with_suffix(".onnx")),
+                            "--MNNModel", str(out), "--saveExternalData"], cwd=str(tmp_path))
+    external = wb.account_weights(out)
+    assert external.external_bytes == (tmp_path / "external.mnn.weight").stat().st_size > shared_bytes(HIDDEN)
+    assert {f.kind for f in external.float if f.external} == {"MatMul/Gemm", "Convolution"}
+    assert external.quantized_bytes + external.float_bytes + external.other_bytes == out.stat().st_size

@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mnnq.errors import BadInput
 from mnnq.mnn_backend.flatbuf import FlatBuffer
+from mnnq.mnn_backend.inventory import MATMUL_SUFFIX
 
 # The converter turns a MatMul into a conv only when its constant weight feeds at most this
 # many ops (ConvertMatMulToConv2D, default --optimizePrefer 0).
@@ -60,11 +61,10 @@ CONST_TYPES = {11, 266}
 MATMUL_TYPES = {39, 106}
 GATHER_TYPES = {30, 31, 115, 152}
 MATMUL_KIND = "MatMul/Gemm"
-MATMUL_SUFFIX = "__matmul_converted"
 
 # Slots (a union takes two: type and value).
-_NET_OPLISTS, _NET_TENSOR_NAME, _NET_SUBGRAPHS = 3, 7, 10
-_SUB_NAME, _SUB_TENSORS, _SUB_NODES = 0, 3, 4
+_NET_OPLISTS, _NET_SUBGRAPHS = 3, 10
+_SUB_NODES = 4
 _OP_INPUTS, _OP_MAIN_TYPE, _OP_MAIN, _OP_NAME, _OP_OUTPUTS, _OP_TYPE = 0, 1, 2, 3, 4, 5
 _P_BLOB, _P_CONV2D = 7, 9
 _BLOB_DATATYPE, _BLOB_UINT8S, _BLOB_FLOAT32S, _BLOB_EXTERNAL = 2, 3, 7, 9
@@ -249,7 +249,7 @@ def _with_external(piece: _Piece, external: int) -> List[_Piece]:
     """``piece`` (when it has bytes in the file) and its external share as an EXTERNAL piece."""
     out = [piece] if piece.nbytes else []
     if external:
-        out.append(_Piece(piece.kind, EXTERNAL, piece.dtype, external, piece.ops, external=True))
+        out.append(_Piece(piece.kind, EXTERNAL, piece.dtype, external, piece.ops, external=True, uses=piece.uses))
     return out
 
 
