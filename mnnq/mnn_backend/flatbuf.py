@@ -7,9 +7,12 @@ is here: scalars, strings, vectors of scalars, vectors of tables or strings.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+
+from mnnq.errors import BadInput
 
 
 class FlatBuffer:
@@ -18,6 +21,14 @@ class FlatBuffer:
     def __init__(self, data: bytes):
         self.data = data
         self.mv = memoryview(data)
+
+    @classmethod
+    def read(cls, path: Path) -> "FlatBuffer":
+        """The file at ``path``; an unreadable file is :class:`BadInput` naming it."""
+        try:
+            return cls(Path(path).read_bytes())
+        except OSError as exc:
+            raise BadInput(f"cannot read model {path}: {exc}") from None
 
     def u32(self, pos: int) -> int:
         return struct.unpack_from("<I", self.data, pos)[0]

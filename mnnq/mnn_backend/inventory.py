@@ -168,11 +168,7 @@ def read_conv_ops(path: Path) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
     the main graph of ``path``, in file order (subgraphs are not read)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read model {path}: {exc}") from None
-    buf = _Buf(data)
+    buf = _Buf.read(path)
     try:
         net = buf.root()
         names = buf.strings(net, _NET_TENSOR_NAME)

@@ -442,11 +442,7 @@ def account_weights(path: Path, float_reasons: Optional[Mapping[str, str]] = Non
     ``float_reasons`` maps conv op names to the reason their weights are float (e.g. from
     :func:`kept_float_reason`); other float convs get ``float_conv_reason``."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read model {path}: {exc}") from None
-    buf = FlatBuffer(data)
+    buf = FlatBuffer.read(path)
     reasons = dict(float_reasons or {})
     try:
         net = buf.root()
@@ -457,4 +453,4 @@ def account_weights(path: Path, float_reasons: Optional[Mapping[str, str]] = Non
     except (struct.error, IndexError, ValueError) as exc:
         raise BadInput(f"{path} is not an MNN model whose weights can be read ({exc})") from None
     quantized, floats = _grouped(pieces)
-    return WeightAccount(str(path), len(data), quantized, floats)
+    return WeightAccount(str(path), len(buf.data), quantized, floats)
