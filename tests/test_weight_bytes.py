@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import mnnq
+from mnnq.gate.check_command import rebuild_argv
+from mnnq.gate.project import load_config
 from mnnq.measure import compare
 from mnnq.mnn_backend import weight_bytes as wb
 from mnnq.mnn_backend.native import run_tool
@@ -160,3 +162,15 @@ def test_embedding_table_and_external_weights(tmp_path, tiny_model):
     assert external.external_bytes == (tmp_path / "external.mnn.weight").stat().st_size > shared_bytes(HIDDEN)
     assert {f.kind for f in external.float if f.external} == {"MatMul/Gemm", "Convolution"}
     assert external.quantized_bytes + external.float_bytes + external.other_bytes == out.stat().st_size
+
+
+def test_gate_rebuild_keeps_fp16_float_weights(tmp_path):
+    """A model the gate rebuilds (`mnnq check --rebuild`) gets the flag its job names."""
+    (tmp_path / "mnnq.yaml").write_text(
+        "defaults: {rate: 0.05}\nmodels:\n"
+        "  - {name: a, float: f.mnn, quantized: a.mnn, test_dir: t, job: {auto-quant: {fp16_float_weights: 1}}}\n"
+        "  - {name: c, float: f.mnn, quantized: c.mnn, test_dir: t,"
+        " job: {apply: {params: p.json, hqq: true, fp16-float-weights: true}}}\n")
+    a, c = load_config(tmp_path / "mnnq.yaml").models
+    assert rebuild_argv(a)[-2:] == ["--fp16_float_weights", "1"]
+    assert rebuild_argv(c)[-2:] == ["--hqq", "--fp16-float-weights"]

@@ -106,7 +106,8 @@ def rebuild_argv(spec: ModelSpec) -> List[str]:
                 "--test_dir", str(spec.test_dir), *_flags(options)]
     if job.kind == "apply":
         argv = ["apply", str(spec.float_model), str(spec.quantized), "--params", str(job.options["params"])]
-        return argv + (["--hqq"] if job.options.get("hqq") else [])
+        return (argv + (["--hqq"] if job.options.get("hqq") else [])
+                + (["--fp16-float-weights"] if job.options.get("fp16_float_weights") else []))
     options = {k: v for k, v in job.options.items() if k != "config"}
     return ["quantize", str(spec.float_model), str(spec.quantized), str(job.options["config"]),
             *_flags({k.replace("_", "-"): v for k, v in options.items()})]
