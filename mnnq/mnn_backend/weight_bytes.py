@@ -432,7 +432,7 @@ def _grouped(pieces: Sequence[_Piece]) -> Tuple[List[QuantizedWeights], List[Flo
 
 def kept_float_reason(detail: str = "") -> str:
     """The reason of a layer auto-quant or quantize kept float (``detail``: why, e.g. "scale underflow")."""
-    return f"{KEPT_BY_MNNQ} ({detail or 'chosen 0 bits: the budget needed it float'})"
+    return f"{KEPT_BY_MNNQ} ({detail or 'the search chose 0 bits'})"
 
 
 def account_weights(path: Path, float_reasons: Optional[Mapping[str, str]] = None,
