@@ -75,7 +75,11 @@ class Result:
     ``error``: the budget's metric, the rate (``None`` for quantize without one) and the measured
     value. ``metrics``: every loaded metric's value (max over outputs and samples; ``None`` when
     the metric skips every output). ``layers``: the per-layer table, one dict per layer, as in the
-    ``--report-json`` document (``report``). ``details``: the engine's own result object.
+    ``--report-json`` document (``report``). ``weights`` (auto-quant, quantize): where the written
+    file's bytes are, as the report's ``weights``: quantized bytes per op kind, and the float weight
+    bytes left unquantized per op kind with the reason and their share of the file
+    (``weights["headline"]`` says the largest part in one sentence). ``details``: the engine's own
+    result object.
     """
 
     command: str
@@ -91,6 +95,7 @@ class Result:
     notes: List[str] = field(default_factory=list)
     report: Dict[str, Any] = field(default_factory=dict, repr=False)
     details: Any = field(default=None, repr=False)
+    weights: Optional[Dict[str, Any]] = field(default=None, repr=False)
 
     @property
     def params(self) -> Optional[dict]:
@@ -165,7 +170,7 @@ def _writer_result(command: str, result: Any, model_path: PathLike, report: Dict
         command=command, passed=bool(result.met), status=result.status, model_path=Path(model_path),
         params_path=Path(result.params_path), metric=result.metric, rate=result.rate,
         error=result.errors.get(result.metric), metrics=dict(result.errors), layers=report["layers"],
-        notes=list(result.notes), report=report, details=result)
+        notes=list(result.notes), report=report, details=result, weights=report.get("weights"))
 
 
 def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate: float = 0.05, *,
@@ -175,6 +180,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     ``options`` (defaults as the CLI's): ``select_bits=True``, ``select_block=True``, ``hqq=True``,
     ``metric="max_rel"``, ``weight_method=None``, ``strategies=None`` (names or presets, a list or
     a comma-separated string), ``evaluator="auto"``, ``memory_mode="auto"``, ``time_budget=None``,
+    ``fp16_float_weights=False`` (store the weights MNN cannot quantize as fp16 when that meets the rate),
     and any other field of :class:`mnnq.autoquant.engine.AutoQuantOptions`; plus ``plugin_manager``
     and ``disable_plugins``. ``on_trial(trial)`` is called after every measured trial.
 
@@ -188,7 +194,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     opts = _options("auto_quant", options, names)
     if "strategies" in opts:
         opts["strategies"] = _names(opts["strategies"], "strategies")
-    for flag in ("select_bits", "select_block", "hqq"):
+    for flag in ("select_bits", "select_block", "hqq", "fp16_float_weights"):
         if flag in opts:
             opts[flag] = bool(opts[flag])
     pm = _manager(options.get("plugin_manager"), options.get("disable_plugins"))

@@ -16,7 +16,7 @@ from mnnq.errors import BadInput, NativeFailure
 from mnnq.fileio import OutputSet, check_output_path
 from mnnq.inputs.sources import resolve_model
 from mnnq.measure import compare
-from mnnq.mnn_backend.converter import params_template, weight_quantize
+from mnnq.mnn_backend.converter import params_template, store_float_weights_fp16, weight_quantize
 from mnnq.mnn_backend.isolated import probe_runtime, run_isolated
 from mnnq.mnn_backend.native import probe_limits
 from mnnq.params import read_params_file, settings_from_params, template_layers
@@ -24,7 +24,8 @@ from mnnq.testset import load_testset
 
 
 def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir: Optional[Path], metric: str,
-                 rate: Optional[float], memory_mode: str, pm, report_json: Optional[Path] = None) -> dict:
+                 rate: Optional[float], memory_mode: str, pm, report_json: Optional[Path] = None,
+                 fp16_float_weights: bool = False) -> dict:
     if not model.exists():
         raise BadInput(f"model not found: {model}")
     if not model.is_file() or model.stat().st_size == 0:
@@ -59,10 +60,14 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
                        f"{' ...' if len(unknown) > 5 else ''}; regenerate it for {model}")
     asymmetric = hqq or any(bool(e.get("weight", [{}])[0].get("asymmetric", False)) for e in template_layers(doc))
     result = {"out": str(out), "params": str(params_path), "layers": len(settings), "hqq": hqq,
+              "fp16_float_weights": fp16_float_weights,
               "size_before_bytes": model.stat().st_size, "errors": None, "met": None}
     with tempfile.TemporaryDirectory(prefix="mnnq-apply-") as work:
         tmp = Path(work) / "out.mnn"
         weight_quantize(model, tmp, doc, hqq=hqq, asymmetric=asymmetric)
+        if fp16_float_weights:  # as auto-quant --fp16-float-weights 1 did: a second conversion
+            store_float_weights_fp16(tmp, Path(work) / "out-fp16.mnn")
+            tmp = Path(work) / "out-fp16.mnn"
         if testset is not None:
             outputs = run_isolated(tmp, testset.root, memory_mode, name=f"{out} (written from {model})", testset=testset)
             measurement = compare(testset, outputs, metrics)

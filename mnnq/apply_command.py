@@ -27,6 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_flag(ap, "--metric", default="max_rel", help="error metric plugin (default max_rel)")
     add_flag(ap, "--memory_mode", default="normal", choices=("low", "normal"), help="runtime memory mode to measure in")
     add_flag(ap, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(ap, "--fp16_float_weights", action="store_true",
+             help="store the weights left float as fp16 (as auto-quant --fp16-float-weights 1 did)")
     return ap
 
 
@@ -37,7 +39,8 @@ def run(args, out: Console, err: Console) -> int:
     result = apply_params(Path(args.model), Path(args.out), Path(args.params), hqq=args.hqq,
                           test_dir=Path(args.test_dir) if args.test_dir else None, metric=args.metric,
                           rate=args.rate, memory_mode=args.memory_mode, pm=pm,
-                          report_json=Path(args.report_json) if args.report_json else None)
+                          report_json=Path(args.report_json) if args.report_json else None,
+                          fp16_float_weights=args.fp16_float_weights)
     return print_applied(result, out, args.params, args.test_dir, args.metric, args.rate)
 
 

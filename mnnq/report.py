@@ -35,6 +35,7 @@ def autoquant_dict(result) -> dict:
         "stopped_early": result.stopped_early,
         "timing": result.timing,
         "notes": result.notes,
+        "weights": result.weights.as_dict() if result.weights is not None else None,
         "layers": [
             {"name": r.name, "kind": r.kind, "shape": r.shape, "bits": r.bits, "block": r.block, "reason": r.reason}
             for r in result.layers
@@ -46,6 +47,40 @@ def autoquant_dict(result) -> dict:
             for t in result.trials
         ],
     }
+
+
+def weights_line(account) -> str:
+    """One line: where the written file's bytes are (quantized weights, float weights, the rest)."""
+    q_ops = sum(q.ops for q in account.quantized)
+    line = (f"{account.quantized_bytes / MB:.3f} MB quantized in {q_ops} op{'s' if q_ops != 1 else ''}, "
+            f"{account.float_bytes / MB:.3f} MB float ({account.share(account.float_bytes):.1%} of the file), "
+            f"{account.other_bytes / MB:.3f} MB graph and other data")
+    if account.external_bytes:
+        line += f"; {account.external_bytes / MB:.3f} MB float outside the file"
+    return line
+
+
+def print_weights(account, console: Console, max_rows: int = 8, min_share: float = 0.01) -> None:
+    """The weights left unquantized, per op kind and reason, when they are at least ``min_share``
+    of the file; each reason that matters is spelled out once below the table."""
+    console.print(f"weights: {weights_line(account)}", highlight=False, markup=False)
+    rows = [f for f in account.float if f.external or account.share(f.bytes) >= min_share]
+    if not rows:
+        return
+    table = Table(title=f"weights left float: {account.headline()}", title_justify="left")
+    for col in ("kind", "reason", "ops", "tensors", "MB", "of file"):
+        table.add_column(col, overflow="fold")
+    for f in rows[:max_rows]:
+        table.add_row(f.kind, f.reason + ("" if f.dtype == "float32" else f" ({f.dtype})"), str(f.ops),
+                      str(f.tensors), f"{f.bytes / MB:.3f}", "outside" if f.external else f"{account.share(f.bytes):.1%}")
+    if len(rows) > max_rows:
+        table.add_row(f"... {len(rows) - max_rows} more (see --report-json)", "", "", "", "", "")
+    console.print(table)
+    seen = set()
+    for f in rows[:max_rows]:
+        if f.why and f.reason not in seen:
+            seen.add(f.reason)
+            console.print(f"  {f.kind}, {f.reason}: {f.why}", highlight=False, markup=False)
 
 
 def _fmt_err(v: Optional[float]) -> str:
@@ -84,6 +119,8 @@ def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
         summary.add_row("time", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()))
     summary.add_row("outputs", f"{result.quant_model}, {result.params_path}")
     console.print(summary)
+    if result.weights is not None:
+        print_weights(result.weights, console)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False)
     if not result.met:

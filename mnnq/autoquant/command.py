@@ -39,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           help="stop searching after this many seconds and keep the best configuration so far")
     add_flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
     add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(aq, "--fp16_float_weights", type=int01, default=0,
+             help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "
+                  "as fp16 when the re-measured model still meets the rate (default 0)")
     return aq
 
 
@@ -71,6 +74,7 @@ def run(args, out: Console, err: Console) -> int:
         metric=args.metric, weight_method=args.weight_method, strategies=strategies,
         evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
         report_json=Path(args.report_json) if args.report_json else None,
+        fp16_float_weights=bool(args.fp16_float_weights),
     )
     with trial_progress(err) as on_trial:
         result = run_auto_quant(opts, pm, on_trial=on_trial, started=COMMAND_STARTED)

@@ -38,6 +38,7 @@ from mnnq.fileio import OutputSet
 from mnnq.inputs.sources import resolve_model
 from mnnq.layers import effective_block
 from mnnq.measure import Measurement
+from mnnq.mnn_backend.weight_bytes import account_weights, kept_float_reason
 from mnnq.plugin_manager import MnnqPluginManager
 from mnnq.records import Metric, WeightMethod
 from mnnq.testset import load_testset
@@ -112,6 +113,10 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         final = work / "final.mnn"
         params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
                                        timings)
+        if opts.fp16_float_weights:
+            progress.stage = "storing the float weights as fp16"
+            with timings.phase("fp16 float weights"):
+                final, measured = _fp16_float_weights(search, prepared, final, measured)
         result = _result(opts, prepared, plugins, search, final, measured, simulated, stopped)
         result.seconds = time.monotonic() - started
         result.timing = timing_report(timings, search.trials, search_costs)
@@ -222,6 +227,19 @@ def _write_and_measure(search: Search, prepared: Prepared, out: Path, timings: T
     return params, measured
 
 
+def _fp16_float_weights(search: Search, prepared: Prepared, written: Path, measured: Measurement
+                        ) -> Tuple[Path, Measurement]:
+    """``--fp16-float-weights``: the written model with its float weights as fp16, when that is
+    smaller and still meets the budget (measured); else the model as written."""
+    from mnnq.autoquant.fp16_weights import with_fp16_float_weights
+
+    model, measured, note = with_fp16_float_weights(
+        written, measured, lambda path: prepared.exact.measure_file(path, search.memory_mode), search.metric,
+        search.meets)
+    search.note(note)
+    return model, measured
+
+
 def _result(opts: AutoQuantOptions, prepared: Prepared, plugins: Plugins, search: Search, final: Path,
             measured: Measurement, simulated: Optional[float], stopped: bool) -> AutoQuantResult:
     settings = search.guarded(search.settings)
@@ -238,7 +256,8 @@ def _result(opts: AutoQuantOptions, prepared: Prepared, plugins: Plugins, search
         evaluator="fast" if prepared.fast is not None else "exact", strategies=plugins.pipeline.names,
         layers=rows, size_before=prepared.model.stat().st_size, size_after=final.stat().st_size,
         trials=list(search.trials), seconds=0.0, notes=prepared.notes + search.notes, stopped_early=stopped,
-        measurement=measured)
+        measurement=measured,
+        weights=account_weights(final, {r.name: kept_float_reason(r.reason) for r in rows if not r.bits}))
 
 
 def _write_outputs(opts: AutoQuantOptions, final: Path, params: dict, result: AutoQuantResult) -> None:

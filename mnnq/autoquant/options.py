@@ -28,6 +28,7 @@ class AutoQuantOptions:
     time_budget: Optional[float] = None
     jobs: int = 1
     report_json: Optional[Path] = None  # also write the report (with the model, atomically)
+    fp16_float_weights: bool = False  # store the weights left float as fp16 when that meets the rate
 
     @property
     def params_path(self) -> Path:

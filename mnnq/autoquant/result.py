@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 from mnnq.contracts import Trial
 from mnnq.measure import Measurement
+from mnnq.mnn_backend.weight_bytes import WeightAccount
 
 
 @dataclass
@@ -43,7 +44,8 @@ class AutoQuantResult:
     notes: List[str] = field(default_factory=list)
     stopped_early: bool = False
     measurement: Optional[Measurement] = None
-    timing: dict = field(default_factory=dict)  # Timings.as_dict() plus the model's load/forward figures
+    timing: dict = field(default_factory=dict)  # the breakdown: phases and trial costs (engine.timing_report)
+    weights: Optional[WeightAccount] = None  # the written file's weight bytes: quantized, float and why
 
     @property
     def status(self) -> str:

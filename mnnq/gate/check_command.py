@@ -113,7 +113,8 @@ def rebuild_argv(spec: ModelSpec) -> List[str]:
                 "--test_dir", str(spec.test_dir), *_flags(_auto_quant_options(spec))]
     if job.kind == "apply":
         argv = ["apply", str(spec.float_model), str(spec.quantized), "--params", str(job.options["params"])]
-        return argv + (["--hqq"] if job.options.get("hqq") else [])
+        return (argv + (["--hqq"] if job.options.get("hqq") else [])
+                + (["--fp16-float-weights"] if job.options.get("fp16_float_weights") else []))
     return ["quantize", str(spec.float_model), str(spec.quantized), str(job.options["config"]),
             *_flags({k.replace("_", "-"): v for k, v in _quantize_options(spec).items()})]
 
@@ -152,7 +153,8 @@ def _rebuild_apply(spec: ModelSpec, pm, out: Console, err: Console) -> int:
 
     params = spec.job.options["params"]
     result = apply_params(spec.float_model, spec.quantized, params, hqq=bool(spec.job.options.get("hqq")),
-                          test_dir=None, metric="max_rel", rate=None, memory_mode="normal", pm=pm)
+                          test_dir=None, metric="max_rel", rate=None, memory_mode="normal", pm=pm,
+                          fp16_float_weights=bool(spec.job.options.get("fp16_float_weights")))
     return print_applied(result, out, str(params))
 
 

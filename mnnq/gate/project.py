@@ -48,9 +48,9 @@ JOB_KINDS = ("auto-quant", "quantize", "apply")
 AUTO_QUANT_OPTIONS = {
     "rate": "number", "metric": "str", "select_bits": "01", "select_block": "01", "hqq": "01",
     "weight_method": "str", "strategy": "strs", "evaluator": "str", "memory_mode": "str",
-    "time_budget": "number",
+    "time_budget": "number", "fp16_float_weights": "01",
 }
-APPLY_OPTIONS = {"params": "path", "hqq": "bool"}
+APPLY_OPTIONS = {"params": "path", "hqq": "bool", "fp16_float_weights": "bool"}
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,14 @@ def weight_quantize(
         raise BadInput("MNN converter rejected the compression params (it would write a float model): "
                        + run.tail(3).replace("\n", " "))
     return run
+
+
+def store_float_weights_fp16(src: Path, dst: Path) -> NativeRun:
+    """Re-write the weight-quantized ``src`` as ``dst`` with the weights it left float stored
+    as fp16 (the converter's ``--fp16``): float constants (shared MatMul/Gemm weights, Add/Mul
+    operands, embedding tables) and float conv weights; conv biases, BatchNorm / LayerNorm
+    parameters stay float32. Quantized convs are kept as they are: the converter casts a conv to
+    fp16 only when it has no quantized weights. It must be a second conversion: with ``--fp16``
+    and weight quantization in one, every conv is cast to fp16 first and none is quantized."""
+    return convert(src, dst, "MNN", ["--fp16", "--alignDenormalizedValue", "0"],
+                   what="storing the float weights as fp16")

@@ -20,6 +20,7 @@ import numpy as np
 from mnnq.errors import BadInput
 from mnnq.layers import Layer
 from mnnq.params import template_layers
+from mnnq.mnn_backend.flatbuf import FlatBuffer as _Buf
 
 # OpType enum values (MNN.fbs).
 OP_CONVOLUTION = 12
@@ -52,68 +53,6 @@ _QUAN_FIELDS = (
     ("shapeInt32", 11, "<B", 0), ("scaleStorage", 15, "<b", 0),
 )
 _QUAN_BUFFER, _QUAN_ALPHA, _QUAN_INDEX, _QUAN_ALPHA_FP16 = 0, 1, 13, 14
-
-
-class _Buf:
-    """Minimal flatbuffer table reader over a bytes object."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.mv = memoryview(data)
-
-    def u32(self, pos: int) -> int:
-        return struct.unpack_from("<I", self.data, pos)[0]
-
-    def root(self) -> int:
-        return self.u32(0)
-
-    def field_pos(self, table: int, slot: int) -> int:
-        vtable = table - struct.unpack_from("<i", self.data, table)[0]
-        vt_size = struct.unpack_from("<H", self.data, vtable)[0]
-        entry = 4 + 2 * slot
-        if entry >= vt_size:
-            return 0
-        off = struct.unpack_from("<H", self.data, vtable + entry)[0]
-        return table + off if off else 0
-
-    def scalar(self, table: int, slot: int, fmt: str, default):
-        pos = self.field_pos(table, slot)
-        return struct.unpack_from(fmt, self.data, pos)[0] if pos else default
-
-    def indirect(self, table: int, slot: int) -> int:
-        pos = self.field_pos(table, slot)
-        return pos + self.u32(pos) if pos else 0
-
-    def vector_offset(self, table: int, slot: int) -> int:
-        vec = self.indirect(table, slot)
-        return vec + 4 if vec else -1
-
-    def vector(self, table: int, slot: int, dtype) -> Optional[np.ndarray]:
-        vec = self.indirect(table, slot)
-        if not vec:
-            return None
-        n = self.u32(vec)
-        return np.frombuffer(self.data, dtype=dtype, count=n, offset=vec + 4)
-
-    def _text(self, pos: int) -> str:
-        """The string whose length prefix is at ``pos``."""
-        n = self.u32(pos)
-        return bytes(self.mv[pos + 4: pos + 4 + n]).decode("utf-8", "replace")
-
-    def string(self, table: int, slot: int) -> Optional[str]:
-        vec = self.indirect(table, slot)
-        return self._text(vec) if vec else None
-
-    def tables(self, table: int, slot: int) -> List[int]:
-        """Positions of the tables (or strings) a vector of offsets points to."""
-        vec = self.indirect(table, slot)
-        if not vec:
-            return []
-        n = self.u32(vec)
-        return [p + self.u32(p) for p in range(vec + 4, vec + 4 + 4 * n, 4)]
-
-    def strings(self, table: int, slot: int) -> List[str]:
-        return [self._text(s) for s in self.tables(table, slot)]
 
 
 @dataclass
@@ -230,11 +169,7 @@ def read_conv_ops(path: Path) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
     the main graph of ``path``, in file order (subgraphs are not read)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read model {path}: {exc}") from None
-    buf = _Buf(data)
+    buf = _Buf.read(path)
     try:
         net = buf.root()
         names = buf.strings(net, _NET_TENSOR_NAME)

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from mnnq.errors import BadInput, NativeFailure, PluginError
 from mnnq.fileio import OutputSet, check_output_path
 from mnnq.inputs.feeds import model_inputs
+from mnnq.mnn_backend.weight_bytes import WeightAccount, account_weights, kept_float_reason
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize.config import QuantizeConfig, load_config
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate
@@ -105,6 +106,7 @@ class QuantizeResult:
     debug: bool = False
     rounds: int = 0
     history: List[dict] = field(default_factory=list)   # per --rate round: layer kept float, errors
+    weights: Optional[WeightAccount] = None   # the written file's weight bytes: INT8, float and why
 
     @property
     def status(self) -> str:
@@ -255,7 +257,18 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
         met=met, size_before=Path(opts.model).stat().st_size, size_after=Path(opts.out).stat().st_size,
         seconds=time.perf_counter() - started, timings=timings, notes=notes,
         debug=bool(opts.debug or cfg.debug), rounds=rounds, history=history,
+        weights=_weight_account(Path(opts.out), layers, job.other_float),
     )
+
+
+def _weight_account(written: Path, layers: List[LayerReport], other_float: List[Tuple[str, str]]) -> WeightAccount:
+    """Where the written model's weight bytes are; a conv mnnq kept float carries its reason
+    (layers kept float for the rate share one, so they group together)."""
+    reasons = {name: why for name, why in other_float}
+    for r in layers:
+        if r.status == "float":
+            reasons[r.name] = kept_float_reason("to meet the rate" if r.reason.startswith("kept float") else r.reason)
+    return account_weights(written, reasons)
 
 
 def activation_params(observers: Dict[str, object], graph: cal.GraphInfo, clamp: int) -> Dict[str, ActParams]:

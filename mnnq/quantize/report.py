@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnnq.quantize.engine import LayerReport, QuantizeResult
+from mnnq.report import print_weights
 
 MB = 1024.0 * 1024.0
 
@@ -59,6 +60,7 @@ def result_dict(result: QuantizeResult) -> dict:
         "wall_time_s": round(result.seconds, 3),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "notes": result.notes,
+        "weights": result.weights.as_dict() if result.weights is not None else None,
         "layers": layers,
     }
     if result.debug:
@@ -119,6 +121,8 @@ def print_result(result: QuantizeResult, console: Console) -> None:
     summary.add_row("params", str(result.params_path))
     summary.add_row("wall time", f"{result.seconds:.2f} s")
     console.print(summary)
+    if result.weights is not None:
+        print_weights(result.weights, console)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if result.rate is not None:

@@ -208,6 +208,35 @@ def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     return export_and_convert(g, directory, "matmul_mlp")
 
 
+def build_shared_matmul(directory: Path, seed: int = 0, steps: int = 6, hidden: int = 64) -> Path:
+    """An unrolled recurrent cell whose Gemm weights are shared across time steps, after two convs:
+    ``x`` [1,3,1,steps] -> conv1x1 3->32 + ReLU -> conv1x1 32->32 + ReLU -> ``steps`` rows of 32 ->
+    ``h_t = tanh(Gemm(x_t, Wx, b) + Gemm(h_{t-1}, Wh))`` with ``Wx`` [hidden,32] and ``Wh``
+    [hidden,hidden] (``transB=1``) read by every step -> ``y`` = ``h_last`` [1,hidden].
+
+    ``h_0`` is zero, so the converter folds the first ``Wh`` product away: ``Wx`` feeds ``steps``
+    Gemms and ``Wh`` ``steps - 1``. With ``steps`` >= 6 both feed more than 4 ops, and MNN's
+    converter keeps them as shared float constants that weight quantization never reaches."""
+    g = OnnxGraph(seed)
+    h = g.conv_relu(g.input("x", [1, 3, 1, steps]), "conv1", 3, 32, 1)
+    h = g.conv_relu(h, "conv2", 32, 32, 1)                                             # [1,32,1,steps]
+    rows = g.node("Transpose", [g.node("Reshape", [h, g.const("seq_shape", np.array([32, steps], np.int64))],
+                                       "seq")], "rows", perm=[1, 0])                      # [steps,32]
+    wx, wh = g.const("Wx", g.he((hidden, 32), 32)), g.const("Wh", g.he((hidden, hidden), hidden) * 0.5)
+    b = g.const("b", g.bias(hidden))
+    state = g.const("h_init", np.zeros((1, hidden), np.float32))
+    axis = g.const("axis0", np.array([0], np.int64))
+    for t in range(steps):
+        start, end = g.const(f"start{t}", np.array([t], np.int64)), g.const(f"end{t}", np.array([t + 1], np.int64))
+        x_t = g.node("Slice", [rows, start, end, axis], f"x{t}")
+        total = g.node("Add", [g.node("Gemm", [x_t, wx, b], f"gx{t}", transB=1),
+                               g.node("Gemm", [state, wh], f"gh{t}", transB=1)], f"sum{t}")
+        state = g.node("Tanh", [total], f"h{t}")
+    g.node("Identity", [state], "y")
+    g.output("y", [1, hidden])
+    return export_and_convert(g, directory, "shared_matmul")
+
+
 def reference_outputs(
     mnn_path: Path, inputs: Arrays, output_names: Optional[Sequence[str]] = None
 ) -> Dict[str, np.ndarray]:
