@@ -229,7 +229,8 @@ def test_patched_files_stay_in_step_with_the_weights(sim, tmp_path):
             np.testing.assert_array_equal(out[name], expected[name])
         written = model._workdir / f"swapped_{model._generation % 2}.mnn"
         assert written.read_bytes() == bytes(model._buffer)
-        assert LoadedModel(written, ["x"], OUTPUTS).run(sim["x"])["y"].tobytes() == out["y"].tobytes()
+        # the simulation loads its files on the quick-start runtime (runtime.quick_init_runtime)
+        assert LoadedModel(written, ["x"], OUTPUTS, quick_init=True).run(sim["x"])["y"].tobytes() == out["y"].tobytes()
 
 
 def test_encoder_underflow_is_predicted_and_simulated(sim):

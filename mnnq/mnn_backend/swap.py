@@ -425,7 +425,8 @@ class SwappableModel:
             with self._timings.cost("swap"):
                 self._write_swap_file(path, which)
             with self._timings.cost("load"):
-                self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads)
+                self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads,
+                                           quick_init=True)
             self._dirty = False
         return self._loaded
 
