@@ -51,6 +51,8 @@ int01 = arg_type(int, "0 or 1", lambda v: v >= 0)
 positive_float = arg_type(float, "a positive finite number", lambda v: 0 < v < math.inf, unparsed="a number")
 positive_int = arg_type(int, "a positive integer", lambda v: v > 0)
 number = arg_type(float, "a number")
+jobs_count = arg_type(lambda text: text if text == "auto" else int(text), "a positive integer or auto",
+                      lambda v: v == "auto" or v > 0)
 
 
 def plugin_manager(err: Console):

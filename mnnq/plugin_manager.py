@@ -40,6 +40,7 @@ class MnnqPluginManager(pluggy.PluginManager):
         super().__init__(PROJECT)
         self.add_hookspecs(MnnqSpecs)
         self.failures: List[PluginFailure] = []
+        self._entry_points: set = set()  # plugin names registered from the entry-point group
         self._cache: Dict[str, Dict[str, object]] = {}
         self._owners: Dict[Tuple[str, str], str] = {}
         env = os.environ.get(DISABLE_ENV, "")
@@ -61,6 +62,7 @@ class MnnqPluginManager(pluggy.PluginManager):
                 continue
             try:
                 self.register(plugin, name=ep.name)
+                self._entry_points.add(ep.name)
             except Exception as exc:
                 self.failures.append(PluginFailure(ep.name, f"failed to register: {exc}"))
         self.check_pending()
@@ -116,6 +118,11 @@ class MnnqPluginManager(pluggy.PluginManager):
         (raises :class:`PluginError` on duplicate names)."""
         for hook_name in KINDS:
             self._collect(hook_name)
+
+    def from_entry_point(self, hook_name: str, name: str) -> bool:
+        """Whether the record ``name`` comes from an installed plugin (one that another process
+        loading the entry points also has), not from a plugin registered here by hand."""
+        return self.owner_of(hook_name, name) in self._entry_points
 
     def owner_of(self, hook_name: str, name: str) -> str:
         self._collect(hook_name)

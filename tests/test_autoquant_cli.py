@@ -148,13 +148,25 @@ def test_auto_quant_py_pipeline_stays_selectable(tmp_path, convnet):
     assert {row["bits"] for row in data["layers"]} <= {0, 4, 8}
 
 
-def test_jobs_give_the_same_model(tmp_path, convnet):
+@pytest.mark.parametrize("hqq", ["0", "1"])
+def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq):
+    """Worker processes take part of the trials (the report counts them) and change nothing:
+    same model, same params, same trial log as one process."""
     model, testset = convnet
-    for jobs in ("1", "2"):
+    reports = {}
+    for jobs in ("1", "3"):
+        report = tmp_path / f"r{jobs}.json"
         code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / f"q{jobs}.mnn"),
-                                  "--test_dir", str(testset), "--hqq", "0", "--jobs", jobs])
+                                  "--test_dir", str(testset), "--hqq", hqq, "--jobs", jobs, "--report-json", report])
         assert code == 0, out + err
-    assert (tmp_path / "q1.mnn").read_bytes() == (tmp_path / "q2.mnn").read_bytes()
+        reports[jobs] = json.loads(report.read_text())
+    assert (tmp_path / "q1.mnn").read_bytes() == (tmp_path / "q3.mnn").read_bytes()
+    assert (tmp_path / "q1.mnn.json").read_bytes() == (tmp_path / "q3.mnn.json").read_bytes()
+    log = [[(t["note"], t["error"]) for t in reports[j]["trial_log"]] for j in ("1", "3")]
+    assert log[0] == log[1]
+    assert reports["1"]["timing"]["trials"]["worker_processes"] == 0
+    assert reports["3"]["timing"]["trials"]["worker_processes"] == 2
+    assert reports["3"]["timing"]["trials"]["in_workers"] > 0
 
 
 def test_spent_time_budget_still_writes_and_measures(tmp_path, convnet, pm):

@@ -372,7 +372,8 @@ ROWS += [
         r"--report-json \S*convnet\.mnn is the input file"),
     Row("auto-quant/rate-negative", lambda c: aq(c, None, None, None, "--rate", "-1"),
         r"argument --rate.*expected a positive finite number, got '-1'"),
-    Row("auto-quant/jobs-zero", lambda c: aq(c, None, None, None, "--jobs", "0"), r"--jobs must be a positive integer"),
+    Row("auto-quant/jobs-zero", lambda c: aq(c, None, None, None, "--jobs", "0"),
+        r"argument --jobs: expected a positive integer or auto, got '0'"),
     Row("auto-quant/unknown-metric", lambda c: aq(c, None, None, None, "--metric", "psnr"), r"psnr"),
 ]
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from mnnq.cli_args import COMMAND_STARTED, add_flag, int01, plugin_manager, positive_float
+from mnnq.cli_args import COMMAND_STARTED, add_flag, int01, jobs_count, plugin_manager, positive_float
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
 
@@ -37,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           help="runtime memory mode to meet the budget in; auto = low, falling back to normal like auto_quant.py")
     add_flag(aq, "--time_budget", type=positive_float, default=None,
           help="stop searching after this many seconds and keep the best configuration so far")
-    add_flag(aq, "--jobs", type=int, default=1, help="run simulated trials in this many processes (default 1)")
+    add_flag(aq, "--jobs", type=jobs_count, default="auto",
+             help="processes for simulated trials (default auto: one per usable CPU, at most 4)")
     add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
     add_flag(aq, "--fp16_float_weights", type=int01, default=0,
              help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
 from mnnq.autoquant.context import Evaluation, Search, StopSearch, Trial, strategy_view
 from mnnq.autoquant.options import AutoQuantOptions, check_options
@@ -33,6 +33,7 @@ from mnnq.autoquant.pipeline import Pipeline, choose
 from mnnq.autoquant.prepare import Prepared, prepare
 from mnnq.autoquant.result import AutoQuantResult, LayerRow
 from mnnq.autoquant.timing import Timings
+from mnnq.autoquant.workers import TrialWorkers, WorkerSetup
 from mnnq.errors import Interrupted, PluginError
 from mnnq.fileio import OutputSet
 from mnnq.inputs.sources import resolve_model
@@ -103,10 +104,13 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         progress.stage = "reading the model"
         prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
                            opts.evaluator, work, timings)
-        with _parallel_trials(prepared, opts) as many:
-            search = new_search(prepared, plugins, opts, on_trial, timings, many)
+        with _parallel_trials(prepared, plugins, opts, pm, work) as workers:
+            search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
             progress.search = search
             stopped = run_strategies(search, plugins.pipeline, progress)
+        for note in workers.notes:
+            search.note(note)
+        timings.workers = {"processes": workers.started, "trials": workers.answered}
         search_costs = (timings.snapshot(), dict(timings.counts))
         simulated = search.measured_error if not search.exact else None
         progress.stage = "writing and re-measuring the model"
@@ -144,21 +148,30 @@ def resolve_plugins(opts: AutoQuantOptions, pm: MnnqPluginManager) -> Plugins:
 
 
 @contextlib.contextmanager
-def _parallel_trials(prepared: Prepared, opts: AutoQuantOptions) -> Iterator[Optional[Callable]]:
-    """With ``--jobs N`` and the simulation: worker processes for independent trials (their
-    ``evaluate_many``), closed when the search ends; else None."""
-    if opts.jobs <= 1 or prepared.fast is None:
-        yield None
-        return
-    from mnnq.autoquant.parallel import WorkerPool
-
+def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, pm: MnnqPluginManager,
+                     work: Path) -> Iterator[TrialWorkers]:
+    """With more than one job and the simulation: worker processes sharing independent trials
+    with this process (``.many`` is their Evaluation.many), stopped when the search ends; else
+    a pool with none started. Workers load plugins by entry point: a weight method or metric
+    registered only in this process keeps every trial here."""
+    jobs = opts.job_count
     fast = prepared.fast
-    pool = WorkerPool(opts.jobs, prepared.rewritten, prepared.layers, Path(opts.test_dir), fast.method.name,
-                      list(fast.metrics), prepared.exact.workdir)
+    if jobs <= 1 or fast is None:
+        yield TrialWorkers(lambda *a: None)  # type: ignore[arg-type]
+        return
+    local = [name for name in (plugins.method.name,) if not pm.from_entry_point("mnnq_weight_methods", name)]
+    local += [name for name in plugins.metrics if not pm.from_entry_point("mnnq_metrics", name)]
+    if local:
+        yield TrialWorkers(fast.measure, notes=[f"--jobs: every trial ran in this process ({', '.join(local)} "
+                                                "is not an installed plugin)"])
+        return
+    setup = WorkerSetup(prepared.rewritten, prepared.layers, prepared.testset, plugins.method.name,
+                        list(fast.metrics), work)
+    workers = TrialWorkers.start(jobs - 1, setup, work, fast.measure)
     try:
-        yield pool.evaluate_many
+        yield workers
     finally:
-        pool.close()
+        workers.close()
 
 
 def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
@@ -279,7 +292,9 @@ def timing_report(timings: Timings, trials, search_costs: Tuple[Mapping[str, flo
     costs, counts = search_costs
     fast = [t for t in trials if t.evaluator == "fast"]
     report["trials"] = {"total": len(trials), "fast": len(fast), "exact": len(trials) - len(fast),
-                        "fast_seconds": round(sum(t.seconds for t in fast), 6)}
+                        "fast_seconds": round(sum(t.seconds for t in fast), 6),
+                        "worker_processes": timings.workers.get("processes", 0),
+                        "in_workers": timings.workers.get("trials", 0)}
     if fast:
         n = len(fast)
         report["per_fast_trial_s"] = {

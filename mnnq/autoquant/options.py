@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from mnnq.errors import BadInput
 from mnnq.fileio import check_output_path
@@ -26,7 +26,7 @@ class AutoQuantOptions:
     evaluator: str = "auto"  # auto | fast | exact
     memory_mode: str = "auto"  # auto (low, then normal) | low | normal
     time_budget: Optional[float] = None
-    jobs: int = 1
+    jobs: Union[int, str] = "auto"  # processes for simulated trials; auto = one per usable CPU (<= 4)
     report_json: Optional[Path] = None  # also write the report (with the model, atomically)
     fp16_float_weights: bool = False  # store the weights left float as fp16 when that meets the rate
 
@@ -38,6 +38,14 @@ class AutoQuantOptions:
     def switched_off(self) -> List[str]:
         """The auto_quant.py switches turned off (strategies name them in ``disabled_by``)."""
         return [name for name in ("select_bits", "select_block") if not getattr(self, name)]
+
+    @property
+    def job_count(self) -> int:
+        if self.jobs == "auto":
+            from mnnq.autoquant.workers import auto_jobs
+
+            return auto_jobs()
+        return int(self.jobs)
 
     @property
     def memory_modes(self) -> tuple:
@@ -53,8 +61,8 @@ def check_options(opts: AutoQuantOptions) -> None:
         raise BadInput(f"--rate must be a positive number, got {opts.rate!r}")
     if opts.memory_mode not in ("auto", "low", "normal"):
         raise BadInput(f"--memory-mode must be auto, low or normal, got {opts.memory_mode!r}")
-    if not isinstance(opts.jobs, int) or opts.jobs < 1:
-        raise BadInput(f"--jobs must be a positive integer, got {opts.jobs!r}")
+    if opts.jobs != "auto" and (isinstance(opts.jobs, bool) or not isinstance(opts.jobs, int) or opts.jobs < 1):
+        raise BadInput(f"--jobs must be a positive integer or auto, got {opts.jobs!r}")
     if opts.evaluator not in ("auto", "fast", "exact"):
         raise BadInput(f"--evaluator must be auto, fast or exact, got {opts.evaluator!r}")
     model = Path(opts.model)

@@ -24,6 +24,7 @@ class Timings:
         self.counts: Dict[str, int] = {k: 0 for k in COSTS}
         self._stack: List[List[float]] = []  # [start, time charged to inner phases]
         self._cost_stack: List[List[float]] = []
+        self.workers: Dict[str, int] = {}  # --jobs: worker processes started, trials they measured
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -422,6 +422,10 @@ class Child:
         self._pid, self._popen, self._server = pid, popen, server
         self._result: Optional[subprocess.CompletedProcess] = None
 
+    @property
+    def pid(self) -> Optional[int]:
+        return self._popen.pid if self._popen is not None else self._pid
+
     def _read_output(self) -> bytes:
         self._output.seek(0)
         data = self._output.read()
