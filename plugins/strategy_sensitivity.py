@@ -2,9 +2,11 @@
 buys the most bytes.
 
 1. Screening: every candidate layer is quantized alone (all others float) at a probe setting
-   on the first few samples; its error at every other setting (bits 8..2, per channel and
+   on a few informative samples; its error at every other setting (bits 8..2, per channel and
    the block sizes the converter would apply) is predicted from the weights' quantization
-   noise, which scales the output error (error^2 is proportional to it for small noise).
+   noise, which scales the output error (error^2 is proportional to it for small noise). The
+   smallest layers, together holding at most SMALL_SHARE (1.5 %) of the weights, are screened as one
+   group at 8 bits (one trial instead of one each; they stay at 8 bits or float).
 2. Allocation: per layer, the settings form a chain from float to the smallest file along the
    lower convex hull of (bytes, error^2); all layers' steps are merged cheapest first (error^2
    added per byte saved), the greedy answer to this knapsack.
@@ -24,6 +26,9 @@ BITS = (8, 6, 5, 4, 3, 2)
 BLOCKS = (PER_CHANNEL, 128, 64, 32)
 PROBE = LayerSetting(4, PER_CHANNEL)  # loud enough to measure, still a realistic setting
 REFINE_TRIALS = 16
+# the smallest layers holding at most this share of the weights are one unit, screened at 8 bits
+SMALL_SHARE = 0.015
+SMALL_MIN_LAYERS = 3
 # a bit width whose per-channel error is predicted this far over the budget ends the layer's list
 HOPELESS = 3.0
 
@@ -37,9 +42,31 @@ class Option:
 
 @dataclass(frozen=True)
 class Step:
-    layer: str
+    layer: str  # a layer, or a group of small layers (see Screen.members)
     option: Option
     cost: float  # error^2 added per byte saved
+
+
+@dataclass
+class Screen:
+    """What screening found: ``options[unit]`` (settings within the budget, with predicted or
+    measured errors) and ``members[unit]``: the layers a unit sets (itself, or a small group)."""
+
+    options: Dict[str, List[Option]]
+    members: Dict[str, Tuple[str, ...]]
+
+
+def small_layers(ctx) -> List[str]:
+    """The smallest candidates holding together at most SMALL_SHARE of the weights (none when
+    fewer than SMALL_MIN_LAYERS): screened as one group."""
+    total = sum(ctx.layers[n].weight_count for n in ctx.candidates)
+    group, held = [], 0
+    for name in ctx.candidates:  # smallest first
+        held += ctx.layers[name].weight_count
+        if held > SMALL_SHARE * total:
+            break
+        group.append(name)
+    return group if len(group) >= SMALL_MIN_LAYERS else []
 
 
 def layer_settings(ctx, name: str, bits: int) -> List[LayerSetting]:
@@ -57,7 +84,7 @@ def layer_settings(ctx, name: str, bits: int) -> List[LayerSetting]:
     return out
 
 
-def screen(ctx) -> Dict[str, List[Option]]:
+def screen(ctx) -> Screen:
     """Each candidate's error when quantized alone, per setting.
 
     When the host knows the weights, one probe per layer (PROBE, measured with all other
@@ -66,28 +93,52 @@ def screen(ctx) -> Dict[str, List[Option]]:
     Otherwise every setting is measured, bit width by bit width, until the layer misses.
     """
     base = {n: LayerSetting(FLOAT_BITS, PER_CHANNEL) for n in ctx.layers}
-    bit_widths = BITS if ctx.allow_low_bits else (8,)
     probe = PROBE if ctx.allow_low_bits else LayerSetting(8, PER_CHANNEL)
-    options: Dict[str, List[Option]] = {n: [] for n in ctx.candidates}
     predictable = [n for n in ctx.candidates if ctx.weight_noise(n, probe)]
-    if predictable:
-        trials = [({**base, n: probe}, f"probe {n}: {probe.bits} bits per channel") for n in predictable]
-        for name, error in zip(predictable, ctx.measure_many(trials, quick=True)):
-            gain = error ** 2 / ctx.weight_noise(name, probe)
-            for bits in bit_widths:
-                settings = layer_settings(ctx, name, bits)
-                if not settings:
-                    continue
-                # per channel first: when even that is far over the budget, so are fewer bits
-                per_channel = math.sqrt(gain * (ctx.weight_noise(name, settings[0]) or 0.0))
-                if per_channel > HOPELESS * ctx.target:
-                    break
-                for setting in settings:
-                    predicted = math.sqrt(gain * (ctx.weight_noise(name, setting) or 0.0))
-                    if predicted <= ctx.target:
-                        options[name].append(Option(setting, ctx.layer_bytes(name, setting), predicted))
-    active = [n for n in ctx.candidates if n not in predictable]
-    for bits in bit_widths:
+    small = [n for n in small_layers(ctx) if n in predictable]
+    probed = [n for n in predictable if n not in small]
+    found = Screen({n: [] for n in ctx.candidates if n not in small}, {n: (n,) for n in ctx.candidates})
+    trials = [({**base, n: probe}, f"probe {n}: {probe.bits} bits per channel") for n in probed]
+    eight = LayerSetting(8, PER_CHANNEL)
+    if small:
+        trials.append(({**base, **{n: eight for n in small}}, f"probe the {len(small)} smallest layers: 8 bits"))
+    errors = ctx.measure_many(trials, quick=True)
+    for name, error in zip(probed, errors):
+        found.options[name] = predicted_options(ctx, name, error ** 2 / ctx.weight_noise(name, probe))
+    if small:
+        unit = f"{len(small)} smallest layers"
+        for name in small:
+            del found.members[name]
+        found.members[unit] = tuple(small)
+        nbytes = sum(ctx.layer_bytes(n, eight) for n in small)
+        found.options[unit] = [Option(eight, nbytes, errors[-1])] if ctx.meets(errors[-1]) else []
+    measure_settings(ctx, [n for n in ctx.candidates if n not in predictable], base, found.options)
+    return found
+
+
+def predicted_options(ctx, name: str, gain: float) -> List[Option]:
+    """The layer's settings whose error predicted from ``gain`` (error^2 per unit of weight
+    noise) is within the budget."""
+    options = []
+    for bits in BITS if ctx.allow_low_bits else (8,):
+        settings = layer_settings(ctx, name, bits)
+        if not settings:
+            continue
+        # per channel first: when even that is far over the budget, so are fewer bits
+        per_channel = math.sqrt(gain * (ctx.weight_noise(name, settings[0]) or 0.0))
+        if per_channel > HOPELESS * ctx.target:
+            break
+        for setting in settings:
+            predicted = math.sqrt(gain * (ctx.weight_noise(name, setting) or 0.0))
+            if predicted <= ctx.target:
+                options.append(Option(setting, ctx.layer_bytes(name, setting), predicted))
+    return options
+
+
+def measure_settings(ctx, active: List[str], base: Dict[str, LayerSetting], options: Dict[str, List[Option]]) -> None:
+    """Without weights to predict from: measure every setting of ``active`` layers, bit width
+    by bit width, until a layer misses."""
+    for bits in BITS if ctx.allow_low_bits else (8,):
         batch: List[Tuple[str, LayerSetting]] = [(n, s) for n in active for s in layer_settings(ctx, n, bits)]
         if not batch:
             break
@@ -99,7 +150,6 @@ def screen(ctx) -> Dict[str, List[Option]]:
                 options[name].append(Option(setting, ctx.layer_bytes(name, setting), error))
                 fits.add(name)
         active = [n for n in active if n in fits]
-    return options
 
 
 def hull_steps(name: str, start: Option, options: List[Option]) -> List[Step]:
@@ -117,11 +167,12 @@ def hull_steps(name: str, start: Option, options: List[Option]) -> List[Step]:
     return steps
 
 
-def plan(ctx, options: Dict[str, List[Option]]) -> List[Step]:
-    order = {n: i for i, n in enumerate(ctx.candidates)}
+def plan(ctx, found: Screen) -> List[Step]:
+    order = {unit: min(ctx.candidates.index(n) for n in members) for unit, members in found.members.items()}
     steps: List[Step] = []
-    for name, opts in options.items():
-        start = Option(LayerSetting(FLOAT_BITS, PER_CHANNEL), ctx.layer_bytes(name, LayerSetting(FLOAT_BITS)), 0.0)
+    for name, opts in found.options.items():
+        float_bytes = sum(ctx.layer_bytes(n, LayerSetting(FLOAT_BITS)) for n in found.members[name])
+        start = Option(LayerSetting(FLOAT_BITS, PER_CHANNEL), float_bytes, 0.0)
         chain = hull_steps(name, start, opts)
         # keep each layer's own order even where its hull is not strictly convex
         running = -math.inf
@@ -132,11 +183,15 @@ def plan(ctx, options: Dict[str, List[Option]]) -> List[Step]:
     return steps
 
 
-def apply_steps(ctx, steps: List[Step], count: int) -> Dict[str, LayerSetting]:
-    settings = {n: LayerSetting(FLOAT_BITS, PER_CHANNEL) for n in ctx.candidates}
+def with_step(settings: Dict[str, LayerSetting], step: Step, found: Screen) -> Dict[str, LayerSetting]:
+    return {**settings, **{n: step.option.setting for n in found.members[step.layer]}}
+
+
+def apply_steps(ctx, steps: List[Step], count: int, found: Screen) -> Dict[str, LayerSetting]:
+    settings = {**ctx.settings, **{n: LayerSetting(FLOAT_BITS, PER_CHANNEL) for n in ctx.candidates}}
     for step in steps[:count]:
-        settings[step.layer] = step.option.setting
-    return {**ctx.settings, **settings}
+        settings = with_step(settings, step, found)
+    return settings
 
 
 def confirmed(ctx, settings: Dict[str, LayerSetting], note: str) -> float:
@@ -156,14 +211,15 @@ def first_guess(ctx, steps: List[Step]) -> int:
     return guess
 
 
-def longest_prefix(ctx, steps: List[Step], guess: int) -> Tuple[int, Dict[int, float]]:
+def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[int, Dict[int, float]]:
     """``(count, measured)``: the largest number of leading steps whose real error meets the
     budget, by bisection starting at ``guess``; ``measured`` maps each count tried to its error."""
     measured: Dict[int, float] = {}
 
     def error_at(count: int) -> float:
         if count not in measured:
-            measured[count] = confirmed(ctx, apply_steps(ctx, steps, count), f"plan: first {count} of {len(steps)} steps")
+            measured[count] = confirmed(ctx, apply_steps(ctx, steps, count, found),
+                                        f"plan: first {count} of {len(steps)} steps")
         return measured[count]
 
     lo, hi = 0, len(steps)  # error_at(lo) assumed within budget; find the largest count that is
@@ -183,7 +239,7 @@ def longest_prefix(ctx, steps: List[Step], guess: int) -> Tuple[int, Dict[int, f
 
 
 def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], best_error: float,
-           failed_layers: set) -> Tuple[Dict[str, LayerSetting], float]:
+           failed_layers: set, found: Screen) -> Tuple[Dict[str, LayerSetting], float]:
     """Use the budget left after the prefix: try the following steps one by one."""
     tried = 0
     for step in steps[count:]:
@@ -191,7 +247,7 @@ def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], be
             break
         if step.layer in failed_layers:
             continue
-        trial = {**best, step.layer: step.option.setting}
+        trial = with_step(best, step, found)
         if trial == best:
             continue
         tried += 1
@@ -206,22 +262,22 @@ def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], be
 
 def sensitivity(ctx) -> None:
     with ctx.stage("screening"):
-        options = screen(ctx)
+        found = screen(ctx)
     with ctx.stage("planning"):
-        steps = plan(ctx, options)
+        steps = plan(ctx, found)
         guess = first_guess(ctx, steps)
     if not steps:
         ctx.note("sensitivity: no layer can be quantized alone within the budget; all kept float")
-        everything_float = apply_steps(ctx, steps, 0)
+        everything_float = apply_steps(ctx, steps, 0, found)
         ctx.accept(everything_float, ctx.measure(everything_float, "all candidates float"))
         return
     with ctx.stage("confirmation"):
-        count, measured = longest_prefix(ctx, steps, guess)
-        best = apply_steps(ctx, steps, count)
+        count, measured = longest_prefix(ctx, steps, guess, found)
+        best = apply_steps(ctx, steps, count, found)
         best_error = measured[count] if count else ctx.measure(best, "plan: all candidates float")
     with ctx.stage("refine"):
         failed = {steps[count].layer} if count < len(steps) and count + 1 in measured else set()
-        best, best_error = refine(ctx, steps, count, best, best_error, failed)
+        best, best_error = refine(ctx, steps, count, best, best_error, failed, found)
     ctx.accept(best, best_error)
 
 

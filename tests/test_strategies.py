@@ -198,3 +198,21 @@ def test_a_strategy_sees_only_the_search_context_contract(pm):
         ctx.memory_mode = "normal"
     with pytest.raises(TypeError):
         ctx.settings["small"] = LayerSetting(4)
+
+
+def test_the_smallest_layers_are_screened_as_one_group_at_8_bits(pm):
+    """Layers holding together at most 1.5% of the weights cost one probe, not one each; they
+    stay at 8 bits (or float) while the big layers get their own settings."""
+    tiny = {f"t{i}": Layer(f"t{i}", "conv", 8, 8, (1, 1)) for i in range(5)}     # 64 weights each
+    layers = {**tiny, "big": Layer("big", "conv", 256, 256, (1, 1))}             # 65536 weights
+
+    def error(settings, mode):
+        return sum((4.0 ** (8 - s.bits)) * 1e-4 for s in settings.values() if s.bits) ** 0.5
+
+    toy = search_context(layers, error, target=0.05, exact=False,
+                         weight_noise=lambda n, s: 0.0 if s.bits == 0 else 4.0 ** (8 - s.bits))
+    strategy(pm, "sensitivity").run(toy.ctx)
+    probes = [t.note for t in toy.ctx.trials if t.note.startswith("probe")]
+    assert probes == ["probe big: 4 bits per channel", "probe the 5 smallest layers: 8 bits"]
+    assert {toy.ctx.setting(n).bits for n in tiny} <= {0, 8}
+    assert toy.ctx.setting("big").bits < 8 and toy.ctx.error <= 0.05
