@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
+from mnnq.cli_args import name_list
 from mnnq.errors import BadInput
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -125,17 +126,6 @@ def _options(job: str, given: Mapping[str, Any], allowed: Iterable[str]) -> Dict
     return {k: v for k, v in given.items() if k not in COMMON}
 
 
-def _names(value: Any, what: str) -> Optional[List[str]]:
-    """``"a,b"`` or ``["a", "b,c"]`` -> ``["a", "b", "c"]``."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    try:
-        return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
-    except TypeError:
-        raise BadInput(f"{what}: expected a name, a comma-separated string or a list of names, got {value!r}") from None
-
-
 def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BadInput(f"{what}: expected a positive finite number, got {value!r}")
@@ -151,7 +141,7 @@ def _manager(plugin_manager=None, disable_plugins: Any = None):
         if disable_plugins:
             raise BadInput("give plugin_manager or disable_plugins, not both (block plugins on your manager)")
         return plugin_manager
-    pm = MnnqPluginManager(disabled=_names(disable_plugins, "disable_plugins") or ())
+    pm = MnnqPluginManager(disabled=name_list(disable_plugins, "disable_plugins") or ())
     pm.load_entrypoints()
     pm.collect_all()  # now, so that a hook that raises is warned about too
     for failure in pm.failures:
@@ -193,7 +183,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     names = [f.name for f in dataclasses.fields(AutoQuantOptions) if f.name not in fixed]
     opts = _options("auto_quant", options, names)
     if "strategies" in opts:
-        opts["strategies"] = _names(opts["strategies"], "strategies")
+        opts["strategies"] = name_list(opts["strategies"], "strategies")
     for flag in ("select_bits", "select_block", "hqq", "fp16_float_weights"):
         if flag in opts:
             opts[flag] = bool(opts[flag])

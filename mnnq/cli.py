@@ -16,6 +16,7 @@ from rich.console import Console
 
 from mnnq import apply_command, plugins_command
 from mnnq.autoquant import command as auto_quant_command
+from mnnq.autoquant import tradeoff_command
 from mnnq.cli_args import FAILURES, report_failure
 from mnnq.errors import EXIT_BAD_INPUT
 from mnnq.frontend import convert_command, testdir_command
@@ -26,6 +27,7 @@ from mnnq.version import __version__
 # In ``mnnq --help`` order. The modules import what they run lazily: `mnnq --help` never loads MNN.
 COMMANDS = {
     "auto-quant": auto_quant_command,
+    "tradeoff": tradeoff_command,
     "apply": apply_command,
     "plugins": plugins_command,
     "quantize": quantize_command,

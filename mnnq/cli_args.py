@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from rich.console import Console
 
-from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Interrupted, MnnqError, NativeFailure
+from mnnq.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BadInput, Interrupted, MnnqError, NativeFailure
 
 # When the command line was imported: a command's start, for auto-quant's timing breakdown.
 COMMAND_STARTED = time.monotonic()
@@ -51,6 +51,18 @@ int01 = arg_type(int, "0 or 1", lambda v: v >= 0)
 positive_float = arg_type(float, "a positive finite number", lambda v: 0 < v < math.inf, unparsed="a number")
 positive_int = arg_type(int, "a positive integer", lambda v: v > 0)
 number = arg_type(float, "a number")
+
+
+def name_list(value, what: str) -> Optional[List[str]]:
+    """``"a,b"`` or ``["a", "b,c"]`` -> ``["a", "b", "c"]`` (names given to a flag or option)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    try:
+        return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    except TypeError:
+        raise BadInput(f"{what}: expected a name, a comma-separated string or a list of names, got {value!r}") from None
+
 jobs_count = arg_type(lambda text: text if text == "auto" else int(text), "a positive integer or auto",
                       lambda v: v == "auto" or v > 0)
 

@@ -127,3 +127,71 @@ def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
         console.print(f"[red]MISSED[/red]: the best-effort model was written but its {result.metric} error "
                       f"{result.errors[result.metric]:.6f} exceeds the rate {result.rate}")
 
+
+
+def tradeoff_table(data: dict) -> Table:
+    """The curve (``mnnq.autoquant.tradeoff.curve_dict``) as a table, one row per rate."""
+    table = Table(title=f"mnnq tradeoff: {data['model']}", title_justify="left")
+    for col in ("rate", "status", data["metric"], "simulated", "size MB", "size", "trials (new)", "model"):
+        table.add_column(col, overflow="fold")
+    for p in data["points"]:
+        simulated = "-" if p["simulated_error"] is None else f"{p['simulated_error']:.5f}"
+        table.add_row(f"{p['rate']:g}", p["status"], f"{p['error']:.5f}", simulated, f"{p['size_bytes'] / MB:.3f}",
+                      f"{p['size_ratio']:.2f}x", f"{p['trials']} ({p['new_trials']})", p["model"])
+    return table
+
+
+def print_tradeoff(data: dict, out: str, console: Console) -> None:
+    """The curve (``mnnq.autoquant.tradeoff.curve_dict``) written to folder ``out``."""
+    console.print(tradeoff_table(data))
+    console.print(f"float model {data['size_before_bytes'] / MB:.3f} MB; wall time {data['wall_time_s']:.1f} s; "
+                  f"written to {out} (tradeoff.json, tradeoff.svg, q-<rate>.mnn and .mnn.json; "
+                  "`mnnq apply` rebuilds a point from its params)", highlight=False)
+    for note in data["notes"]:
+        console.print(f"note: {note}", highlight=False)
+
+
+def tradeoff_svg(data: dict, width: int = 560, height: int = 360) -> str:
+    """Size of the written model against its measured error, one point per rate (SVG)."""
+    left, right, top, bottom = 70, 20, 40, 50
+    points = sorted(data["points"], key=lambda p: p["error"])
+    errors = [p["error"] for p in points] + [p["rate"] for p in points]
+    sizes = [p["size_ratio"] for p in points]
+    x_max = max(errors + [1e-12]) * 1.1
+    y_max = max(sizes + [1e-12]) * 1.1
+
+    def x(v: float) -> float:
+        return left + (width - left - right) * v / x_max
+
+    def y(v: float) -> float:
+        return height - bottom - (height - top - bottom) * v / y_max
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             'font-size="12">',
+             f'<text x="{left}" y="20" font-size="14">size against {_esc(data["metric"])}: {_esc(data["model"])}</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+             f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">'
+             f'{_esc(data["metric"])} of the written model</text>',
+             f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})"'
+             ' text-anchor="middle">size / float size</text>']
+    for i in range(5):
+        xv, yv = x_max * i / 4, y_max * i / 4
+        parts.append(f'<text x="{x(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv:.3g}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y(yv) + 4:.1f}" text-anchor="end">{yv:.2f}</text>')
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(p['error']):.1f},{y(p['size_ratio']):.1f}" for i, p in enumerate(points))
+    if path:
+        parts.append(f'<path d="{path}" fill="none" stroke="#4477aa" stroke-width="2"/>')
+    for p in points:
+        colour = "#228833" if p["met"] else "#cc3311"
+        parts.append(f'<circle cx="{x(p["error"]):.1f}" cy="{y(p["size_ratio"]):.1f}" r="4" fill="{colour}"/>')
+        parts.append(f'<line x1="{x(p["rate"]):.1f}" y1="{y(p["size_ratio"]) - 8:.1f}" x2="{x(p["rate"]):.1f}" '
+                     f'y2="{y(p["size_ratio"]) + 8:.1f}" stroke="#999" stroke-dasharray="2,2"/>')
+        parts.append(f'<text x="{x(p["error"]) + 6:.1f}" y="{y(p["size_ratio"]) - 6:.1f}">rate {p["rate"]:g}: '
+                     f'{p["size_ratio"]:.2f}x</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

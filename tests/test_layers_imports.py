@@ -37,7 +37,7 @@ LAYER_OF = {
     "mnnq.autoquant": "engines", "mnnq.quantize": "engines", "mnnq.gate": "engines", "mnnq.apply": "engines",
     "mnnq.frontend.testdir_make": "engines", "mnnq.frontend.testdir_show": "engines",
     "mnnq": "commands", "mnnq.api": "commands", "mnnq.plugin": "commands", "mnnq.apply_command": "commands", "mnnq.plugins_command": "commands",
-    "mnnq.autoquant.command": "commands", "mnnq.quantize.command": "commands", "mnnq.frontend": "commands",
+    "mnnq.autoquant.command": "commands", "mnnq.autoquant.tradeoff_command": "commands", "mnnq.quantize.command": "commands", "mnnq.frontend": "commands",
     "mnnq.gate.validate_command": "commands", "mnnq.gate.check_command": "commands",
     "mnnq.cli": "entry", "mnnq.__main__": "entry",
     "mnnq.testing": "testing",

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from mnnq.cli_args import COMMAND_STARTED, add_flag, int01, jobs_count, plugin_manager, positive_float
+from mnnq.cli_args import COMMAND_STARTED, add_flag, int01, jobs_count, name_list, plugin_manager, positive_float
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
 
@@ -24,6 +24,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_flag(aq, "--quant_model", required=True, help="quantized model to write (params go to <quant_model>.json)")
     add_flag(aq, "--test_dir", required=True, help="MNN test dir, or a folder of test dirs (multi-sample)")
     add_flag(aq, "--rate", type=positive_float, default=0.05, help="error budget (default 0.05)")
+    add_search_flags(aq)
+    add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
+    add_flag(aq, "--fp16_float_weights", type=int01, default=0,
+             help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "
+                  "as fp16 when the re-measured model still meets the rate (default 0)")
+    return aq
+
+
+def add_search_flags(aq: argparse.ArgumentParser) -> None:
+    """The flags that shape the search (auto-quant and tradeoff share them)."""
     add_flag(aq, "--select_bits", type=int01, default=1, help="try 4 bits per layer (default 1)")
     add_flag(aq, "--select_block", type=int01, default=1, help="search block sizes (default 1)")
     add_flag(aq, "--hqq", type=int01, default=1, help="use HQQ (the converter's --hqq) (default 1)")
@@ -39,11 +49,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
           help="stop searching after this many seconds and keep the best configuration so far")
     add_flag(aq, "--jobs", type=jobs_count, default="auto",
              help="processes for simulated trials (default auto: one per usable CPU, at most 4)")
-    add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
-    add_flag(aq, "--fp16_float_weights", type=int01, default=0,
-             help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "
-                  "as fp16 when the re-measured model still meets the rate (default 0)")
-    return aq
 
 
 @contextlib.contextmanager
@@ -62,21 +67,27 @@ def trial_progress(err: Console) -> Iterator[Callable]:
         yield on_trial
 
 
+def search_options(args, quant_model: Path, rate: float, **more):
+    """:class:`AutoQuantOptions` from the parsed search flags."""
+    from mnnq.autoquant.options import AutoQuantOptions
+
+    return AutoQuantOptions(
+        model=Path(args.model), quant_model=Path(quant_model), test_dir=Path(args.test_dir), rate=rate,
+        select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
+        metric=args.metric, weight_method=args.weight_method,
+        strategies=name_list(args.strategy, "--strategy") if args.strategy else None,
+        evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
+        **more)
+
+
 def run(args, out: Console, err: Console) -> int:
-    from mnnq.api import _names
-    from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant
+    from mnnq.autoquant.engine import run_auto_quant
     from mnnq.report import print_autoquant
 
     pm = plugin_manager(err)
-    strategies = _names(args.strategy, "--strategy") if args.strategy else None
-    opts = AutoQuantOptions(
-        model=Path(args.model), quant_model=Path(args.quant_model), test_dir=Path(args.test_dir), rate=args.rate,
-        select_bits=bool(args.select_bits), select_block=bool(args.select_block), hqq=bool(args.hqq),
-        metric=args.metric, weight_method=args.weight_method, strategies=strategies,
-        evaluator=args.evaluator, memory_mode=args.memory_mode, time_budget=args.time_budget, jobs=args.jobs,
-        report_json=Path(args.report_json) if args.report_json else None,
-        fp16_float_weights=bool(args.fp16_float_weights),
-    )
+    opts = search_options(args, Path(args.quant_model), args.rate,
+                          report_json=Path(args.report_json) if args.report_json else None,
+                          fp16_float_weights=bool(args.fp16_float_weights))
     with trial_progress(err) as on_trial:
         result = run_auto_quant(opts, pm, on_trial=on_trial, started=COMMAND_STARTED)
     print_autoquant(result, out)  # --report-json was written with the model (all or nothing)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Iterator, Mapping, Optional, Tuple
 
 from mnnq.autoquant.context import Evaluation, Search, StopSearch, Trial, strategy_view
 from mnnq.autoquant.options import AutoQuantOptions, check_options
@@ -58,7 +58,7 @@ class Plugins:
     pipeline: Pipeline
 
 
-class _Progress:
+class Progress:
     """Where a run is, for the one line an interrupted run prints."""
 
     def __init__(self, metric: str, rate: float):
@@ -81,7 +81,7 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
     """Search, write and re-measure; raises :class:`BadInput` / :class:`NativeFailure` with
     nothing written, :class:`Interrupted` on Ctrl-C (nothing written either). ``started``: the
     ``time.monotonic()`` of the command's start, so the report's breakdown includes start-up."""
-    progress = _Progress(opts.metric, opts.rate)
+    progress = Progress(opts.metric, opts.rate)
     timings = Timings()
     begun = time.monotonic()
     if started is not None:
@@ -93,7 +93,7 @@ def run_auto_quant(opts: AutoQuantOptions, pm: MnnqPluginManager,
 
 
 def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Trial], None],
-         progress: _Progress, timings: Timings, started: float) -> AutoQuantResult:
+         progress: Progress, timings: Timings, started: float) -> AutoQuantResult:
     check_options(opts)
     plugins = resolve_plugins(opts, pm)
     progress.metric = plugins.metric
@@ -121,7 +121,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             progress.stage = "storing the float weights as fp16"
             with timings.phase("fp16 float weights"):
                 final, measured = _fp16_float_weights(search, prepared, final, measured)
-        result = _result(opts, prepared, plugins, search, final, measured, simulated, stopped)
+        result = build_result(opts, prepared, plugins, search, final, measured, simulated, stopped)
         result.seconds = time.monotonic() - started
         result.timing = timing_report(timings, search.trials, search_costs)
         progress.stage = "writing the outputs"
@@ -174,13 +174,18 @@ def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOption
         workers.close()
 
 
-def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
-               timings: Timings, many: Optional[Callable] = None) -> Search:
+def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Evaluation:
+    """How the search measures: the in-process simulation (``many``: its workers), or
+    converting and running when the simulation is unavailable."""
     fast = prepared.fast
     if fast is None:
-        evaluation = exact_evaluation(prepared)
-    else:
-        evaluation = Evaluation("fast", False, fast.measure, fast.measure_until_miss, many)
+        return exact_evaluation(prepared)
+    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many)
+
+
+def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
+               timings: Timings, many: Optional[Callable] = None, evaluation: Optional[Evaluation] = None) -> Search:
+    evaluation = evaluation or search_evaluation(prepared, many)
     return Search(
         {l.name: l for l in prepared.layers}, prepared.settings, prepared.candidates, float(opts.rate),
         plugins.metric, evaluation, prepared.oracle, memory_modes=opts.memory_modes,
@@ -194,7 +199,7 @@ def exact_evaluation(prepared: Prepared) -> Evaluation:
     return Evaluation("exact", True, exact.measure, exact.measure_until_miss)
 
 
-def run_strategies(search: Search, pipeline: Pipeline, progress: _Progress,
+def run_strategies(search: Search, pipeline: Pipeline, progress: Progress,
                    phases: Tuple[str, ...] = ("search", "finish")) -> bool:
     """Run the pipeline's strategies of ``phases`` on ``search``; True when the time budget
     stopped them (the best configuration so far is kept)."""
@@ -212,7 +217,7 @@ def run_strategies(search: Search, pipeline: Pipeline, progress: _Progress,
 
 
 def write_final(search: Search, prepared: Prepared, pipeline: Pipeline, out: Path, stopped: bool,
-                simulated: Optional[float], progress: _Progress, timings: Timings) -> Tuple[dict, Measurement]:
+                simulated: Optional[float], progress: Progress, timings: Timings) -> Tuple[dict, Measurement]:
     """Write ``search.settings`` to ``out`` with the converter and measure the file on the whole
     test set. When the written model misses a budget the simulation met, the finish phase runs
     again on exact measurements and the model is written again."""
@@ -253,7 +258,7 @@ def _fp16_float_weights(search: Search, prepared: Prepared, written: Path, measu
     return model, measured
 
 
-def _result(opts: AutoQuantOptions, prepared: Prepared, plugins: Plugins, search: Search, final: Path,
+def build_result(opts: AutoQuantOptions, prepared: Prepared, plugins: Plugins, search: Search, final: Path,
             measured: Measurement, simulated: Optional[float], stopped: bool) -> AutoQuantResult:
     settings = search.guarded(search.settings)
     rows = []

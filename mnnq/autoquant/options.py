@@ -56,6 +56,16 @@ class AutoQuantOptions:
 def check_options(opts: AutoQuantOptions) -> None:
     """BadInput for a flag out of range, a missing model or an output path that would
     overwrite an input."""
+    check_search_flags(opts)
+    model = Path(opts.model)
+    check_output_path(Path(opts.quant_model), [model], "--quant_model")
+    check_output_path(opts.params_path, [model], "--quant_model (params file)")
+    if opts.report_json is not None:
+        check_output_path(Path(opts.report_json), [model, opts.quant_model, opts.params_path], "--report-json")
+
+
+def check_search_flags(opts: AutoQuantOptions) -> None:
+    """BadInput for a search flag out of range or a missing model."""
     rate = opts.rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
         raise BadInput(f"--rate must be a positive number, got {opts.rate!r}")
@@ -70,7 +80,3 @@ def check_options(opts: AutoQuantOptions) -> None:
         raise BadInput(f"model not found: {model} (give the float .mnn model with --model)")
     if not model.is_file() or model.stat().st_size == 0:
         raise BadInput(f"model is empty or not a file: {model}")
-    check_output_path(Path(opts.quant_model), [model], "--quant_model")
-    check_output_path(opts.params_path, [model], "--quant_model (params file)")
-    if opts.report_json is not None:
-        check_output_path(Path(opts.report_json), [model, opts.quant_model, opts.params_path], "--report-json")

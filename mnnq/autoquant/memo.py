@@ -1,0 +1,80 @@
+"""Measurements remembered by settings, so several searches over one model share their trials.
+
+``mnnq auto-quant --rates`` runs the pipeline once per rate. The screening trials (each layer
+alone at its probe setting) do not depend on the rate, and neither does any other measurement:
+an error is a property of the settings, the samples and the memory mode. :func:`remembering`
+wraps an :class:`~mnnq.autoquant.context.Evaluation` so that settings measured once are not
+run again. A run stopped at the first sample over a limit (``until_miss``) is kept as a lower
+bound: it answers a later question whose limit it also exceeds, and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from mnnq.autoquant.context import Evaluation
+from mnnq.layers import LayerSetting
+from mnnq.measure import Measurement
+
+Key = Tuple[Tuple[Tuple[str, int, int], ...], str, bool]
+
+
+def settings_key(settings: Mapping[str, LayerSetting], memory_mode: str, quick: bool) -> Key:
+    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items())), memory_mode, bool(quick)
+
+
+@dataclass
+class Memory:
+    whole: Dict[Key, Measurement] = field(default_factory=dict)
+    partial: Dict[Key, Tuple[str, Measurement]] = field(default_factory=dict)  # stopped at a miss in a metric
+    hits: int = 0
+
+
+def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
+    """``evaluation`` with measurements looked up in (and added to) ``memory``."""
+
+    def measure(settings, memory_mode, quick=False) -> Measurement:
+        key = settings_key(settings, memory_mode, quick)
+        if key not in memory.whole and quick and settings_key(settings, memory_mode, False) in memory.whole:
+            key = settings_key(settings, memory_mode, False)  # the whole test set answers a quick question
+        if key in memory.whole:
+            memory.hits += 1
+            return memory.whole[key]
+        result = memory.whole[key] = evaluation.measure(settings, memory_mode, quick)
+        return result
+
+    def until_miss(settings, memory_mode, metric, limit) -> Tuple[Measurement, bool]:
+        key = settings_key(settings, memory_mode, False)
+        if key in memory.whole:
+            memory.hits += 1
+            return memory.whole[key], True
+        stopped = memory.partial.get(key)
+        if stopped is not None and stopped[0] == metric and stopped[1].error(metric) > limit:
+            memory.hits += 1
+            return stopped[1], False
+        result, complete = evaluation.until_miss(settings, memory_mode, metric, limit)
+        if complete:
+            memory.whole[key] = result
+        else:
+            memory.partial[key] = (metric, result)
+        return result, complete
+
+    def many(batch, memory_mode, quick) -> List[Measurement]:
+        results: List[Optional[Measurement]] = [None] * len(batch)
+        todo = []
+        for i, settings in enumerate(batch):
+            key = settings_key(settings, memory_mode, quick)
+            if key in memory.whole:
+                memory.hits += 1
+                results[i] = memory.whole[key]
+            else:
+                todo.append(i)
+        if todo:
+            fresh = (evaluation.many([batch[i] for i in todo], memory_mode, quick) if evaluation.many is not None
+                     else [evaluation.measure(batch[i], memory_mode, quick) for i in todo])
+            for i, result in zip(todo, fresh):
+                results[i] = memory.whole[settings_key(batch[i], memory_mode, quick)] = result
+        return results  # type: ignore[return-value]
+
+    return Evaluation(evaluation.name, evaluation.exact, measure,
+                      until_miss if evaluation.until_miss is not None else None, many)
