@@ -243,6 +243,8 @@ def budget_verdict(a: Outcome, b: Outcome, rate: float) -> tuple:
 
 
 def samples_verdict(b1: Outcome, b8: Outcome) -> tuple:
+    if b1.exit_code not in (0, 1) or b8.exit_code not in (0, 1):
+        return None, f"n/a: (b1) exit {b1.exit_code}, (b8) exit {b8.exit_code} ({b8.seconds:.1f} s vs {b1.seconds:.1f} s)"
     ratio = b8.seconds / b1.seconds
     return ratio <= SAMPLES_TARGET, f"8 samples {b8.seconds:.1f} s vs 1 sample {b1.seconds:.1f} s = {ratio:.2f}x (<= {SAMPLES_TARGET})"
 
@@ -351,7 +353,7 @@ def main(argv=None) -> int:
     console.print(results_table(rows, args.rate))
     console.print(cost_table(rows, cases, base))
     for line in lines:
-        console.print(line, highlight=False)
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({
             "rate": args.rate, "baseline": str(script) if script else "replay", "repeat": args.repeat,

@@ -62,7 +62,8 @@ def run_case(label: str, name: str, split: str, metric: str, rate: float, work: 
         argv += ["--metric", metric]
     started = time.monotonic()
     run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result = Result(label, "mnnq " + " ".join(argv[:1] + [a.replace(str(Path.home()), "~") for a in argv[1:]]),
+    shown = [a.replace(str(work), "WORK").replace(str(Path.home()), "~") for a in argv]
+    result = Result(label, "mnnq " + " ".join(shown),
                     run.returncode, time.monotonic() - started)
     lines = [line.strip() for line in run.stdout.splitlines() if line.strip()]
     if not report.is_file():
@@ -77,6 +78,7 @@ def run_case(label: str, name: str, split: str, metric: str, rate: float, work: 
 
 def show(results: List[Result]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="real data (issue 13): exit 0 met / 1 missed / 2 refused")
@@ -84,7 +86,7 @@ def show(results: List[Result]) -> None:
         table.add_column(col, overflow="fold")
     for r in results:
         fmt = (lambda v: "-" if v is None or v != v else f"{v:.6f}")
-        table.add_row(r.case, str(r.exit_code), f"{r.seconds:.1f}", fmt(r.written_error), fmt(r.heldout_error), r.message)
+        table.add_row(r.case, str(r.exit_code), f"{r.seconds:.1f}", fmt(r.written_error), fmt(r.heldout_error), escape(r.message))
     Console(width=200).print(table)
     for r in results:
         print(f"{r.case}: {r.command}")
