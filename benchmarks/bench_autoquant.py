@@ -236,7 +236,8 @@ def budget_verdict(a: Outcome, b: Outcome, rate: float) -> tuple:
         ok = b.meets(rate) and size <= SIZE_TARGET and b.seconds / a.seconds <= TIME_TARGET
         return ok, (f"(a) meets {_err(a.tuned_error())}; {b_text}, size {size:.2f}x (<= {SIZE_TARGET}), "
                     f"{times} (<= {TIME_TARGET})")
-    a_text = f"(a) misses: claimed {_err(a.claimed)}, re-measured {_err(a.tuned_error())}" + (
+    a_text = (f"(a) misses: claimed {_err(a.claimed)}, re-measured {_err(a.tuned_error())} on its sample, "
+              f"{_err(a.errors.get('testset'))} on the 8-sample set") + (
         f" [{a.note}]" if a.note else "")
     size = f", size {b.size / a.size:.2f}x" if a.size and b.size else ""
     return b.meets(rate), f"{a_text}; {b_text}{size}, {times}"
@@ -244,7 +245,7 @@ def budget_verdict(a: Outcome, b: Outcome, rate: float) -> tuple:
 
 def samples_verdict(b1: Outcome, b8: Outcome) -> tuple:
     if b1.exit_code not in (0, 1) or b8.exit_code not in (0, 1):
-        return None, f"n/a: (b1) exit {b1.exit_code}, (b8) exit {b8.exit_code} ({b8.seconds:.1f} s vs {b1.seconds:.1f} s)"
+        return None, f"(b1) exit {b1.exit_code}, (b8) exit {b8.exit_code} ({b8.seconds:.1f} s vs {b1.seconds:.1f} s)"
     ratio = b8.seconds / b1.seconds
     return ratio <= SAMPLES_TARGET, f"8 samples {b8.seconds:.1f} s vs 1 sample {b1.seconds:.1f} s = {ratio:.2f}x (<= {SAMPLES_TARGET})"
 
