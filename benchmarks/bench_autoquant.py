@@ -1,303 +1,359 @@
-"""auto-quant benchmark: auto_quant.py's way of working vs mnnq's default, in the same run.
+"""auto-quant benchmark: MNN's auto_quant.py vs `mnnq auto-quant` (default flags), in the same run.
 
-    python benchmarks/bench_autoquant.py [digits] [efficientnet_lite0] [mtcnn_onet] [mtcnn_rnet]
-                                         [--rate 0.05] [--repeat 3] [--json out.json]
+    python benchmarks/bench_autoquant.py [NAME ...] [--rate 0.05] [--repeat 1] [--json out.json]
+                                         [--baseline auto|replay|script]
 
-(a) "auto_quant.py": its algorithm executed the way auto_quant.py executes it: every trial is
-    one converter run with ``--testdir`` on a single test dir (the first sample), its rate read
-    from the printed TESTERROR lines, only 1x1 convolutions searched, auto_quant.py's flags
-    (``--weightQuantAsymmetric=0 --hqq``, test config memory mode low then normal).
-(b) "mnnq": ``mnnq auto-quant`` with default flags on the whole multi-sample test set, in this
-    process, its native children forked by mnnq's child server (started first, as the CLI does).
+NAME: digits and the models of benchmarks/pretrained.py (default: all of them).
 
-Each side runs ``--repeat`` times (the same search each time) and the median wall time is
-reported. Both written models are then run on the whole test set and on held-out samples
-(max_rel). The table ends with the ratios b/a; one line per model then says whether (b) reaches
-the targets: where (a) meets the budget on the test set, (b) meets it too with a file <= 0.8x
-and a wall time <= 0.5x of (a)'s; where (a) misses, (b) meets it. Real pretrained models come
-from benchmarks/pretrained.py.
+(a)  auto_quant.py on the first sample of the test set (a one-sample MNN test dir, as it takes one):
+     ``replay`` re-runs its algorithm step for step, one converter process per trial (see
+     auto_quant_baseline.py); ``script`` runs a copy of the script itself, pointed at by the
+     environment variable AUTO_QUANT_PY (``auto``: script when AUTO_QUANT_PY is set, else replay).
+(b1) ``mnnq auto-quant`` with default flags on the same one-sample test dir;
+(b8) the same on the whole 8-sample test set.
+Every side runs as a user runs it: a separate process, start-up included; ``--repeat`` runs
+each one that many times and keeps the median wall time. The file each side wrote is then
+re-measured (max_rel, under the runtime memory mode it was tuned for) on its one-sample test
+dir, on the 8-sample test set and on the 8 held-out samples.
+
+Targets (issue 12), checked on every (b) row against (a) of the same model:
+- where (a) meets the rate (re-measured on its own sample), (b) meets it with a file <= 0.7x and
+  a wall time <= 0.5x of (a)'s; where (a) misses, (b) meets it (both wall times still shown);
+- (b8) takes <= 1.5x the wall time of (b1);
+- per trial after a weight change, mnnq spends <= 1.5x (model load + one forward): read from the
+  report's timing breakdown (``report["timing"]["per_fast_trial_s"]``: means over the simulated trials), else "n/a".
+A table of cost against model size and layer count follows. Timings on a shared machine are noisy.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from benchmarks.auto_quant_baseline import (  # noqa: E402
+    BaselineRun, replay_auto_quant, run_auto_quant_script, write_shim)
 
-from mnnq.autoquant.engine import AutoQuantOptions, run_auto_quant  # noqa: E402
-from mnnq.measure import compare  # noqa: E402
-from mnnq.mnn_backend.native import run_tool, start_child_server  # noqa: E402
-from mnnq.mnn_backend.runtime import LoadedModel  # noqa: E402
-from mnnq.plugin_manager import get_plugin_manager  # noqa: E402
-from mnnq.testset import load_testset  # noqa: E402
+SIZE_TARGET, TIME_TARGET, SAMPLES_TARGET, TRIAL_TARGET = 0.7, 0.5, 1.5, 1.5
+ALL_MODELS = ["digits", "mtcnn_rnet", "mtcnn_onet", "silero_vad", "ppocr_cls", "efficientnet_lite0", "yolov8n_320",
+              "ppocr_det", "ppocr_rec", "crnn_lstm", "minilm_l6"]
 
 
 @dataclass
 class Case:
     name: str
     float_mnn: Path
-    testset: Path
-    heldout: Optional[Path]
+    testset: Path            # 8 samples
+    one: Path                # its first sample: a one-sample test dir
+    heldout: Path
+    layers: int = 0
+    layers_1x1: int = 0
 
 
 @dataclass
 class Outcome:
+    side: str                # a, b1, b8
     seconds: float
     trials: int
     size: int
     claimed: float
     memory_mode: str
-    test_error: float = float("nan")
-    heldout_error: float = float("nan")
+    exit_code: int = 0
+    note: str = ""
+    errors: Dict[str, float] = field(default_factory=dict)   # one / testset / heldout -> re-measured max_rel
+    per_trial_s: Optional[float] = None                       # from the report's timing breakdown
+    crashed: bool = False                                     # (a) stopped with an exception
+
+    def tuned_error(self) -> float:
+        return self.errors.get("testset" if self.side == "b8" else "one", float("nan"))
+
+    def meets(self, rate: float) -> bool:
+        return self.exit_code in (0, 1) and not self.crashed and self.tuned_error() <= rate
 
 
-def digits_heldout(model: Path, directory: Path, count: int = 32) -> Path:
+# ---------------------------------------------------------------------------------- cases
+
+def digits_heldout(model: Path, directory: Path, count: int = 8) -> Path:
     """Held-out digits: the last ``count`` images of scikit-learn's digits, not in the test set."""
     from sklearn.datasets import load_digits
 
     from mnnq.testing import reference_outputs, write_multi_testdir
 
     images = load_digits().images[-count:].astype("float32") / 16.0
-    samples = []
-    for img in images:
-        inputs = {"input": img.reshape(1, 1, 8, 8)}
-        samples.append((inputs, reference_outputs(model, inputs, ["logits"])))
+    samples = [({"input": img.reshape(1, 1, 8, 8)},
+                reference_outputs(model, {"input": img.reshape(1, 1, 8, 8)}, ["logits"])) for img in images]
     write_multi_testdir(directory, samples)
     return directory
 
 
 def load_case(name: str, scratch: Path) -> Case:
+    from mnnq.mnn_backend.converter import params_template
+
     if name == "digits":
         d = ROOT / "examples" / "digits"
-        return Case(name, d / "digits.mnn", d / "testset", digits_heldout(d / "digits.mnn", scratch / "digits-heldout"))
-    from benchmarks.pretrained import prepare
-
-    p = prepare(name)
-    return Case(name, p.float_mnn, p.testset, p.heldout)
-
-
-# ---------------------------------------------------------------------------------------------
-# (a) auto_quant.py's algorithm, one converter process per trial
-
-
-class AutoQuantPy:
-    """auto_quant.py's search: a params template, 1x1 layers smallest first, trials by converter."""
-
-    def __init__(self, model: Path, testdir: Path, work: Path):
-        self.model, self.testdir, self.work = model, testdir, work
-        self.params = work / "q.mnn.json"
-        self.dst = work / "q.mnn"
-        self.config = work / "test.json"
-        self.trials = 0
-        self.layers: List[dict] = []
-
-    def set_memory(self, memory: int) -> None:
-        self.config.write_text(json.dumps({"backend": 0, "mode": 4, "memory": memory, "precision": 1,
-                                           "hints": [5, 1]}))
-
-    def test(self) -> float:
-        """One trial: convert with the params file and the converter's own test; parse the rate."""
-        self.trials += 1
-        if self.layers:
-            self.params.write_text(json.dumps(self.doc, indent=4))
-        run = run_tool("mnnconvert", [
-            "mnnconvert", "-f", "MNN", "--modelFile", str(self.model), "--MNNModel", str(self.dst),
-            "--weightQuantBits=8", "--weightQuantAsymmetric=0", "--compressionParamsFile", str(self.params),
-            "--testdir", str(self.testdir), "--thredhold", "0.001", "--testconfig", str(self.config),
-            "--alignDenormalizedValue", "0", "--hqq"], cwd=str(self.work), fresh=True)  # a process launch per trial
-        rate = 0.0
-        for line in run.output.splitlines():
-            if "TESTERROR" in line and "absMaxV:" in line:
-                a, d = line.split("absMaxV:")[1].replace(" ", "").split("-DiffMax")
-                if float(a) > 0.01:
-                    rate = max(rate, float(d) / float(a))
-        return rate
-
-    def load_layers(self) -> None:
-        self.doc = json.loads(self.params.read_text())
-        entries = self.doc["algo"][0]["quantParams"]["layer"]
-        self.all_layers = [e for e in entries if "conv" in e]
-        ones = [e for e in self.all_layers if e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1]
-        size = lambda e: e["conv"]["inputChannel"] * e["conv"]["outputChannel"]  # noqa: E731
-        self.layers = sorted(ones, key=size)
-
-    def set_block(self, block: int) -> None:
-        for e in self.all_layers:
-            e["weight"][0]["blockSize"] = block
-
-    def set_split_block(self, count: int, large: int, small: int) -> None:
-        for i, e in enumerate(self.layers):
-            e["weight"][0]["blockSize"] = large if i < count else small
-
-    def run(self, target: float) -> float:
-        self.set_memory(2)
-        self.test()  # writes the template
-        self.load_layers()
-        # bits
-        self.set_block(64)
-        rate = self.test()
-        if rate <= target:
-            tested = False
-            for e in self.layers:
-                e["weight"][0]["bits"] = 4
-                rate = self.test()
-                tested = True
-                if rate > target:
-                    e["weight"][0]["bits"] = 8
-                    tested = False
-            if not tested:
-                rate = self.test()
-        # blocks
-        valid, best_block, best_rate = 0, 256, 1.0
-        for block in (256, 128, 64, 32):
-            self.set_block(block)
-            rate = self.test()
-            if rate < best_rate:
-                best_rate, best_block = rate, block
-            if rate < target:
-                valid = block
-                break
-        if valid and valid < 256 and rate < target:
-            lo, pos, hi = 0, len(self.layers) // 2, len(self.layers)
-            while lo < pos < hi:
-                self.set_split_block(pos, valid * 2, valid)
-                rate = self.test()
-                if rate < target:
-                    lo = pos
-                else:
-                    hi = pos
-                pos = (lo + hi + 1) // 2
-            if lo != pos:
-                self.set_split_block(lo, valid * 2, valid)
-                rate = self.test()
-        elif not valid:
-            self.set_block(best_block)
-            rate = self.test()
-        # memory mode, then skipping layers
-        self.memory = "low"
-        if rate > target:
-            self.set_memory(0)
-            self.memory = "normal"
-            rate = self.test()
-        if rate > target:
-            for e in reversed(self.layers):
-                keep = e["weight"][0]["bits"]
-                e["weight"][0]["bits"] = 0
-                new = self.test()
-                if new < rate:
-                    rate = new
-                else:
-                    e["weight"][0]["bits"] = keep
-                if rate <= target:
-                    break
-        return rate
+        case = Case(name, d / "digits.mnn", d / "testset", d / "testset" / "000",
+                    digits_heldout(d / "digits.mnn", scratch / "digits-heldout"))
+    else:
+        from benchmarks.pretrained import prepare
+        p = prepare(name)
+        case = Case(name, p.float_mnn, p.testset, p.testset / "000", p.heldout)
+    layers = [e for e in params_template(case.float_mnn)["algo"][0]["quantParams"]["layer"] if "conv" in e]
+    case.layers = len(layers)
+    case.layers_1x1 = sum(1 for e in layers if e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1)
+    return case
 
 
-def run_a(case: Case, rate: float, work: Path) -> Tuple[Outcome, Path]:
-    first = sorted(p for p in case.testset.iterdir() if (p / "input.json").is_file())[0]
+# ---------------------------------------------------------------------------------- runs
+
+def run_a(case: Case, rate: float, work: Path, shim_dir: Path, script: Optional[Path]) -> Outcome:
+    if script is not None:
+        got: BaselineRun = run_auto_quant_script(script, case.float_mnn, case.one, rate, work, shim_dir)
+    else:
+        got = replay_auto_quant(case.float_mnn, case.one, rate, work, shim_dir)
+    size = got.model.stat().st_size if got.model.is_file() else 0
+    return Outcome("a", got.seconds, got.trials, size, got.claimed, got.memory_mode,
+                   exit_code=got.exit_code, note=got.crashed, crashed=bool(got.crashed))
+
+
+def mnnq_command() -> List[str]:
+    exe = Path(sys.executable).parent / "mnnq"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "mnnq"]
+
+
+def run_b(case: Case, testdir: Path, side: str, rate: float, work: Path) -> Outcome:
+    """``mnnq auto-quant`` with default flags, as a user runs it (a new process)."""
+    report = work / "report.json"
+    argv = [*mnnq_command(), "auto-quant", "--model", str(case.float_mnn), "--quant_model", str(work / "q.mnn"),
+            "--test_dir", str(testdir), "--rate", str(rate), "--report_json", str(report)]
     started = time.monotonic()
-    search = AutoQuantPy(case.float_mnn, first, work)
-    claimed = search.run(rate)
+    run = subprocess.run(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.monotonic() - started
-    return Outcome(seconds, search.trials, search.dst.stat().st_size, claimed, search.memory), search.dst
+    if run.returncode not in (0, 1) or not report.is_file():
+        last = [line for line in run.stdout.splitlines() if line.strip()][-1:] or [""]
+        return Outcome(side, seconds, 0, 0, float("nan"), "normal", run.returncode, f"exit {run.returncode}: {last[0]}")
+    data = json.loads(report.read_text())
+    return Outcome(side, seconds, int(data["trials"]), int(data["size_after_bytes"]),
+                   float(data["errors"][data["metric"]]), data["memory_mode"], run.returncode,
+                   per_trial_s=per_trial_seconds(data))
 
 
-def run_b(case: Case, rate: float, work: Path, pm) -> Tuple[Outcome, Path]:
-    started = time.monotonic()
-    result = run_auto_quant(AutoQuantOptions(case.float_mnn, work / "q.mnn", case.testset, rate=rate), pm)
-    seconds = time.monotonic() - started
-    return Outcome(seconds, len(result.trials), result.size_after, result.errors["max_rel"],
-                   result.memory_mode), result.quant_model
+def per_trial_seconds(report: dict) -> Optional[float]:
+    """Seconds per simulated trial after a weight change, one sample: weight quantization + swap
+    + load (means over the search's simulated trials) + one forward, from the report's
+    ``timing["per_fast_trial_s"]``; None when the search ran no simulated trial."""
+    per = (report.get("timing") or {}).get("per_fast_trial_s")
+    if not isinstance(per, dict):
+        return None
+    return sum(float(per.get(p) or 0.0) for p in ("weight_quant", "swap", "load")) + float(per["forward_per_sample"])
 
 
-def max_rel(model: Path, testset_dir: Optional[Path], memory_mode: str, pm) -> float:
-    if testset_dir is None:
-        return float("nan")
+def repeated(runner, repeat: int, tmp: Path, label: str) -> tuple:
+    """Run ``runner(work)`` ``repeat`` times in fresh folders; the last outcome with the median wall time."""
+    runs = []
+    for i in range(repeat):
+        work = tmp / f"{label}{i}"
+        work.mkdir()
+        runs.append((runner(work), work))
+    outcome, work = runs[-1]
+    outcome.seconds = statistics.median(o.seconds for o, _ in runs)
+    if len({o.size for o, _ in runs}) > 1:
+        outcome.note += f" (repeats wrote sizes {sorted({o.size for o, _ in runs})})"
+    return outcome, work / "q.mnn"
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+def remeasure(model: Path, testset_dir: Path, memory_mode: str, metric_name: str = "max_rel") -> float:
+    """The ``metric_name`` error of ``model`` on ``testset_dir`` (nan when the metric counts no output there)."""
+    from mnnq.errors import BadInput
+    from mnnq.measure import compare
+    from mnnq.mnn_backend.runtime import LoadedModel
+    from mnnq.plugin_manager import get_plugin_manager
+    from mnnq.testset import load_testset
+
     ts = load_testset(testset_dir)
     loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
-    return compare(ts, [loaded.run(s.inputs) for s in ts.samples], {"max_rel": pm.metrics()["max_rel"]}).errors["max_rel"]
+    metric = {metric_name: get_plugin_manager().metrics()[metric_name]}
+    try:
+        return compare(ts, [loaded.run(s.inputs) for s in ts.samples], metric).errors[metric_name]
+    except BadInput:
+        return float("nan")
 
 
-# Issue targets: where (a) meets the budget, (b) meets it too with a file <= 0.8x and a wall time
-# <= 0.5x of (a)'s; where (a) misses, (b) meets it.
-SIZE_TARGET, TIME_TARGET = 0.8, 0.5
+def measure_all(outcome: Outcome, model: Path, case: Case) -> None:
+    if not model.is_file() or outcome.size == 0:
+        return
+    for key, folder in (("one", case.one), ("testset", case.testset), ("heldout", case.heldout)):
+        outcome.errors[key] = remeasure(model, folder, outcome.memory_mode)
 
 
-def target_verdict(name: str, a: Outcome, b: Outcome, rate: float) -> str:
-    """One line: does (b) reach the targets against (a) on this model?"""
-    b_meets = b.test_error <= rate
-    if a.test_error <= rate:
-        size, speed = b.size / a.size, b.seconds / a.seconds
-        ok = b_meets and size <= SIZE_TARGET and speed <= TIME_TARGET
-        why = (f"(a) meets; (b) {'meets' if b_meets else 'MISSES'}, size {size:.2f}x (<= {SIZE_TARGET}), "
-               f"time {speed:.2f}x (<= {TIME_TARGET})")
-    else:
-        ok = b_meets
-        why = (f"(a) misses ({a.test_error:.4f}); (b) {'meets' if b_meets else 'MISSES'} ({b.test_error:.4f}); "
-               f"for information: size {b.size / a.size:.2f}x, time {b.seconds / a.seconds:.2f}x")
-    return f"{name}: targets {'met' if ok else 'NOT met'}: {why}"
+def load_and_forward_s(case: Case, repeat: int = 5) -> float:
+    """Median seconds to load the float model and run one forward on the first sample, in this process."""
+    from mnnq.mnn_backend.runtime import LoadedModel
+    from mnnq.testset import load_testset
+
+    ts = load_testset(case.one)
+    laps = []
+    for _ in range(repeat + 1):
+        started = time.perf_counter()
+        LoadedModel(case.float_mnn, ts.input_names, ts.output_names).run(ts.samples[0].inputs)
+        laps.append(time.perf_counter() - started)
+    return statistics.median(laps[1:])
+
+
+# ---------------------------------------------------------------------------------- verdicts
+
+def _err(v: Optional[float]) -> str:
+    return "-" if v is None or v != v else f"{v:.4f}"
+
+
+def budget_verdict(a: Outcome, b: Outcome, rate: float) -> tuple:
+    """(met, text) for one (b) row against (a): issue 12's size / time targets, or 'meets' where (a) misses."""
+    b_text = (f"({b.side}) {'meets' if b.meets(rate) else 'MISSES'} {_err(b.tuned_error())}"
+              + (f" [{b.note}]" if b.note else ""))
+    times = f"time {b.seconds:.1f} s vs {a.seconds:.1f} s = {b.seconds / a.seconds:.2f}x"
+    if a.meets(rate):
+        size = b.size / a.size if a.size else float("inf")
+        ok = b.meets(rate) and size <= SIZE_TARGET and b.seconds / a.seconds <= TIME_TARGET
+        return ok, (f"(a) meets {_err(a.tuned_error())}; {b_text}, size {size:.2f}x (<= {SIZE_TARGET}), "
+                    f"{times} (<= {TIME_TARGET})")
+    a_text = (f"(a) misses: claimed {_err(a.claimed)}, re-measured {_err(a.tuned_error())} on its sample, "
+              f"{_err(a.errors.get('testset'))} on the 8-sample set") + (
+        f" [{a.note}]" if a.note else "")
+    size = f", size {b.size / a.size:.2f}x" if a.size and b.size else ""
+    return b.meets(rate), f"{a_text}; {b_text}{size}, {times}"
+
+
+def samples_verdict(b1: Outcome, b8: Outcome) -> tuple:
+    if b1.exit_code not in (0, 1) or b8.exit_code not in (0, 1):
+        return None, f"(b1) exit {b1.exit_code}, (b8) exit {b8.exit_code} ({b8.seconds:.1f} s vs {b1.seconds:.1f} s)"
+    ratio = b8.seconds / b1.seconds
+    return ratio <= SAMPLES_TARGET, f"8 samples {b8.seconds:.1f} s vs 1 sample {b1.seconds:.1f} s = {ratio:.2f}x (<= {SAMPLES_TARGET})"
+
+
+def trial_verdict(b: Outcome, base_s: float) -> tuple:
+    if b.per_trial_s is None:
+        return None, f"per trial ({b.side}): n/a (no breakdown in report); load + one forward {base_s * 1000:.1f} ms"
+    ratio = b.per_trial_s / base_s
+    return ratio <= TRIAL_TARGET, (f"per trial ({b.side}) {b.per_trial_s * 1000:.0f} ms vs load + one forward "
+                                   f"{base_s * 1000:.0f} ms = {ratio:.2f}x (<= {TRIAL_TARGET})")
+
+
+def verdicts(name: str, runs: Dict[str, Outcome], base_s: float, rate: float) -> List[str]:
+    a, b1, b8 = runs["a"], runs["b1"], runs["b8"]
+    checks = [("b1 vs a", budget_verdict(a, b1, rate)), ("b8 vs a", budget_verdict(a, b8, rate)),
+              ("b8 vs b1", samples_verdict(b1, b8)), ("trial", trial_verdict(b1, base_s))]
+    word = {True: "met", False: "NOT met", None: "n/a"}
+    return [f"{name} {label}: {word[ok]}: {text}" for label, (ok, text) in checks]
+
+
+# ---------------------------------------------------------------------------------- tables
+
+def results_table(rows: Dict[str, Dict[str, Outcome]], rate: float):
+    from rich.table import Table
+    table = Table(title=f"auto-quant, rate {rate} (max_rel re-measured on the written files)")
+    for col in ("model", "run", "exit", "wall s", "trials", "size MB", "claimed", "own test", "8-sample", "held-out",
+                "meets", "memory"):
+        table.add_column(col, justify="right")
+    for name, runs in rows.items():
+        for side in ("a", "b1", "b8"):
+            o = runs[side]
+            table.add_row(name, side, str(o.exit_code), f"{o.seconds:.1f}", str(o.trials), f"{o.size / 2**20:.3f}",
+                          _err(o.claimed), _err(o.errors.get("one")), _err(o.errors.get("testset")),
+                          _err(o.errors.get("heldout")), "yes" if o.meets(rate) else "NO", o.memory_mode)
+    return table
+
+
+def cost_table(rows: Dict[str, Dict[str, Outcome]], cases: Dict[str, Case], base: Dict[str, float]):
+    from rich.table import Table
+    table = Table(title="cost against model size and layer count")
+    for col in ("model", "float MB", "layers (1x1)", "load+fwd ms", "(a) trials", "(a) s", "(a) s/trial",
+                "(b1) trials", "(b1) s", "(b1) s/trial", "(b8) trials", "(b8) s", "(b8) s/trial"):
+        table.add_column(col, justify="right")
+    for name, runs in rows.items():
+        case = cases[name]
+        cells = [name, f"{case.float_mnn.stat().st_size / 2**20:.2f}", f"{case.layers} ({case.layers_1x1})",
+                 f"{base[name] * 1000:.1f}"]
+        for side in ("a", "b1", "b8"):
+            o = runs[side]
+            cells += [str(o.trials), f"{o.seconds:.1f}", f"{o.seconds / o.trials:.3f}" if o.trials else "-"]
+        table.add_row(*cells)
+    return table
+
+
+# ---------------------------------------------------------------------------------- main
+
+def bench_model(name: str, args, shim_dir: Path, script: Optional[Path], tmp: Path) -> tuple:
+    case = load_case(name, tmp)
+    sides = {"a": lambda w: run_a(case, args.rate, w, shim_dir, script),
+             "b1": lambda w: run_b(case, case.one, "b1", args.rate, w),
+             "b8": lambda w: run_b(case, case.testset, "b8", args.rate, w)}
+    runs = {}
+    for side, runner in sides.items():
+        outcome, model = repeated(runner, args.repeat, tmp, f"{name}-{side}-")
+        measure_all(outcome, model, case)
+        runs[side] = outcome
+        print(f"{name} ({side}): {outcome.seconds:.1f} s, {outcome.trials} trials, {outcome.size / 2**20:.3f} MB, "
+              f"errors {', '.join(f'{k} {_err(v)}' for k, v in outcome.errors.items())}"
+              + (f" [{outcome.note}]" if outcome.note else ""), flush=True)
+    return case, runs, load_and_forward_s(case)
+
+
+def baseline_script(choice: str) -> Optional[Path]:
+    import os
+    path = os.environ.get("AUTO_QUANT_PY")
+    if choice == "replay" or (choice == "auto" and not path):
+        return None
+    if not path or not Path(path).is_file():
+        raise SystemExit(f"error: --baseline script needs AUTO_QUANT_PY pointing at a copy of MNN's auto_quant.py "
+                         f"(got {path!r})")
+    return Path(path).resolve()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=["digits", "efficientnet_lite0", "mtcnn_onet", "mtcnn_rnet"])
+    parser.add_argument("models", nargs="*", default=ALL_MODELS, metavar="NAME")
     parser.add_argument("--rate", type=float, default=0.05)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each side per model (median wall time)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each side per model (median wall time)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    parser.add_argument("--baseline", choices=("auto", "replay", "script"), default="auto",
+                        help="(a): the replay, or $AUTO_QUANT_PY itself (auto: the script when it is set)")
     args = parser.parse_args(argv)
-    start_child_server()  # before this process imports MNN, as the CLI does
-    console = Console()
-    pm = get_plugin_manager()
-    rows: Dict[str, Dict[str, Outcome]] = {}
-    for name in args.models:
-        rows[name] = {}
-        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-            case = load_case(name, Path(tmp))
-            for label, runner in (("a", lambda w: run_a(case, args.rate, w)), ("b", lambda w: run_b(case, args.rate, w, pm))):
-                runs = []
-                for i in range(args.repeat):  # same search each time: the median wall time is kept
-                    work = Path(tmp) / f"{label}{i}"
-                    work.mkdir()
-                    runs.append(runner(work))
-                outcome, model = runs[-1]
-                sizes = {o.size for o, _ in runs}
-                if len(sizes) > 1:
-                    console.print(f"{name} ({label}): the repeats wrote files of different sizes {sorted(sizes)}")
-                outcome.seconds = statistics.median(o.seconds for o, _ in runs)
-                outcome.test_error = max_rel(model, case.testset, outcome.memory_mode, pm)
-                outcome.heldout_error = max_rel(model, case.heldout, outcome.memory_mode, pm)
-                rows[name][label] = outcome
-                console.print(f"{name} ({label}): {outcome}", highlight=False)
-
-    table = Table(title=f"auto-quant, rate {args.rate} (max_rel): (a) auto_quant.py's way, (b) mnnq default")
-    for col in ("model", "run", "wall s", "trials", "size MB", "claimed", "test set", "held-out", "meets (test set)"):
-        table.add_column(col, justify="right")
-    for name, runs in rows.items():
-        for label in ("a", "b"):
-            o = runs[label]
-            table.add_row(name, label, f"{o.seconds:.1f}", str(o.trials), f"{o.size / 2**20:.3f}", f"{o.claimed:.4f}",
-                          f"{o.test_error:.4f}", f"{o.heldout_error:.4f}", "yes" if o.test_error <= args.rate else "NO")
-        a, b = runs["a"], runs["b"]
-        table.add_row(name, "b/a", f"{b.seconds / a.seconds:.2f}", f"{b.trials / max(a.trials, 1):.2f}",
-                      f"{b.size / a.size:.2f}", "", "", "", "")
-    console.print(table)
-    verdicts = [target_verdict(name, runs["a"], runs["b"], args.rate) for name, runs in rows.items()]
-    for line in verdicts:
-        console.print(line, highlight=False)
+    from rich.console import Console
+    script = baseline_script(args.baseline)
+    print(f"(a) = {'the script ' + str(script) if script else 'the replay of auto_quant.py'}", flush=True)
+    rows, cases, base, lines = {}, {}, {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-autoquant-") as tmp:
+        shim_dir = write_shim(Path(tmp) / "bin")
+        for name in args.models:
+            model_tmp = Path(tmp) / name
+            model_tmp.mkdir()
+            cases[name], rows[name], base[name] = bench_model(name, args, shim_dir, script, model_tmp)
+            lines += verdicts(name, rows[name], base[name], args.rate)
+            shutil.rmtree(model_tmp, ignore_errors=True)
+    console = Console(width=200)
+    console.print(results_table(rows, args.rate))
+    console.print(cost_table(rows, cases, base))
+    for line in lines:
+        print(line)
     if args.json:
-        args.json.write_text(json.dumps({n: {k: vars(v) for k, v in r.items()} for n, r in rows.items()}, indent=2))
+        args.json.write_text(json.dumps({
+            "rate": args.rate, "baseline": str(script) if script else "replay", "repeat": args.repeat,
+            "models": {n: {"float_bytes": cases[n].float_mnn.stat().st_size, "layers": cases[n].layers,
+                           "layers_1x1": cases[n].layers_1x1, "load_forward_s": base[n],
+                           **{k: asdict(v) for k, v in r.items()}} for n, r in rows.items()},
+            "verdicts": lines}, indent=1))
     return 0
 
 
