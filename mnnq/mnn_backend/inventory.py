@@ -208,6 +208,45 @@ def read_conv_ops(path: Path) -> List[ConvOp]:
     return ops
 
 
+# OpType values and the table slots of the op parameters MNN's INT8 runtime looks at.
+OP_BINARY, OP_POOLING, OP_POOLING3D = 7, 47, 112
+_POOL_TYPE, _POOL3D_TYPE, _BINARY_ACTIVATION = 7, 3, 2   # Pool.type, Pool3D.type, BinaryOp.activationType
+_MAX_POOL = 0                                             # PoolType.MAXPOOL
+
+
+def read_int8_facts(path: Path) -> Dict[str, str]:
+    """Output tensor name -> ``"max_pool"``, ``"avg_pool"`` or ``"relu_binary"`` (a BinaryOp
+    with a fused ReLU) for the ops of the main graph of ``path`` whose INT8 kernels need care
+    (see :mod:`mnnq.quantize.propagation`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read model {path}: {exc}") from None
+    buf = _Buf(data)
+    facts: Dict[str, str] = {}
+    try:
+        net = buf.root()
+        names = buf.strings(net, _NET_TENSOR_NAME)
+        for op in buf.tables(net, _NET_OPLISTS):
+            op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
+            main = buf.indirect(op, _OP_MAIN)
+            if op_type in (OP_POOLING, OP_POOLING3D):
+                slot = _POOL_TYPE if op_type == OP_POOLING else _POOL3D_TYPE
+                kind = _MAX_POOL if not main else buf.scalar(main, slot, "<b", _MAX_POOL)
+                fact = "max_pool" if kind == _MAX_POOL else "avg_pool"
+            elif op_type == OP_BINARY and main and buf.scalar(main, _BINARY_ACTIVATION, "<i", 0) == 1:
+                fact = "relu_binary"
+            else:
+                continue
+            outs = buf.vector(op, _OP_OUTPUTS, "<i4")
+            for i in (outs if outs is not None else ()):
+                facts[names[int(i)]] = fact
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
+    return facts
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding what the converter wrote (used to check the numpy simulation bit for bit).
 

@@ -168,55 +168,6 @@ def build_probe_model(model: Path, tensors: Sequence[str], dst: Path) -> Path:
     return Path(dst)
 
 
-# Producers after which MNN 3.6.1's INT8 runtime honours a tensor's zero point. Others may run
-# an INT8 kernel that ignores it (a BinaryOp with a fused ReLU: output cosine 0.63 instead of
-# 0.9999), so their output tensors are quantized symmetrically (measured in the tests).
-ZERO_POINT_PRODUCERS = ("Convolution", "ConvolutionDepthwise", "ConvertTensor", "Input")
-# MNN 3.6.1's INT8 max pooling (which runs when its input or output tensor is INT8) returns
-# wrong values for negative inputs (a signed max pool's output cosine falls below 0.4). A layer
-# whose input or output tensor feeds or comes from a pooling op and had negative values in
-# calibration is kept float.
-POOLING_OPS = ("Pooling", "Pooling3D")
-
-
-@dataclass(frozen=True)
-class GraphInfo:
-    """Per tensor: the type of the op producing it and the types of the ops reading it."""
-
-    producers: Dict[str, str]
-    consumers: Dict[str, List[str]]
-
-
-def graph_info(model: Path) -> GraphInfo:
-    import MNN.expr as F
-
-    try:
-        variables = F.load_as_dict(str(model))
-    except Exception:  # a graph the expr API cannot rebuild: assume nothing is safe
-        return GraphInfo({}, {})
-    producers, consumers = {}, {}
-    for name, var in variables.items():
-        kind = str(var.op_type)
-        producers[name] = kind
-        for source in var.inputs:
-            consumers.setdefault(source.name, []).append(kind)
-    return GraphInfo(producers, consumers)
-
-
-def unsafe_layers(layers: Sequence[QuantLayer], graph: GraphInfo,
-                  ranges: Mapping[str, Tuple[float, float]]) -> Dict[str, str]:
-    """Layer name -> why it must stay float, for layers whose INT8 tensors MNN would compute wrongly."""
-    out = {}
-    for layer in layers:
-        for tensor in (layer.input, layer.output):
-            kinds = [graph.producers.get(tensor, "")] + graph.consumers.get(tensor, [])
-            if any(k in POOLING_OPS for k in kinds) and ranges.get(tensor, (0.0, 0.0))[0] < 0.0:
-                out[layer.name] = (f"tensor '{tensor}' meets a pooling op and holds negative values, which "
-                                   "MNN's INT8 pooling gets wrong")
-                break
-    return out
-
-
 # ------------------------------------------------------------------------------- measuring
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

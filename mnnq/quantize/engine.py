@@ -3,12 +3,11 @@
 1. Check everything first (config, methods, samples, model, output paths): a bad input raises
    :class:`BadInput` before anything is written.
 2. Stream the calibration samples through the float model; the feature method's observers see
-   the input and output tensor of every full-INT8 layer.
-3. Activation params from the observers, per-channel weight scales from the weight method.
-   Two MNN 3.6.1 INT8 runtime defects are avoided: a tensor produced by an op other than a
-   conv / input conversion is quantized symmetrically (an INT8 BinaryOp with a fused ReLU
-   ignores zero points), and a layer whose tensor meets a pooling op and holds negative values
-   stays float (INT8 pooling gets negative values wrong).
+   the input and output tensor of every full-INT8 layer, and the tensors the INT8 runtime will
+   give those tensors' params (:mod:`propagation`).
+3. Activation params from the observers, made to suit MNN 3.6.1's INT8 runtime (one set per
+   propagation group, codes >= 0 around INT8 max pooling, zero point 0 on fused-ReLU binary
+   ops: :mod:`propagation`); per-channel weight scales from the weight method.
 4. The converter writes the INT8 model from the params file (:mod:`writer`).
 5. The INT8 model is loaded and run on (up to ``eval_samples``) calibration samples against the
    float model: outputs must be finite. When they are not, or the ``metric`` error exceeds
@@ -34,10 +33,11 @@ from mnnq.fileio import OutputSet, check_output_path
 from mnnq.inputs.feeds import model_inputs
 from mnnq.mnn_backend.weight_bytes import WeightAccount, account_weights, kept_float_reason
 from mnnq.quantize import calibrate as cal
+from mnnq.quantize import propagation as prop
 from mnnq.quantize.config import QuantizeConfig, load_config
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate
 from mnnq.quantize.inputs import Samples, make_samples
-from mnnq.quantize.writer import ActParams, build_params, sanitize, symmetric, weight_entry, write_int8
+from mnnq.quantize.writer import build_params, sanitize, weight_entry, write_int8
 
 EVAL_SAMPLES = 64
 RANK_WORKERS = 4          # converter child processes at once while ranking layers
@@ -194,15 +194,21 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     opts, cfg = job.opts, job.cfg
     timings: Dict[str, float] = {}
     tensors = cal.layer_tensors(job.layers)
+    notes = list(job.notes)
 
     t0 = time.perf_counter()
-    observers, ranges = cal.calibrate(opts.model, job.input_names, job.output_names, tensors, job.samples,
-                                      job.feature.make_observer, job.batch_size,
-                                      _step(progress, "calibrating", len(job.samples)))
+    graph = prop.read_runtime_graph(opts.model)
+    groups = prop.quant_groups(graph, tensors) if graph is not None else []
+    if graph is None:
+        notes.append("MNN could not rebuild the model's graph: activation params are per tensor, without the "
+                     "INT8 runtime's propagation rules")
+    linked = [t for g in groups for t in g.linked]
+    observers, _ = cal.calibrate(opts.model, job.input_names, job.output_names, tensors + linked, job.samples,
+                                 job.feature.make_observer, job.batch_size,
+                                 _step(progress, "calibrating", len(job.samples)))
     clamp = cfg.feature_clamp_value
-    graph = cal.graph_info(opts.model)
-    acts = activation_params(observers, graph, clamp)
-    unsafe = cal.unsafe_layers(job.layers, graph, ranges)
+    own = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
+    acts = prop.runtime_params(own, graph, groups, tensors, clamp)
     timings["calibrate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -212,8 +218,7 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     timings["weight_scales_s"] = time.perf_counter() - t0
 
     indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
-    keep: Dict[str, str] = dict(unsafe)
-    notes = list(job.notes)
+    keep: Dict[str, str] = {}
     rounds = 0
     history: List[dict] = []
     layer_ev: Optional[Evaluation] = None
@@ -269,19 +274,6 @@ def _weight_account(written: Path, layers: List[LayerReport], other_float: List[
         if r.status == "float":
             reasons[r.name] = kept_float_reason("to meet the rate" if r.reason.startswith("kept float") else r.reason)
     return account_weights(written, reasons)
-
-
-def activation_params(observers: Dict[str, object], graph: cal.GraphInfo, clamp: int) -> Dict[str, ActParams]:
-    """``(scale, zero point)`` per tensor from the observers (activations are 8-bit); a tensor
-    whose producer may run an INT8 kernel that ignores zero points gets the symmetric params
-    covering the same range."""
-    acts = {}
-    for t, obs in observers.items():
-        params = sanitize(*obs.finish(8, clamp), clamp)
-        if params[1] != 0 and graph.producers.get(t) not in cal.ZERO_POINT_PRODUCERS:
-            params = symmetric(params, clamp)
-        acts[t] = params
-    return acts
 
 
 class _Measurer:

@@ -102,3 +102,16 @@ def min_max(x: np.ndarray) -> Tuple[float, float]:
         return lo, hi
     a = a[np.isfinite(a)]
     return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+
+
+def range_params(lo: float, hi: float, clamp: int) -> Tuple[float, int]:
+    """``(scale, zero point)`` spreading the codes ``-clamp..clamp`` over ``[lo, hi]`` (widened
+    to include 0): ``real = scale * (q - zero point)``. A range symmetric about 0 gives zero point 0."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (hi - lo > 0.0 and math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 0
+    if -lo == hi:
+        return hi / clamp, 0
+    scale = (hi - lo) / (2 * clamp)
+    return scale, max(-clamp, min(clamp, int(round(-clamp - lo / scale))))
+
