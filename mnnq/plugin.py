@@ -13,14 +13,15 @@ as a third-party package does; ``tests/test_plugin_api.py`` keeps it so.
   (a base class with a no-op ``end_batch``);
 * numeric helpers that match MNN 3.6.1 bit for bit: weight quantize-dequantize and underflow
   checks (``qdq_*``, ``underflows_*``, ``channel_scales_max_abs``), MNN's rounding
-  (``c_round``), and streaming activation statistics (:class:`AbsHistogram`, ``min_max``);
+  (``c_round``), streaming activation statistics (:class:`AbsHistogram`, ``min_max``) and
+  activation params from a range (``range_params``, ``clip_negative_tail``);
 * :class:`BadInput`: raise it for a condition the user can fix (one line, exit 2).
 """
 from mnnq.contracts import ActivationObserver, Observer, SearchContext, StopSearch, Trial
 from mnnq.errors import BadInput
 from mnnq.hookspecs import hookimpl
 from mnnq.layers import FLOAT_BITS, PER_CHANNEL, Layer, LayerSetting
-from mnnq.quantize.stats import AbsHistogram, min_max
+from mnnq.quantize.stats import AbsHistogram, clip_negative_tail, min_max, range_params
 from mnnq.records import FINISH, SEARCH, FeatureMethod, Metric, SearchStrategy, WeightMethod
 from mnnq.weightquant import (c_round, channel_scales_max_abs, qdq_hqq, qdq_max_abs, qdq_min_max, underflows_hqq,
                               underflows_max_abs, underflows_min_max)
@@ -31,6 +32,6 @@ __all__ = [
     "SearchContext", "Layer", "LayerSetting", "FLOAT_BITS", "PER_CHANNEL", "Trial", "StopSearch",
     "ActivationObserver", "Observer",
     "qdq_max_abs", "qdq_min_max", "qdq_hqq", "underflows_max_abs", "underflows_min_max", "underflows_hqq",
-    "channel_scales_max_abs", "c_round", "AbsHistogram", "min_max",
+    "channel_scales_max_abs", "c_round", "AbsHistogram", "min_max", "range_params", "clip_negative_tail",
     "BadInput",
 ]

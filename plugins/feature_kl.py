@@ -8,9 +8,9 @@ into 128 target bins; ``scale = (t + 0.5) / (2048 / max|x|) / clamp``, zero poin
 with fewer than 100 spatial positions (``H * W < 100``, or not 4-D) use ``t = 2047`` (MNN's
 THRESHOLD_MAX).
 
-Beyond MNN: a tensor that was never negative during calibration (a ReLU output) uses the zero
-point: the same threshold ``T`` is spread over ``[-C, C]`` (``scale = T / (2C)``, zero point
-``-C``) instead of wasting the negative half, which doubles its resolution.
+Beyond MNN: a tensor whose negative values never reached ``-T`` during calibration (a ReLU or
+SiLU output) uses the zero point: the codes ``-C..C`` cover ``[max(min x, -T), T]`` instead of
+``[-T, T]`` (a ReLU output: ``scale = T / (2C)``, zero point ``-C``), up to doubling its resolution.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Tuple
 
 import numpy as np
 
-from mnnq.plugin import AbsHistogram, FeatureMethod, Observer, hookimpl, min_max
+from mnnq.plugin import AbsHistogram, FeatureMethod, Observer, clip_negative_tail, hookimpl, min_max
 
 BINS = 2048
 TARGET_BINS = 128
@@ -95,15 +95,13 @@ class KLObserver(Observer):
             dist = self.hist.resample(BINS) + START_VALUE
             threshold = kl_threshold(dist / dist.sum())
         scale = float((threshold + 0.5) / interval / clamp)
-        if self.lowest >= 0.0:
-            return scale / 2.0, -int(clamp)
-        return scale, 0
+        return clip_negative_tail(scale * clamp, self.lowest, clamp)
 
 
 @hookimpl
 def mnnq_feature_methods():
     yield FeatureMethod(
         name="KL",
-        summary="MNN's KL-divergence threshold (2048 bins -> 128); zero point used for non-negative tensors",
+        summary="MNN's KL-divergence threshold (2048 bins -> 128); zero point used when the negative tail is short",
         make_observer=KLObserver,
     )

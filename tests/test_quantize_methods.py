@@ -84,23 +84,41 @@ def test_kl_streamed_equals_two_pass(pm):
     assert scale == pytest.approx(exact, rel=3e-3)
 
 
+def covered(params):
+    scale, zero = params
+    return (-C - zero) * scale, (C - zero) * scale
+
+
 def test_kl_small_tensors_use_the_max(pm):
     obs = observer(pm, "KL")
     x = np.random.default_rng(1).standard_normal((1, 16, 8, 8))   # 64 positions < 100
     obs.update(x)
+    top = 2047.5 / 2048 * np.abs(x).max()
     scale, zero = obs.finish(8, C)
-    assert scale == pytest.approx(2047.5 / 2048 * np.abs(x).max() / C)
-    assert zero == 0
+    lo, hi = covered((scale, zero))
+    assert hi == pytest.approx(top, abs=scale) and lo == pytest.approx(max(x.min(), -top), abs=scale)
 
 
-def test_kl_uses_the_zero_point_for_non_negative_tensors(pm):
-    x = np.maximum(np.random.default_rng(2).standard_normal((1, 4, 8, 8)), 0)
-    sym, one_sided = observer(pm, "KL"), observer(pm, "KL")
-    sym.update(np.concatenate([x, -x[:, :1]], axis=1))
-    one_sided.update(x)
-    (s_sym, z_sym), (s_one, z_one) = sym.finish(8, C), one_sided.finish(8, C)
-    assert z_sym == 0 and z_one == -C
-    assert s_one == pytest.approx(s_sym / 2)          # same threshold, the whole range used
+def test_kl_spends_the_codes_on_the_side_the_tensor_uses(pm):
+    """Same |x| histogram (so the same threshold T): a symmetric tensor gets [-T, T] at zero
+    point 0, a ReLU output [0, T] at zero point -C, a SiLU-like one (negatives above -0.3)
+    [min x, T]."""
+    rng = np.random.default_rng(2)
+    mag = np.abs(rng.standard_normal((1, 4, 16, 16)))
+    signs = np.where(rng.random(mag.shape) < 0.5, -1.0, 1.0)
+    symmetric, relu, silu = observer(pm, "KL"), observer(pm, "KL"), observer(pm, "KL")
+    symmetric.update(mag * signs)
+    relu.update(mag)
+    silu_like = np.where(signs < 0, -np.minimum(mag, 0.3), mag)
+    silu.update(silu_like)
+    s_sym, z_sym = symmetric.finish(8, C)
+    threshold = s_sym * C
+    assert z_sym == 0
+    s_relu, z_relu = relu.finish(8, C)
+    assert z_relu == -C and s_relu * 2 * C == pytest.approx(threshold, rel=0.05)
+    lo, hi = covered(silu.finish(8, C))
+    assert lo == pytest.approx(silu_like.min(), abs=2 * (hi - lo) / (2 * C))
+    assert hi <= threshold * 1.05 and hi - lo < 0.6 * 2 * threshold
 
 
 # ------------------------------------------------------------------------------------ ADMM
@@ -221,3 +239,4 @@ def test_abs_histogram_growth_keeps_counts_and_sums():
     assert h.max == pytest.approx(allx.max())
     assert h.width * h.bins >= allx.max()
     assert h.resample(16).sum() == pytest.approx(allx.size)
+

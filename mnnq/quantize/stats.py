@@ -115,3 +115,11 @@ def range_params(lo: float, hi: float, clamp: int) -> Tuple[float, int]:
     scale = (hi - lo) / (2 * clamp)
     return scale, max(-clamp, min(clamp, int(round(-clamp - lo / scale))))
 
+
+def clip_negative_tail(threshold: float, lowest: float, clamp: int) -> Tuple[float, int]:
+    """Params for a symmetric clipping ``threshold`` ``T`` when the tensor never went below
+    ``lowest``: ``[-T, T]`` if ``lowest <= -T``, else the zero point spends the codes below
+    ``lowest`` on ``[lowest, T]`` (a ReLU output gets ``[0, T]``, a SiLU output ``[-0.28, T]``)."""
+    if threshold <= 0.0:
+        return 0.0, 0
+    return range_params(max(lowest, -threshold), threshold, clamp)
