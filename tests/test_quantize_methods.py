@@ -240,3 +240,43 @@ def test_abs_histogram_growth_keeps_counts_and_sums():
     assert h.width * h.bins >= allx.max()
     assert h.resample(16).sum() == pytest.approx(allx.size)
 
+
+# ------------------------------------------------------------------------------------ MSE
+
+def fake_quant_mse(x, params):
+    scale, zero = params
+    q = np.clip(np.floor(x / scale + 0.5) + zero, -C, C)
+    return float(np.mean(((q - zero) * scale - x) ** 2))
+
+
+def test_mse_clips_a_long_tail_and_beats_the_full_range(pm):
+    """Laplace(0, b=1): the MSE-optimal 8-bit clipping point is about 9.89 b (Banner et al.,
+    "Post-training 4-bit quantization ...", 2019), well inside the largest values (12..14)."""
+    x = np.random.default_rng(11).laplace(0.0, 1.0, (1, 16, 128, 128))
+    obs = observer(pm, "MSE")
+    for part in np.split(x, 4, axis=1):                             # streamed in 4 batches
+        obs.update(part)
+    params = obs.finish(8, C)
+    lo, hi = covered(params)
+    assert hi == pytest.approx(9.89, abs=1.0) and -lo == pytest.approx(9.89, abs=1.0)   # Banner et al.: 9.89 b
+    full_scale = (x.max() - x.min()) / (2 * C)
+    full = (full_scale, int(round(-C - x.min() / full_scale)))
+    assert fake_quant_mse(x, params) < 0.8 * fake_quant_mse(x, full)
+
+
+def test_mse_keeps_the_range_of_a_uniform_tensor_and_the_side_of_a_relu(pm):
+    rng = np.random.default_rng(12)
+    uniform = rng.uniform(-3.0, 5.0, (1, 4, 32, 32))
+    obs = observer(pm, "MSE")
+    obs.update(uniform)
+    lo, hi = covered(obs.finish(8, C))
+    assert lo == pytest.approx(-3.0, abs=0.1) and hi == pytest.approx(5.0, abs=0.1)
+    relu = observer(pm, "MSE")
+    relu.update(np.maximum(rng.standard_normal((1, 4, 32, 32)), 0))
+    assert relu.finish(8, C)[1] == -C
+
+
+def test_mse_all_zero_tensor_asks_the_host_for_a_safe_scale(pm):
+    obs = observer(pm, "MSE")
+    obs.update(np.zeros((1, 2, 4, 4)))
+    assert obs.finish(8, C) == (0.0, 0)
