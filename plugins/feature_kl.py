@@ -73,7 +73,7 @@ class KLObserver(Observer):
     """Streams ``|x|`` into a growing histogram; ``finish`` runs MNN's threshold search."""
 
     def __init__(self):
-        self.hist = AbsHistogram(skip=SKIP_ABS)
+        self.hist = AbsHistogram(skip=SKIP_ABS, track_sums=False)
         self.use_max = False
         self.lowest = 0.0
 

@@ -203,3 +203,12 @@ def test_runtime_params_rules_on_a_hand_built_graph():
     assert acts["r"] == pytest.approx((0.1, 0))                                 # [0, 12.7] at zero point 0
     assert acts["c"] == acts["f"] == prop.union_params([own["c"], own["d"], own["f"]], C)
     assert acts["e"] == own["e"]
+
+
+def test_same_values_tensors_are_calibrated_once():
+    graph = prop.RuntimeGraph(
+        kinds={"x": "Input", "x_nc4": "ConvertTensor", "c": "Convolution", "r": "Reshape", "s": "SILU"},
+        data_inputs={"x": [], "x_nc4": ["x"], "c": ["x_nc4"], "r": ["c"], "s": ["r"]})
+    assert prop.same_values(graph, ["x_nc4", "c", "x", "r", "s"]) == {
+        "x_nc4": "x_nc4", "c": "c", "x": "x_nc4", "r": "c", "s": "s"}
+    assert prop.same_values(None, ["a", "b"]) == {"a": "a", "b": "b"}

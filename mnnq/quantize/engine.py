@@ -197,18 +197,16 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     notes = list(job.notes)
 
     t0 = time.perf_counter()
-    graph = prop.read_runtime_graph(opts.model)
-    groups = prop.quant_groups(graph, tensors) if graph is not None else []
-    if graph is None:
-        notes.append("MNN could not rebuild the model's graph: activation params are per tensor, without the "
-                     "INT8 runtime's propagation rules")
-    linked = [t for g in groups for t in g.linked]
-    observers, _ = cal.calibrate(opts.model, job.input_names, job.output_names, tensors + linked, job.samples,
-                                 job.feature.make_observer, job.batch_size,
-                                 _step(progress, "calibrating", len(job.samples)))
+    indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
+    reference = FloatReference(cal.TensorRunner(opts.model, job.input_names, job.output_names), job.samples)
+    measured = set(indices)
+
+    def keep_reference(i: int, feeds, outputs) -> None:
+        if i in measured:
+            reference.keep(i, feeds, outputs)
+
+    acts = activation_params(job, tensors, notes, progress, keep_reference)
     clamp = cfg.feature_clamp_value
-    own = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
-    acts = prop.runtime_params(own, graph, groups, tensors, clamp)
     timings["calibrate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -217,13 +215,12 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
                                     cfg.quant_bits, wclamp) for l in job.layers}
     timings["weight_scales_s"] = time.perf_counter() - t0
 
-    indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
     keep: Dict[str, str] = {}
     rounds = 0
     history: List[dict] = []
     layer_ev: Optional[Evaluation] = None
     with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
-        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress)
+        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress, reference)
         t0 = time.perf_counter()
         final = Path(work) / "final.mnn"
         final_ev = m.write_and_check(final, keep, notes, "measuring")
@@ -276,14 +273,33 @@ def _weight_account(written: Path, layers: List[LayerReport], other_float: List[
     return account_weights(written, reasons)
 
 
+def activation_params(job: Job, tensors: List[str], notes: List[str], progress: Optional[Progress],
+                      on_outputs) -> Dict[str, Tuple[float, int]]:
+    """Calibrate the layer tensors and the tensors the INT8 runtime links to them, then turn each
+    tensor's params into params the runtime handles (:mod:`propagation`)."""
+    model, clamp = job.opts.model, job.cfg.feature_clamp_value
+    graph = prop.read_runtime_graph(model)
+    groups = prop.quant_groups(graph, tensors) if graph is not None else []
+    if graph is None:
+        notes.append("MNN could not rebuild the model's graph: activation params are per tensor, without the "
+                     "INT8 runtime's propagation rules")
+    alias = prop.same_values(graph, tensors + [t for g in groups for t in g.linked])
+    observed = list(dict.fromkeys(alias.values()))
+    observers = cal.calibrate(model, job.input_names, job.output_names, observed, job.samples,
+                              job.feature.make_observer, job.batch_size,
+                              _step(progress, "calibrating", len(job.samples)), on_outputs)
+    finished = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
+    return prop.runtime_params({t: finished[a] for t, a in alias.items()}, graph, groups, tensors, clamp)
+
+
 class _Measurer:
     """Writes INT8 models (real or probe) for a set of float-kept layers and measures them."""
 
-    def __init__(self, job: Job, work: Path, tensors, indices, acts, weights, clamp: int, progress):
+    def __init__(self, job: Job, work: Path, tensors, indices, acts, weights, clamp: int, progress,
+                 reference: FloatReference):
         self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
         self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
-        model = job.opts.model
-        self.float_plain = FloatReference(cal.TensorRunner(model, job.input_names, job.output_names), job.samples)
+        self.float_plain = reference
         self.float_tensors: Optional[FloatReference] = None
         self.probe_float: Optional[Path] = None
 

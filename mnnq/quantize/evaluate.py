@@ -55,11 +55,19 @@ class FloatReference:
             return kept
         feeds = self.samples.load(index)
         outputs, tensors = self.runner.run(feeds)
+        self.keep(index, feeds, outputs, tensors)
+        return feeds, outputs, tensors
+
+    def keep(self, index: int, feeds: Feeds, outputs: Feeds, tensors: Optional[Feeds] = None) -> None:
+        """Keep sample ``index``'s float results (e.g. from the calibration pass, which ran the
+        same model) while they fit in the budget."""
+        tensors = {} if tensors is None else tensors
+        if self.runner.tensors and not tensors:
+            return                       # this reference also needs layer tensors
         size = sum(np.asarray(a).nbytes for part in (feeds, outputs, tensors) for a in part.values())
-        if self._used + size <= self.budget:
+        if index not in self._kept and self._used + size <= self.budget:
             self._kept[index] = (feeds, outputs, tensors)
             self._used += size
-        return feeds, outputs, tensors
 
 
 def eval_indices(n: int, limit: int) -> List[int]:

@@ -45,6 +45,9 @@ PROPAGATE_OPS = frozenset({
     "Pooling", "Pooling3D", "Interp", "Interp3D", "CropAndResize", "ROIPooling", "Raster",
 })
 CONSTANT_OPS = frozenset({"Const", "TrainableParam"})
+# Ops whose output holds exactly the values of their single data input (layout or shape only).
+SAME_VALUES_OPS = frozenset({"ConvertTensor", "Reshape", "Transpose", "Permute", "Squeeze", "Unsqueeze",
+                             "ExpandDims", "Flatten"})
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,30 @@ def _merge_shared(groups: List[QuantGroup]) -> List[QuantGroup]:
                            tuple(sorted(set(g.linked) | set(m.linked))), g.max_pool or m.max_pool)
         merged.append(g)
     return merged
+
+
+def same_values(graph: Optional[RuntimeGraph], tensors: Sequence[str]) -> Dict[str, str]:
+    """Tensor -> the one of ``tensors`` holding the same values (a layout or shape change of it,
+    either way round), for the tensors that need not be calibrated on their own; the others map
+    to themselves."""
+    wanted = list(dict.fromkeys(tensors))
+    if graph is None:
+        return {t: t for t in wanted}
+    parent = {t: t for t in wanted}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for t in wanted:
+        inputs = graph.data_inputs.get(t, [])
+        if graph.kinds.get(t) in SAME_VALUES_OPS and len(inputs) == 1 and inputs[0] in parent:
+            a, b = find(t), find(inputs[0])
+            if a != b:
+                parent[max(a, b, key=wanted.index)] = min(a, b, key=wanted.index)   # the first listed stays
+    return {t: find(t) for t in wanted}
 
 
 def int8_relu_binaries(graph: RuntimeGraph, with_params: Set[str]) -> Set[str]:
