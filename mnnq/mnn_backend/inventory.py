@@ -96,6 +96,7 @@ class ConvOp:
     quant: Optional[QuantParam] = None
     external: bool = False
     weight_offset: int = -1  # byte offset of the float weight data in the file (-1: none)
+    bias_offset: int = -1    # byte offset of the float bias data in the file (-1: none)
 
     @property
     def type_name(self) -> str:
@@ -202,6 +203,7 @@ def read_conv_ops(path: Path) -> List[ConvOp]:
                 quant=_read_quant(buf, quan_t) if quan_t else None,
                 external=bool(buf.indirect(main, _CONV_EXTERNAL)),
                 weight_offset=buf.vector_offset(main, _CONV_WEIGHT) if weight is not None and weight.size else -1,
+                bias_offset=buf.vector_offset(main, _CONV_BIAS) if bias is not None and bias.size else -1,
             ))
     except (struct.error, IndexError, ValueError) as exc:
         raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None

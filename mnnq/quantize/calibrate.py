@@ -24,7 +24,7 @@ import numpy as np
 
 from mnnq.contracts import ActivationObserver
 from mnnq.errors import BadInput, NativeFailure, PluginError
-from mnnq.mnn_backend.inventory import OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE, read_conv_ops
+from mnnq.mnn_backend.inventory import OP_CONVOLUTION, OP_CONVOLUTION_DEPTHWISE, ConvOp, read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel, model_io_names
 from mnnq.quantize.inputs import Samples
 
@@ -40,6 +40,7 @@ class QuantLayer:
     input: str
     output: str
     weight: np.ndarray = field(repr=False, compare=False)
+    op: Optional[ConvOp] = field(default=None, repr=False, compare=False)   # as read from the file
 
     @property
     def shape_text(self) -> str:
@@ -73,7 +74,7 @@ def find_layers(model: Path, skip: Iterable[str] = ()) -> Tuple[List[QuantLayer]
             kept.append((op.name, "listed in skip_quant_op_names"))
             continue
         layers.append(QuantLayer(op.name, op.kind, op.inputs[0], op.outputs[0],
-                                 op.weight.reshape(oc, icg, kh, kw).copy()))
+                                 op.weight.reshape(oc, icg, kh, kw).copy(), op))
     return layers, kept
 
 
@@ -125,12 +126,14 @@ def checked_observer(observer: object) -> ActivationObserver:
 def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[str], tensors: Sequence[str],
               samples: Samples, make_observer: Callable[[], ActivationObserver], batch_size: int,
               on_sample: Optional[Callable[[int], None]] = None,
-              on_outputs: Optional[Callable[[int, Dict[str, np.ndarray], Dict[str, np.ndarray]], None]] = None
+              on_outputs: Optional[Callable[[int, Dict[str, np.ndarray], Dict[str, np.ndarray]], None]] = None,
+              on_tensors: Optional[Callable[[Dict[str, np.ndarray]], None]] = None
               ) -> Dict[str, ActivationObserver]:
     """Stream every sample through the float model; one observer per tensor gets
     ``update(x)`` per sample and ``end_batch()`` every ``batch_size`` samples. ``on_outputs(i,
-    feeds, outputs)`` gets each sample's model outputs (the measurements reuse them). Returns the
-    observers. Memory does not depend on the number of samples."""
+    feeds, outputs)`` gets each sample's model outputs (the measurements reuse them),
+    ``on_tensors(tensors)`` its calibrated tensors. Returns the observers. Memory does not
+    depend on the number of samples."""
     runner = TensorRunner(model, input_names, output_names, tensors)
     observers = {t: checked_observer(make_observer()) for t in tensors}
     for i in range(len(samples)):
@@ -138,6 +141,8 @@ def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[st
         outputs, values = runner.run(feeds)
         for t, x in values.items():
             observers[t].update(x)
+        if on_tensors:
+            on_tensors(values)
         if (i + 1) % batch_size == 0:
             for obs in observers.values():
                 obs.end_batch()

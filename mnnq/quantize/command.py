@@ -37,6 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--metric", default="max_rel", help="error metric plugin for --rate (default max_rel)")
     p.add_argument("--eval-samples", "--eval_samples", type=positive_int, default=None,
                    help="calibration samples the INT8 model is measured on (default 64, spread evenly)")
+    p.add_argument("--bias-correction", "--bias_correction", action="store_true",
+                   help="correct each INT8 conv's bias for the mean shift of its rounded weights")
     p.add_argument("--report-json", "--report_json", default=None, help="also write the report as JSON here")
     return p
 
@@ -78,7 +80,7 @@ def run(args, out: Console, err: Console) -> int:
     opts = QuantizeOptions(
         model=Path(args.model), out=Path(args.out), config=Path(args.config), debug=args.debug,
         rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
-        report_json=Path(args.report_json) if args.report_json else None,
+        report_json=Path(args.report_json) if args.report_json else None, bias_correction=args.bias_correction,
     )
     started = time.perf_counter()
     job = prepare(opts, pm)

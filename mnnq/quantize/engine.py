@@ -34,6 +34,7 @@ from mnnq.inputs.feeds import model_inputs
 from mnnq.mnn_backend.weight_bytes import WeightAccount, account_weights, kept_float_reason
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize import propagation as prop
+from mnnq.quantize.bias import TapMeans, corrected_biases, write_with_biases
 from mnnq.quantize.config import QuantizeConfig, load_config
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate
 from mnnq.quantize.inputs import Samples, make_samples
@@ -55,6 +56,7 @@ class QuantizeOptions:
     metric: str = "max_rel"
     eval_samples: int = EVAL_SAMPLES
     report_json: Optional[Path] = None
+    bias_correction: bool = False
 
 
 @dataclass
@@ -205,7 +207,8 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
         if i in measured:
             reference.keep(i, feeds, outputs)
 
-    acts = activation_params(job, tensors, notes, progress, keep_reference)
+    stats = TapMeans(job.layers) if opts.bias_correction else None
+    acts = activation_params(job, tensors, notes, progress, keep_reference, stats)
     clamp = cfg.feature_clamp_value
     timings["calibrate_s"] = time.perf_counter() - t0
 
@@ -213,6 +216,7 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     wclamp = cfg.weight_clamp
     weights = {l.name: weight_entry(l, job.weight.channel_scales(l.weight, cfg.quant_bits, wclamp),
                                     cfg.quant_bits, wclamp) for l in job.layers}
+    biases = corrected_biases(job.layers, weights, stats) if stats is not None else {}
     timings["weight_scales_s"] = time.perf_counter() - t0
 
     keep: Dict[str, str] = {}
@@ -220,7 +224,11 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     history: List[dict] = []
     layer_ev: Optional[Evaluation] = None
     with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
-        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress, reference)
+        source = Path(opts.model)
+        if biases:      # the converter reads the biases from the float model: convert a corrected copy
+            source = write_with_biases(source, Path(work) / "bias_corrected.mnn", job.layers, biases)
+            notes.append(f"bias correction: {len(biases)} layer biases corrected for their rounded weights")
+        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress, reference, source)
         t0 = time.perf_counter()
         final = Path(work) / "final.mnn"
         final_ev = m.write_and_check(final, keep, notes, "measuring")
@@ -274,9 +282,10 @@ def _weight_account(written: Path, layers: List[LayerReport], other_float: List[
 
 
 def activation_params(job: Job, tensors: List[str], notes: List[str], progress: Optional[Progress],
-                      on_outputs) -> Dict[str, Tuple[float, int]]:
+                      on_outputs, tap_means: Optional[TapMeans] = None) -> Dict[str, Tuple[float, int]]:
     """Calibrate the layer tensors and the tensors the INT8 runtime links to them, then turn each
-    tensor's params into params the runtime handles (:mod:`propagation`)."""
+    tensor's params into params the runtime handles (:mod:`propagation`); ``tap_means`` (bias
+    correction) sees every sample's layer tensors."""
     model, clamp = job.opts.model, job.cfg.feature_clamp_value
     graph = prop.read_runtime_graph(model)
     groups = prop.quant_groups(graph, tensors) if graph is not None else []
@@ -285,9 +294,12 @@ def activation_params(job: Job, tensors: List[str], notes: List[str], progress: 
                      "INT8 runtime's propagation rules")
     alias = prop.same_values(graph, tensors + [t for g in groups for t in g.linked])
     observed = list(dict.fromkeys(alias.values()))
+    on_tensors = None
+    if tap_means is not None:
+        on_tensors = lambda values: tap_means.update({t: values[alias[t]] for t in tensors})  # noqa: E731
     observers = cal.calibrate(model, job.input_names, job.output_names, observed, job.samples,
                               job.feature.make_observer, job.batch_size,
-                              _step(progress, "calibrating", len(job.samples)), on_outputs)
+                              _step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors)
     finished = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
     return prop.runtime_params({t: finished[a] for t, a in alias.items()}, graph, groups, tensors, clamp)
 
@@ -296,10 +308,11 @@ class _Measurer:
     """Writes INT8 models (real or probe) for a set of float-kept layers and measures them."""
 
     def __init__(self, job: Job, work: Path, tensors, indices, acts, weights, clamp: int, progress,
-                 reference: FloatReference):
+                 reference: FloatReference, source: Path):
         self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
         self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
         self.float_plain = reference
+        self.source = source            # the float model the converter writes INT8 from
         self.float_tensors: Optional[FloatReference] = None
         self.probe_float: Optional[Path] = None
 
@@ -313,7 +326,7 @@ class _Measurer:
     def write_and_check(self, dst: Path, keep: Dict[str, str], notes: List[str], stage: str) -> Evaluation:
         """Write the real INT8 model to ``dst`` and measure its outputs."""
         expected = [l.name for l in self.job.layers if l.name not in keep]
-        written = write_int8(self.job.opts.model, dst, self.params(keep), expected)
+        written = write_int8(self.source, dst, self.params(keep), expected)
         for name in written["missing"]:
             keep.setdefault(name, "the converter did not write it as INT8")
             notes.append(f"the converter left layer '{name}' float (its output tensor name did not match)")
@@ -330,7 +343,7 @@ class _Measurer:
         def write_alone(i: int) -> Path:
             dst = self.work / f"alone{i}.mnn"
             alone = {n: "" for n in names if n != candidates[i].name}
-            write_int8(self.job.opts.model, dst, self.params(alone), [])
+            write_int8(self.source, dst, self.params(alone), [])
             return dst
 
         scored = []
@@ -354,7 +367,7 @@ class _Measurer:
         """Measure outputs and every layer tensor through the probe copy."""
         job = self.job
         if self.probe_float is None:
-            self.probe_float = cal.build_probe_model(job.opts.model, self.tensors, self.work / "probe_float.mnn")
+            self.probe_float = cal.build_probe_model(self.source, self.tensors, self.work / "probe_float.mnn")
             # every layer tensor of every sample: measured once, so not kept
             self.float_tensors = FloatReference(
                 cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors), job.samples, 0)

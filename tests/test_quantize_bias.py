@@ -1,0 +1,81 @@
+"""Bias correction (mnnq/quantize/bias.py): the per-tap input means give exactly the mean output
+shift of a weight change, padding and stride included; the CLI writes the corrected biases."""
+import json
+
+import numpy as np
+import pytest
+
+from mnnq.cli import main
+from mnnq.mnn_backend.inventory import read_conv_ops
+from mnnq.quantize import bias
+from mnnq.quantize import calibrate as cal
+from mnnq.testing.models import OnnxGraph, export_and_convert, write_multi_testdir
+
+
+def conv2d(x, w, stride, pads, group):
+    """Direct convolution: x [1, C, H, W], w [O, C/group, kh, kw], pads (top, left, bottom, right)."""
+    _, c, h, wd = x.shape
+    o, icg, kh, kw = w.shape
+    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((o, ho, wo))
+    per_group = o // group
+    for oc in range(o):
+        g = oc // per_group
+        for a in range(kh):
+            for b in range(kw):
+                patch = xp[g * icg:(g + 1) * icg, a:a + (ho - 1) * stride + 1:stride, b:b + (wo - 1) * stride + 1:stride]
+                out[oc] += np.tensordot(w[oc, :, a, b], patch, axes=1)
+    return out[None]
+
+
+@pytest.fixture(scope="module")
+def strided(tmp_path_factory):
+    """x [1,4,9,7] -> 3x3 stride-2 pad-1 conv (4->6) -> 3x3 depthwise (6) -> 1x1 conv (6->3)."""
+    folder = tmp_path_factory.mktemp("bias")
+    g = OnnxGraph(4)
+    w1 = g.he((6, 4, 3, 3), 36)
+    h = g.node("Conv", [g.input("x", [1, 4, 9, 7]), g.const("w1", w1), g.const("b1", g.bias(6))], "c1",
+               kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    h = g.conv(h, "dw", 6, 6, 3, group=6)
+    g.node("Identity", [g.conv(h, "pw", 6, 3, 1)], "y")
+    g.output("y", [1, 3, 5, 4])
+    return {"model": export_and_convert(g, folder, "strided"), "folder": folder}
+
+
+def test_tap_means_give_the_mean_shift_of_a_weight_change(strided):
+    layers, _ = cal.find_layers(strided["model"])
+    runner = cal.TensorRunner(strided["model"], ["x"], ["y"], cal.layer_tensors(layers))
+    x = np.random.default_rng(0).standard_normal((1, 4, 9, 7)).astype(np.float32) + 0.5   # a non-zero mean
+    _, tensors = runner.run({"x": x})
+    for layer in layers:
+        op = layer.op
+        stride, group = op.common["strideY"], op.common["group"]
+        pads = op.pads if op.pads else (op.common["padY"], op.common["padX"]) * 2
+        dw = np.random.default_rng(1).standard_normal(layer.weight.shape) * 0.01
+        x_in = tensors[layer.input].astype(np.float64)
+        want = conv2d(x_in, dw, stride, pads, group).mean(axis=(0, 2, 3))
+        means = bias.tap_means(layer, x_in, tensors[layer.output].shape[2:])
+        per_group = dw.shape[1]
+        got = [np.sum(dw[o] * means[(o // (dw.shape[0] // group)) * per_group:][:per_group]) for o in range(dw.shape[0])]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    feeds = [{"x": (rng.standard_normal((1, 4, 9, 7)) + 0.5).astype(np.float32)} for _ in range(8)]
+    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
+    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    runs = {}
+    for flag in ([], ["--bias-correction"]):
+        out = tmp_path / f"q{len(flag)}.mnn"
+        assert main(["quantize", str(strided["model"]), str(out), str(tmp_path / "cfg.json"), *flag]) == 0
+        runs[bool(flag)] = (out, capsys.readouterr().out)
+    assert "bias correction: 3 layer biases corrected" in runs[True][1]
+    assert "bias correction" not in runs[False][1]
+    # the written INT8 models differ in the biases only; the user's float model is untouched
+    float_ops = {op.name: op for op in read_conv_ops(strided["model"])}
+    plain, corrected = (read_conv_ops(runs[k][0]) for k in (False, True))
+    moved = [a.name for a, b in zip(plain, corrected) if not np.array_equal(a.bias, b.bias)]
+    assert sorted(moved) == sorted(float_ops)
+    assert all(np.array_equal(a.quant.buffer, b.quant.buffer) for a, b in zip(plain, corrected))
