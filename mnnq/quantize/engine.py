@@ -201,22 +201,13 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     t0 = time.perf_counter()
     indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
     reference = FloatReference(cal.TensorRunner(opts.model, job.input_names, job.output_names), job.samples)
-    measured = set(indices)
-
-    def keep_reference(i: int, feeds, outputs) -> None:
-        if i in measured:
-            reference.keep(i, feeds, outputs)
-
     stats = TapMeans(job.layers) if opts.bias_correction else None
-    acts = activation_params(job, tensors, notes, progress, keep_reference, stats)
+    acts = activation_params(job, tensors, notes, progress, _keeper(reference, indices), stats)
     clamp = cfg.feature_clamp_value
     timings["calibrate_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    wclamp = cfg.weight_clamp
-    weights = {l.name: weight_entry(l, job.weight.channel_scales(l.weight, cfg.quant_bits, wclamp),
-                                    cfg.quant_bits, wclamp) for l in job.layers}
-    biases = corrected_biases(job.layers, weights, stats) if stats is not None else {}
+    weights, biases = weight_params(job, stats)
     timings["weight_scales_s"] = time.perf_counter() - t0
 
     keep: Dict[str, str] = {}
@@ -279,6 +270,26 @@ def _weight_account(written: Path, layers: List[LayerReport], other_float: List[
         if r.status == "float":
             reasons[r.name] = kept_float_reason("to meet the rate" if r.reason.startswith("kept float") else r.reason)
     return account_weights(written, reasons)
+
+
+def _keeper(reference: FloatReference, indices: List[int]):
+    """``on_outputs`` for the calibration pass: the measured samples' float results are kept."""
+    measured = set(indices)
+
+    def keep(i: int, feeds, outputs) -> None:
+        if i in measured:
+            reference.keep(i, feeds, outputs)
+    return keep
+
+
+def weight_params(job: Job, stats: Optional[TapMeans]) -> Tuple[Dict[str, dict], Dict[str, object]]:
+    """The params file's weight entries (the weight method's per-channel scales) and, with
+    ``stats``, the bias-corrected biases (:mod:`bias`)."""
+    cfg = job.cfg
+    wclamp = cfg.weight_clamp
+    weights = {l.name: weight_entry(l, job.weight.channel_scales(l.weight, cfg.quant_bits, wclamp),
+                                    cfg.quant_bits, wclamp) for l in job.layers}
+    return weights, (corrected_biases(job.layers, weights, stats) if stats is not None else {})
 
 
 def activation_params(job: Job, tensors: List[str], notes: List[str], progress: Optional[Progress],
