@@ -67,7 +67,7 @@ def read_model(model: Path, testset: TestSet, keep_model: Path):
         raise
     float_outputs = float_run.result()
     try:
-        ops = read_conv_ops(keep_model)
+        ops = read_conv_ops(keep_model, subgraphs=True)
     except (ValueError, IndexError, struct.error, OverflowError, MemoryError) as exc:
         raise BadInput(f"cannot read the layers of {model} ({exc}); re-export it with MNNConvert") from None
     return template, ops, float_outputs
@@ -88,7 +88,7 @@ def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: W
         notes: List[str] = []
         exact = ExactEvaluator(model, template, method, testset, metrics, work, timings=timings)
         fast = _fast_evaluator(rewritten, layers, ops, method, testset, metrics, work, evaluator, notes, timings)
-        weights = {op.name: np.asarray(op.weight, dtype=np.float32).reshape(op.converter_shape())
+        weights = {op.key: np.asarray(op.weight, dtype=np.float32).reshape(op.converter_shape())
                    for op in ops if op.weight is not None}
         layer_map = {l.name: l for l in layers}
         oracle = WeightOracle(layer_map, weights, method, noise_method)

@@ -28,6 +28,7 @@ from mnnq.testing.models import (
     build_convnet,
     build_int_input,
     build_matmul_mlp,
+    build_lstm,
     build_shared_matmul,
     build_tiny_weight,
     build_two_input,
@@ -44,6 +45,7 @@ MODELS: Dict[str, Callable[[Path, int], Path]] = {
     "matmul_mlp": build_matmul_mlp,  # x [1,64] -> 2 MatMuls -> y [1,10]
     "tiny_weight": build_tiny_weight,  # convnet + a layer MNN's 8-bit encoder would zero
     "int_input": build_int_input,    # ids int32 [1,6] (0..15) + x [1,4,1,6] -> y [1,16,1,6]
+    "lstm": build_lstm,              # x [6,1,16] -> 2 ONNX LSTMs (While loops with convs in MNN) -> y [6,1,1,32]
     "shared_matmul": build_shared_matmul,  # x [1,3,1,6] -> 2 convs -> unrolled cell, Gemm weights shared -> y [1,64]
 }
 

@@ -49,9 +49,9 @@ class OnnxGraph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], output: str, **attrs) -> str:
+    def node(self, op: str, inputs: Sequence[str], output: str, extra_outputs: Sequence[str] = (), **attrs) -> str:
         from onnx import helper
-        self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
+        self.nodes.append(helper.make_node(op, list(inputs), [output, *extra_outputs], name=output, **attrs))
         return output
 
     def he(self, shape: Sequence[int], fan_in: int) -> np.ndarray:
@@ -206,6 +206,28 @@ def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     g.node("Identity", [g.dense(h, "fc2", 128, 10)], "y")
     g.output("y", [1, 10])
     return export_and_convert(g, directory, "matmul_mlp")
+
+
+def build_lstm(directory: Path, seed: int = 0, steps: int = 6, hidden: int = 32) -> Path:
+    """A recurrent model: ``x`` [steps,1,16] -> ONNX LSTM 16->hidden -> ONNX LSTM hidden->hidden ->
+    ``y`` [steps,1,1,hidden]. MNN's converter turns each LSTM into a While loop whose body holds
+    conv ops, and the two bodies' convs have the same op names (the params template tells them
+    apart by ``subgraphName``)."""
+    g = OnnxGraph(seed)
+    h = g.input("x", [steps, 1, 16])
+    for i, n_in in enumerate((16, hidden)):
+        w = g.const(f"lstm{i}.W", (g.rng.standard_normal((1, 4 * hidden, n_in)) / np.sqrt(n_in)).astype(np.float32))
+        r = g.const(f"lstm{i}.R", (g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32))
+        b = g.const(f"lstm{i}.B", (g.rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32))
+        zeros = np.zeros((1, 1, hidden), np.float32)   # MNN's converter needs initial_h and initial_c
+        state = [g.const(f"lstm{i}.h0", zeros), g.const(f"lstm{i}.c0", zeros)]
+        out = g.node("LSTM", [h, w, r, b, "", *state], f"lstm{i}", hidden_size=hidden,   # [steps, 1, 1, hidden]
+                     extra_outputs=[f"lstm{i}_h", f"lstm{i}_c"])  # the converter needs all three outputs
+        h = out if i else g.node("Reshape", [out, g.const("seq_shape", np.array([steps, 1, hidden], np.int64))],
+                                 "lstm0_seq")
+    g.node("Identity", [h], "y")
+    g.output("y", [steps, 1, 1, hidden])
+    return export_and_convert(g, directory, "lstm")
 
 
 def build_shared_matmul(directory: Path, seed: int = 0, steps: int = 6, hidden: int = 64) -> Path:
