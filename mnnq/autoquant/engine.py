@@ -117,7 +117,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         final = work / "final.mnn"
         params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
                                        timings)
-        if opts.fp16_float_weights:
+        if _try_fp16(opts.fp16_float_weights, final):
             progress.stage = "storing the float weights as fp16"
             with timings.phase("fp16 float weights"):
                 final, measured = _fp16_float_weights(search, prepared, final, measured)
@@ -243,6 +243,19 @@ def _write_and_measure(search: Search, prepared: Prepared, out: Path, timings: T
                                                             search.memory_mode)
     search.set_error(measured.error(search.metric))
     return params, measured
+
+
+# --fp16-float-weights auto tries fp16 storage when the float weights are at least this share of
+# the written file (an embedding table, an unrolled cell's shared weights): below it, the second
+# conversion would cost more time than the bytes are worth.
+FP16_AUTO_SHARE = 0.25
+
+
+def _try_fp16(option, written: Path) -> bool:
+    if option == "auto":
+        account = account_weights(written, {})
+        return account.share(account.float_bytes) >= FP16_AUTO_SHARE
+    return bool(option)
 
 
 def _fp16_float_weights(search: Search, prepared: Prepared, written: Path, measured: Measurement
