@@ -166,7 +166,7 @@ def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOption
                                                 "is not an installed plugin)"])
         return
     setup = WorkerSetup(prepared.rewritten, prepared.layers, prepared.testset, plugins.method.name,
-                        list(fast.metrics), work)
+                        list(fast.metrics), work, fast.model.mode)
     workers = TrialWorkers.start(jobs - 1, setup, work, fast.measure)
     try:
         yield workers
