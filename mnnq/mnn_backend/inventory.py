@@ -284,6 +284,30 @@ def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
+def _kind_and_shape(name: str, ic: int, oc: int, op: Optional[ConvOp],
+                    swappable_weights: Optional[Mapping[str, np.ndarray]]) -> Tuple[str, Tuple[int, ...]]:
+    """A template layer's kind and weight shape: from its op when known, else inferred (see
+    :func:`layers_from_template`); a swappable weight of another shape is a BadInput."""
+    shape: Tuple[int, ...] = ()
+    if op is not None:
+        kind = op.kind
+        shape = op.converter_shape()
+    else:
+        if swappable_weights is not None and name in swappable_weights:
+            shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
+        if name.endswith(MATMUL_SUFFIX):
+            kind = "matmul"
+        elif shape and shape[1] == 1 and ic == oc and ic > 1:
+            kind = "depthwise"
+        else:
+            kind = "conv"
+    if swappable_weights is not None and name in swappable_weights and shape:
+        have = tuple(int(d) for d in np.shape(swappable_weights[name]))
+        if have != tuple(shape):
+            raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
+    return kind, tuple(shape)
+
+
 def layers_from_template(
     template: Mapping,
     swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
@@ -325,23 +349,7 @@ def layers_from_template(
             continue
         ks = conv.get("kernelSize", [1, 1]) or [1, 1]
         kernel = (int(ks[0]), int(ks[1]) if len(ks) > 1 else int(ks[0]))
-        shape: Tuple[int, ...] = ()
-        if op is not None:
-            kind = op.kind
-            shape = op.converter_shape()
-        else:
-            if swappable_weights is not None and name in swappable_weights:
-                shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
-            if name.endswith(MATMUL_SUFFIX):
-                kind = "matmul"
-            elif shape and shape[1] == 1 and ic == oc and ic > 1:
-                kind = "depthwise"
-            else:
-                kind = "conv"
-        if swappable_weights is not None and name in swappable_weights and shape:
-            have = tuple(int(d) for d in np.shape(swappable_weights[name]))
-            if have != tuple(shape):
-                raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
+        kind, shape = _kind_and_shape(name, ic, oc, op, swappable_weights)
         layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel,
                             weight_shape=tuple(shape)))
     return layers
