@@ -171,7 +171,9 @@ def cmd_apply(args, out: Console, err: Console) -> int:
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
               f"{args.params})", highlight=False)
     if result.get("errors") is not None:
-        errs = ", ".join(f"{k} {v:.6f}" for k, v in result["errors"].items())
+        from mnnq.measure import error_text
+
+        errs = ", ".join(f"{k} {error_text(v)}" for k, v in result["errors"].items())
         out.print(f"measured on {args.test_dir}: {errs}", highlight=False)
     if result.get("met") is False:
         out.print(f"[red]MISSED[/red]: {args.metric} {result['errors'][args.metric]:.6f} > rate {args.rate}")

@@ -2,7 +2,7 @@
 buys the most bytes.
 
 1. Screening: every candidate layer is quantized alone (all others float) at a probe setting
-   on the first few samples; its error at every other setting (bits 8..2, per channel and
+   on a few samples (the quick subset); its error at every other setting (bits 8..2, per channel and
    the block sizes the converter would apply) is predicted from the weights' quantization
    noise, which scales the output error (error^2 is proportional to it for small noise).
 2. Allocation: per layer, the settings form a chain from float to the smallest file along the

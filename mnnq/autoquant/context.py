@@ -101,8 +101,8 @@ class SearchContext:
     def measure(self, settings: Mapping[str, LayerSetting], note: str, quick: bool = False) -> float:
         """Evaluate ``settings`` (guarded) as one recorded trial and return its error.
 
-        ``quick`` screens on the first few samples only (for ranking candidates); a decision
-        that is kept must be measured without it.
+        ``quick`` screens on a few samples only (for ranking candidates): the most informative
+        ones the metric counts; a decision that is kept must be measured without it.
         """
         return self.measure_many([(settings, note)], quick=quick)[0]
 

@@ -242,14 +242,14 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         work = Path(work)
         rewritten = work / "float-rewritten.mnn"
         template, ops, float_outputs = _read_model(model, testset, keep_model=rewritten)
-        float_measure = compare(testset, float_outputs, metrics)
+        float_measure = compare(testset, float_outputs, metrics, metric)
         layers = layers_from_template(template, ops=ops)
         if not layers:
             raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
                            "constant weights); nothing to quantize")
         notes: List[str] = []
         progress.stage = "preparing the search"
-        exact = ExactEvaluator(model, template, method, testset, metrics, work)
+        exact = ExactEvaluator(model, template, method, testset, metrics, work, decides=metric)
 
         fast: Optional[FastEvaluator] = None
         weights: Dict[str, np.ndarray] = {
@@ -259,7 +259,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             try:
                 swappable = SwappableModel.load(rewritten, layers, testset.input_names, testset.output_names,
                                                work, prepare="none", ops=ops)
-                fast = FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics)
+                fast = FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics, decides=metric)
             except MnnqError as exc:
                 if opts.evaluator == "fast":
                     raise
@@ -332,7 +332,8 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             if opts.jobs > 1 and fast is not None:
                 from mnnq.autoquant.parallel import WorkerPool
 
-                pool = WorkerPool(opts.jobs, rewritten, layers, Path(opts.test_dir), method.name, list(metrics), work)
+                pool = WorkerPool(opts.jobs, rewritten, layers, Path(opts.test_dir), method.name, list(metrics), work,
+                                  decides=metric)
                 ctx.evaluate_many = pool.evaluate_many
             for strategy in pipeline:
                 progress.stage = f"searching (strategy {strategy.name})"

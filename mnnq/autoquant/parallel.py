@@ -17,7 +17,8 @@ from mnnq.measure import Measurement
 _worker: Dict[str, object] = {}
 
 
-def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metrics: List[str], workdir: str) -> None:
+def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metrics: List[str], workdir: str,
+          decides: str) -> None:
     import signal
 
     # Ctrl-C in a terminal reaches the whole process group: the parent stops the search and
@@ -36,7 +37,7 @@ def _init(model: str, layers: List[Layer], testset_dir: str, method: str, metric
                                     prepare="none")
     all_metrics = pm.metrics()
     _worker["evaluator"] = FastEvaluator(swappable, {l.name: l for l in layers}, pm.pick("mnnq_weight_methods", method),
-                                         testset, {m: all_metrics[m] for m in metrics})
+                                         testset, {m: all_metrics[m] for m in metrics}, decides)
 
 
 def _measure(args) -> Dict[str, float]:
@@ -48,11 +49,12 @@ class WorkerPool:
     """A pool of simulation workers; ``evaluate_many`` has the SearchContext contract."""
 
     def __init__(self, jobs: int, model: Path, layers: Sequence[Layer], testset_dir: Path, method: str,
-                 metrics: Sequence[str], workdir: Path):
+                 metrics: Sequence[str], workdir: Path, decides: str):
         ctx = multiprocessing.get_context("spawn")
         self.jobs = jobs
         self._pool: Optional[multiprocessing.pool.Pool] = ctx.Pool(
-            jobs, initializer=_init, initargs=(str(model), list(layers), str(testset_dir), method, list(metrics), str(workdir)))
+            jobs, initializer=_init, initargs=(str(model), list(layers), str(testset_dir), method, list(metrics), str(workdir),
+                                                decides))
 
     def evaluate_many(self, batch: Sequence[Dict[str, LayerSetting]], memory_mode: str, quick: bool) -> List[Measurement]:
         assert self._pool is not None
