@@ -11,7 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
+
+from mnnq.testing import process_alive
 
 PRELUDE = """
 import json, os, sys, threading
@@ -149,11 +150,3 @@ def test_a_child_forked_while_mnnq_is_interrupted_does_not_outlive_it(tmp_path):
     while process_alive(out["child"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not process_alive(out["child"]), "the sleeper outlived mnnq"
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mnnq.testing import file_digests
+from mnnq.testing import file_digests, process_alive
 
 DRIVER = r'''
 import os
@@ -89,14 +89,6 @@ def descendants_of(pid: int) -> list:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def wait_until(proc: subprocess.Popen, condition, failure: str, seconds: float = 60) -> None:
     """Poll ``condition`` while mnnq runs; a loaded machine only makes this take longer."""
     deadline = time.monotonic() + seconds
@@ -153,6 +145,6 @@ def test_sigint_mid_search_stops_cleanly(tiny_convnet, tmp_path, extra):
     assert list(tmp.iterdir()) == [], "temporary folders removed"
     assert file_digests(tiny_convnet.directory) == sources
     deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in children if alive(pid)], "child processes must not outlive mnnq"
+    assert not [pid for pid in children if process_alive(pid)], "child processes must not outlive mnnq"
