@@ -70,7 +70,7 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
             tmp = Path(work) / "out-fp16.mnn"
         if testset is not None:
             outputs = run_isolated(tmp, testset.root, memory_mode, name=f"{out} (written from {model})", testset=testset)
-            measurement = compare(testset, outputs, metrics)
+            measurement = compare(testset, outputs, metrics, metric)
             result["errors"] = measurement.errors
             result["met"] = None if rate is None else measurement.error(metric) <= rate
         result["size_after_bytes"] = tmp.stat().st_size

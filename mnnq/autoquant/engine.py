@@ -102,7 +102,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp:
         work = Path(tmp)
         progress.stage = "reading the model"
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
+        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
                            opts.evaluator, work, timings)
         with _parallel_trials(prepared, plugins, opts, pm, work) as workers:
             search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
@@ -166,7 +166,7 @@ def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOption
                                                 "is not an installed plugin)"])
         return
     setup = WorkerSetup(prepared.rewritten, prepared.layers, prepared.testset, plugins.method.name,
-                        list(fast.metrics), work, fast.model.mode)
+                        list(fast.metrics), plugins.metric, work, fast.model.mode)
     workers = TrialWorkers.start(jobs - 1, setup, work, fast.measure)
     try:
         yield workers

@@ -16,7 +16,7 @@ import numpy as np
 
 from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
-from mnnq.measure import Comparison, Measurement, compare
+from mnnq.measure import Comparison, Measurement, compare, informative_samples
 from mnnq.mnn_backend.converter import weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
@@ -24,8 +24,8 @@ from mnnq.records import Metric, WeightMethod
 from mnnq.testset import TestSet
 
 
-# Screening trials (``quick=True``) run on the first few samples only; every decision that
-# is kept is confirmed on the whole test set.
+# Screening trials (``quick=True``) run on a few samples only; every decision that is kept
+# is confirmed on the whole test set.
 QUICK_SAMPLES = 2
 
 
@@ -38,15 +38,22 @@ def run_testset(model, testset: TestSet, timings: Timings):
     return outputs
 
 
-def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], timings: Timings) -> Measurement:
+def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], decides: str,
+                    timings: Timings) -> Measurement:
     outputs = run_testset(model, testset, timings)
     with timings.cost("compare"):
-        return compare(testset, outputs, metrics)
+        return compare(testset, outputs, metrics, decides)
 
 
-def quick_view(testset: TestSet) -> TestSet:
-    """The first QUICK_SAMPLES samples of ``testset``."""
-    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:QUICK_SAMPLES])
+def quick_view(testset: TestSet, metric: Metric) -> TestSet:
+    """QUICK_SAMPLES samples of ``testset`` that ``metric`` (the deciding one) counts, the most
+    informative ones (largest reference range; see :func:`mnnq.measure.informative_samples`),
+    in test-set order. A sample the metric skips entirely could never rank a candidate (a test
+    set whose first samples are silence would otherwise screen on nothing). When the metric
+    counts no sample at all, the first samples: measuring them raises the BadInput."""
+    chosen = sorted(informative_samples(testset, metric)[:QUICK_SAMPLES])
+    samples = [testset.samples[i] for i in chosen] or testset.samples[:QUICK_SAMPLES]
+    return TestSet(testset.root, testset.input_names, testset.output_names, samples)
 
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
@@ -54,9 +61,9 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
     """Run ``model`` sample by sample and stop once ``metric`` is over ``limit``: a model's
     error is the maximum over samples, so the rest cannot bring it back. Returns
     ``(measurement, complete)``; the complete measurement is exactly :func:`compare` over the
-    whole test set."""
+    whole test set (samples ``metric`` skips cannot cause a miss; they only delay the stop)."""
     timings = timings or Timings()
-    comparison = Comparison(metrics)
+    comparison = Comparison(metrics, metric)
     for sample in testset.samples:
         with timings.cost("forward"):
             produced = model.run(sample.inputs)
@@ -68,19 +75,22 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
 
 
 class ExactEvaluator:
-    """Convert + run: what the user will ship, measured on the test set."""
+    """Convert + run: what the user will ship, measured on the test set. ``decides``: the
+    metric the search judges by (it picks the quick samples; only it must count an output)."""
 
     name = "exact"
     exact = True
 
     def __init__(self, float_model: Path, template: dict, method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric], workdir: Path, timings: Optional[Timings] = None):
+                 metrics: Mapping[str, Metric], workdir: Path, decides: str, timings: Optional[Timings] = None):
         self.timings = timings or Timings()
         self.float_model = Path(float_model)
         self.template = template
         self.method = method
         self.testset = testset
         self.metrics = metrics
+        self.decides = decides
+        self.quick = quick_view(testset, metrics[decides])
         self.workdir = Path(workdir)
         self._last_key: Optional[str] = None
         # whole-test-set measurements of the last written conversion, by memory mode
@@ -127,13 +137,13 @@ class ExactEvaluator:
         testset = testset or self.testset
         with self.timings.cost("load"):
             model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
-        return measure_testset(model, testset, self.metrics, self.timings)
+        return measure_testset(model, testset, self.metrics, self.decides, self.timings)
 
     # Trials run the kept conversion itself: no copy of the file per trial.
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
         _, converted = self._converted(settings)
         if quick:
-            return self.measure_file(converted, memory_mode, quick_view(self.testset))
+            return self.measure_file(converted, memory_mode, self.quick)
         return self._measure_whole(converted, memory_mode)
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
@@ -146,19 +156,22 @@ class ExactEvaluator:
 
 
 class FastEvaluator:
-    """In-process simulation with swapped weights (float activations = memory mode normal)."""
+    """In-process simulation with swapped weights (float activations = memory mode normal);
+    ``decides`` as for :class:`ExactEvaluator`."""
 
     name = "fast"
     exact = False
 
     def __init__(self, swappable, layers: Mapping[str, Layer], method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric], timings: Optional[Timings] = None):
+                 metrics: Mapping[str, Metric], decides: str, timings: Optional[Timings] = None):
         self.timings = timings or Timings()
         self.model = swappable
         self.layers = layers
         self.method = method
         self.testset = testset
         self.metrics = metrics
+        self.decides = decides
+        self.quick = quick_view(testset, metrics[decides])
         self._applied: Dict[str, Tuple[int, int]] = {}
         self._cache: Dict[Tuple[str, int, int], np.ndarray] = {}
 
@@ -177,8 +190,8 @@ class FastEvaluator:
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
         self._apply(settings)
-        testset = quick_view(self.testset) if quick else self.testset
-        return measure_testset(self.model, testset, self.metrics, self.timings)
+        testset = self.quick if quick else self.testset
+        return measure_testset(self.model, testset, self.metrics, self.decides, self.timings)
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:

@@ -75,20 +75,23 @@ def read_model(model: Path, testset: TestSet, keep_model: Path):
 
 
 def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: WeightMethod,
-            metrics: Mapping[str, Metric], evaluator: str, work: Path, timings: Timings) -> Prepared:
-    """Read ``model`` and build the evaluators, the weight oracle and the starting settings."""
+            metrics: Mapping[str, Metric], decides: str, evaluator: str, work: Path, timings: Timings) -> Prepared:
+    """Read ``model`` and build the evaluators, the weight oracle and the starting settings.
+    ``decides``: the metric the budget is on (only it must count an output; it picks the
+    quick-screening samples)."""
     rewritten = work / "float-rewritten.mnn"
     with timings.phase("read model (listing + float run)"):
         template, ops, float_outputs = read_model(model, testset, keep_model=rewritten)
-        float_measure = compare(testset, float_outputs, metrics)
+        float_measure = compare(testset, float_outputs, metrics, decides)
     layers = layers_from_template(template, ops=ops)
     if not layers:
         raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
                        "constant weights); nothing to quantize")
     with timings.phase("prepare search"):
         notes: List[str] = []
-        exact = ExactEvaluator(model, template, method, testset, metrics, work, timings=timings)
-        fast = _fast_evaluator(rewritten, layers, ops, method, testset, metrics, work, evaluator, notes, timings)
+        exact = ExactEvaluator(model, template, method, testset, metrics, work, decides, timings=timings)
+        fast = _fast_evaluator(rewritten, layers, ops, method, testset, metrics, decides, work, evaluator, notes,
+                               timings)
         weights = {op.key: np.asarray(op.weight, dtype=np.float32).reshape(op.converter_shape())
                    for op in ops if op.weight is not None}
         layer_map = {l.name: l for l in layers}
@@ -98,7 +101,7 @@ def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: W
 
 
 def _fast_evaluator(rewritten: Path, layers: List[Layer], ops, method: WeightMethod, testset: TestSet,
-                    metrics: Mapping[str, Metric], work: Path, evaluator: str, notes: List[str],
+                    metrics: Mapping[str, Metric], decides: str, work: Path, evaluator: str, notes: List[str],
                     timings: Timings) -> Optional[FastEvaluator]:
     if evaluator not in ("auto", "fast"):
         return None
@@ -112,7 +115,7 @@ def _fast_evaluator(rewritten: Path, layers: List[Layer], ops, method: WeightMet
         return None
     if rewritten.stat().st_size >= MODULE_TRY_BYTES:
         swappable = faster_backend(swappable, layers, testset, method, work, notes)
-    return FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics, timings=timings)
+    return FastEvaluator(swappable, {l.name: l for l in layers}, method, testset, metrics, decides, timings=timings)
 
 
 # A trial of the patch backend reloads the whole file: for large files (an embedding table, big

@@ -90,8 +90,8 @@ def _run(opts: AutoQuantOptions, rates: List[float], out: Path, pm: MnnqPluginMa
     with tempfile.TemporaryDirectory(prefix="mnnq-tradeoff-") as tmp:
         work = Path(tmp)
         timings = Timings()
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, opts.evaluator,
-                           work, timings)
+        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
+                           opts.evaluator, work, timings)
         memory = Memory()
         evaluation = remembering(search_evaluation(prepared), memory)
         staged = work / "points"

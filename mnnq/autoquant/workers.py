@@ -86,6 +86,7 @@ class WorkerSetup:
     testset: TestSet
     method: str                    # weight method name
     metrics: List[str]             # metric names
+    decides: str                   # the metric the budget is on
     workdir: Path                  # the worker's own folder for its swap files
     mode: str = "patch"            # the SwappableModel backend this process chose
 
@@ -131,7 +132,7 @@ class TrialWorkers:
             return pool
         pool.listener = listener
         for i in range(count):
-            own = WorkerSetup(setup.model, setup.layers, setup.testset, setup.method, setup.metrics,
+            own = WorkerSetup(setup.model, setup.layers, setup.testset, setup.method, setup.metrics, setup.decides,
                               setup.workdir / f"worker-{i}", setup.mode)
             with open(request.with_name(f"workers-setup-{i}.pkl"), "wb") as fh:
                 pickle.dump(own, fh, protocol=pickle.HIGHEST_PROTOCOL)

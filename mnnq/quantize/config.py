@@ -9,6 +9,8 @@ path                        image folder, or folder of test-dir sub-folders     
 input_type                  ``image`` or ``sequence``                           image
 format                      RGB / BGR / RGBA / BGRA / GRAY (image colour order) BGR
 mean, normal                per channel: ``dst = (src - mean[c]) * normal[c]``  0 / 1
+                            (a value per channel of ``format``; up to 4, the
+                            extra ones ignored as quantized.out ignores them)
 width, height               resize target of each image                         (required
                                                                                 for images)
 center_crop_h, center_crop_w  fraction of the image kept, centred               1.0
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mnnq.errors import BadInput
-from mnnq.inputs.images import FORMATS
+from mnnq.inputs.images import FORMATS, check_channel_values
 INPUT_TYPES = ("image", "sequence")
 KNOWN_KEYS = (
     "path", "input_type", "format", "mean", "normal", "width", "height", "center_crop_h",
@@ -247,6 +249,8 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
     for key in ("mean", "normal"):
         if key in doc:
             given = _floats(doc, key)
+            if cfg.input_type == "image":  # a sequence config has no colour channels to match
+                check_channel_values(key, len(given), cfg.format, "config", given="format" in doc)
             setattr(cfg, key, given + getattr(cfg, key)[len(given):])
     for key in ("width", "height"):
         if key in doc:

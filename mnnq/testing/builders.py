@@ -217,7 +217,16 @@ def run_cli(argv: Sequence[str], columns: int = 200) -> CliRun:
     return CliRun(int(code), out.getvalue(), err.getvalue())
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not; Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 __all__: List[str] = [
     "MODELS", "TinyModel", "CliRun", "model_inputs", "random_inputs", "make_testset", "tiny_model",
-    "write_calibration_config", "file_sha256", "file_digests", "plugins_installed", "run_cli",
+    "write_calibration_config", "file_sha256", "file_digests", "plugins_installed", "process_alive", "run_cli",
 ]

@@ -199,6 +199,32 @@ def build_int_input(directory: Path, seed: int = 0) -> Path:
     return export_and_convert(g, directory, "int_input")
 
 
+# quiet_recurrent's outputs stay under this (max_rel's 0.01 floor): max_rel skips them all.
+QUIET_OUTPUT_MAX = 0.005
+
+
+def build_quiet_recurrent(directory: Path, seed: int = 0) -> Path:
+    """A voice-activity-like model with three inputs, one a scalar: ``x`` [1,4,1,16] -> conv1x1
+    4->16, conv1x1 16->16 (each + ReLU) -> global average pool, plus MatMul 16->16 of the
+    recurrent ``state`` [1,16] -> Tanh; ``state_out`` [1,16] = 0.005 * that, and ``prob`` [1,2]
+    = 0.004 * Tanh(MatMul 16->2) * ``sr`` / 16000, with ``sr`` an int64 scalar (shape [],
+    e.g. 16000). Both outputs stay under 0.005 in magnitude (for ``sr`` <= 16000)."""
+    g = OnnxGraph(seed)
+    x = g.input("x", [1, 4, 1, 16])
+    state = g.input("state", [1, 16])
+    rate = g.node("Cast", [g.input("sr", [], np.int64)], "sr_float", to=1)   # to FLOAT
+    gain = g.node("Mul", [rate, g.const("per_16k", np.array(1 / 16000, np.float32))], "gain")
+    h = g.conv_relu(g.conv_relu(x, "conv1", 4, 16, 1), "conv2", 16, 16, 1)
+    h = g.node("Tanh", [g.node("Add", [g.gap_flatten(h), g.dense(state, "recur", 16, 16)], "mix")], "mix_tanh")
+    g.node("Mul", [h, g.const("state_scale", np.array(QUIET_OUTPUT_MAX, np.float32))], "state_out")
+    p = g.node("Tanh", [g.dense(h, "head", 16, 2)], "head_tanh")
+    p = g.node("Mul", [p, g.const("prob_scale", np.array(0.8 * QUIET_OUTPUT_MAX, np.float32))], "prob_scaled")
+    g.node("Mul", [p, gain], "prob")
+    g.output("prob", [1, 2])
+    g.output("state_out", [1, 16])
+    return export_and_convert(g, directory, "quiet_recurrent")
+
+
 def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     """``x`` [1,64] -> MatMul 64->128 + ReLU -> MatMul 128->10 -> ``y`` [1,10]."""
     g = OnnxGraph(seed)
