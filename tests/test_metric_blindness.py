@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 
-from mnnq.autoquant.evaluators import QUICK_SAMPLES, quick_view
+from mnnq.autoquant.samples import QUICK_SAMPLES, QuickSamples
 from mnnq.measure import informative_samples
 from mnnq.plugin_manager import get_plugin_manager
 from mnnq.testing import (
@@ -164,10 +164,10 @@ def test_quick_subset_skips_samples_the_metric_cannot_count(homogeneous):
     metrics = get_plugin_manager().metrics()
     ranked = informative_samples(testset, metrics["max_rel"])
     assert sorted(ranked) == [2, 4, 5] and ranked[0] == int(np.argmax(max_ref))
-    quick = quick_view(testset, metrics["max_rel"])
+    quick = QuickSamples(testset, metrics["max_rel"], "max_rel").view
     assert [s.name for s in quick.samples] == sorted(testset.samples[i].name for i in ranked[:QUICK_SAMPLES])
     # cosine counts every sample: the largest reference ranges win, ties by order
-    assert [s.name for s in quick_view(testset, metrics["cosine"]).samples] == \
+    assert [s.name for s in QuickSamples(testset, metrics["cosine"], "cosine").view.samples] == \
         sorted(testset.samples[i].name for i in np.argsort(-np.array(max_ref), kind="stable")[:QUICK_SAMPLES])
 
 

@@ -180,7 +180,7 @@ def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Ev
     fast = prepared.fast
     if fast is None:
         return exact_evaluation(prepared)
-    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many)
+    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many, lambda: fast.quick.key)
 
 
 def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
@@ -196,7 +196,7 @@ def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_
 
 def exact_evaluation(prepared: Prepared) -> Evaluation:
     exact = prepared.exact
-    return Evaluation("exact", True, exact.measure, exact.measure_until_miss)
+    return Evaluation("exact", True, exact.measure, exact.measure_until_miss, quick_key=lambda: exact.quick.key)
 
 
 def run_strategies(search: Search, pipeline: Pipeline, progress: Progress,

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
-from mnnq.measure import Comparison, Measurement, compare, informative_samples
+from mnnq.autoquant.samples import QuickSamples
+from mnnq.measure import Comparison, Measurement, compare
 from mnnq.mnn_backend.converter import weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
 from mnnq.records import Metric, WeightMethod
 from mnnq.testset import TestSet
-
-
-# Screening trials (``quick=True``) run on a few samples only; every decision that is kept
-# is confirmed on the whole test set.
-QUICK_SAMPLES = 2
 
 
 def run_testset(model, testset: TestSet, timings: Timings):
@@ -45,26 +42,18 @@ def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], deci
         return compare(testset, outputs, metrics, decides)
 
 
-def quick_view(testset: TestSet, metric: Metric) -> TestSet:
-    """QUICK_SAMPLES samples of ``testset`` that ``metric`` (the deciding one) counts, the most
-    informative ones (largest reference range; see :func:`mnnq.measure.informative_samples`),
-    in test-set order. A sample the metric skips entirely could never rank a candidate (a test
-    set whose first samples are silence would otherwise screen on nothing). When the metric
-    counts no sample at all, the first samples: measuring them raises the BadInput."""
-    chosen = sorted(informative_samples(testset, metric)[:QUICK_SAMPLES])
-    samples = [testset.samples[i] for i in chosen] or testset.samples[:QUICK_SAMPLES]
-    return TestSet(testset.root, testset.input_names, testset.output_names, samples)
-
-
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
-                       limit: float, timings: Optional[Timings] = None) -> Tuple[Measurement, bool]:
+                       limit: float, timings: Optional[Timings] = None,
+                       order: Optional[Sequence[int]] = None) -> Tuple[Measurement, bool]:
     """Run ``model`` sample by sample and stop once ``metric`` is over ``limit``: a model's
     error is the maximum over samples, so the rest cannot bring it back. Returns
     ``(measurement, complete)``; the complete measurement is exactly :func:`compare` over the
-    whole test set (samples ``metric`` skips cannot cause a miss; they only delay the stop)."""
+    whole test set (samples ``metric`` skips cannot cause a miss; they only delay the stop).
+    ``order``: sample indices in the order to run them (default: test-set order)."""
     timings = timings or Timings()
     comparison = Comparison(metrics, metric)
-    for sample in testset.samples:
+    for index in order if order is not None else range(len(testset.samples)):
+        sample = testset.samples[index]
         with timings.cost("forward"):
             produced = model.run(sample.inputs)
         with timings.cost("compare"):
@@ -72,6 +61,13 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
         if comparison.error(metric) > limit:
             return comparison.result(testset, complete=False), False
     return comparison.result(testset), True
+
+
+KEPT_QUICK_RUNS = 16
+
+
+def settings_key(settings: Mapping[str, LayerSetting]) -> tuple:
+    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items()))
 
 
 class ExactEvaluator:
@@ -90,7 +86,7 @@ class ExactEvaluator:
         self.testset = testset
         self.metrics = metrics
         self.decides = decides
-        self.quick = quick_view(testset, metrics[decides])
+        self.quick = QuickSamples(testset, metrics[decides], decides)
         self.workdir = Path(workdir)
         self._last_key: Optional[str] = None
         # whole-test-set measurements of the last written conversion, by memory mode
@@ -143,8 +139,10 @@ class ExactEvaluator:
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
         _, converted = self._converted(settings)
         if quick:
-            return self.measure_file(converted, memory_mode, self.quick)
-        return self._measure_whole(converted, memory_mode)
+            return self.measure_file(converted, memory_mode, self.quick.view)
+        measured = self._measure_whole(converted, memory_mode)
+        self.quick.learn(measured)
+        return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
@@ -152,7 +150,10 @@ class ExactEvaluator:
         with self.timings.cost("load"):
             model = LoadedModel(converted, self.testset.input_names, self.testset.output_names,
                                 memory_mode=memory_mode)
-        return measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings)
+        result = measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings,
+                                    self.quick.order())
+        self.quick.learn(result[0])
+        return result
 
 
 class FastEvaluator:
@@ -171,7 +172,9 @@ class FastEvaluator:
         self.testset = testset
         self.metrics = metrics
         self.decides = decides
-        self.quick = quick_view(testset, metrics[decides])
+        self.quick = QuickSamples(testset, metrics[decides], decides)
+        # quick runs kept while the quick samples are every sample (a whole-set question answered)
+        self._quick_runs: "OrderedDict[tuple, Measurement]" = OrderedDict()
         self._applied: Dict[str, Tuple[int, int]] = {}
         self._cache: Dict[Tuple[str, int, int], np.ndarray] = {}
 
@@ -190,13 +193,27 @@ class FastEvaluator:
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
         self._apply(settings)
-        testset = self.quick if quick else self.testset
-        return measure_testset(self.model, testset, self.metrics, self.decides, self.timings)
+        if quick:
+            measured = measure_testset(self.model, self.quick.view, self.metrics, self.decides, self.timings)
+            if self.quick.covers_all:
+                self._quick_runs[settings_key(settings)] = measured
+                while len(self._quick_runs) > KEPT_QUICK_RUNS:
+                    self._quick_runs.popitem(last=False)
+            return measured
+        measured = measure_testset(self.model, self.testset, self.metrics, self.decides, self.timings)
+        self.quick.learn(measured)
+        return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
+        kept = self._quick_runs.get(settings_key(settings))
+        if kept is not None:
+            return kept, True  # the quick samples are every sample: measured already
         self._apply(settings)
-        return measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings)
+        result = measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings,
+                                    self.quick.order())
+        self.quick.learn(result[0])
+        return result
 
     def _apply(self, settings: Dict[str, LayerSetting]) -> None:
         """Swap in the weights of every layer whose setting changed since the last trial."""
