@@ -124,6 +124,21 @@ def measure(target: GateTarget, pm, layers: bool = True, timeout: Optional[float
 
 
 def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> GateResult:
+    checked = _checked_inputs(target, pm)
+    if isinstance(checked, GateResult):
+        return checked
+    metrics, model, testset = checked
+    notes: List[str] = []
+    tensors = _layer_tensors(target, notes) if layers else []
+    ran = _run_in_child(target, model, testset, metrics, tensors, timeout, notes)
+    if isinstance(ran, GateResult):
+        return ran
+    outputs, layer_runs = ran
+    return _judge(target, testset, outputs, metrics, tensors, layer_runs, notes)
+
+
+def _checked_inputs(target: GateTarget, pm):
+    """``(metrics, model, testset)``, or the errored result naming what is wrong with them."""
     from mnnq.mnn_backend.converter import check_float_model
     from mnnq.testset import load_testset
 
@@ -140,9 +155,13 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
     except MnnqError as exc:
         # check_float_model's message points at converter output the gate does not print.
         return errored(target, str(exc).replace("; see the converter output below", ""))
+    return metrics, model, testset
 
-    notes: List[str] = []
-    tensors = _layer_tensors(target, notes) if layers else []
+
+def _run_in_child(target: GateTarget, model: Path, testset, metrics, tensors, timeout: Optional[float],
+                  notes: List[str]):
+    """``(outputs per sample, per-layer runs or None)`` from the child that runs the model, or
+    the errored result when it could not."""
     with tempfile.TemporaryDirectory(prefix="mnnq-gate-") as work:
         work = Path(work)
         files = {k: str(work / k) for k in ("outputs", "layers", "error", "layers_error")}
@@ -171,7 +190,11 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
             notes.append("per-layer errors unavailable: " + Path(files["layers_error"]).read_text().strip())
         elif tensors and layer_runs is None:
             notes.append(f"per-layer errors unavailable: the MNN runtime {failure or 'stopped'} while reading them")
+    return outputs, layer_runs
 
+
+def _judge(target: GateTarget, testset, outputs, metrics, tensors, layer_runs, notes: List[str]) -> GateResult:
+    """The gate's verdict on the outputs: pass, fail (over the rate) or error (not measurable)."""
     try:
         m = compare(testset, outputs, metrics, target.metric)
     except MnnqError as exc:
