@@ -186,7 +186,7 @@ def remeasure(model: Path, testset_dir: Path, memory_mode: str, metric_name: str
     loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
     metric = {metric_name: get_plugin_manager().metrics()[metric_name]}
     try:
-        return compare(ts, [loaded.run(s.inputs) for s in ts.samples], metric).errors[metric_name]
+        return compare(ts, [loaded.run(s.inputs) for s in ts.samples], metric, metric_name).errors[metric_name]
     except BadInput:
         return float("nan")
 

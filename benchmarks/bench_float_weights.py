@@ -63,7 +63,7 @@ def make_testset(model: Path, out: Path, steps: int) -> Path:
 
 def run(model: Path, test_dir: Path, rate: float, work: Path) -> list:
     import mnnq
-    from mnnq.frontend.sources import resolve_model
+    from mnnq.inputs.sources import resolve_model
 
     float_size = resolve_model(model).stat().st_size
     rows = []

@@ -170,7 +170,8 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     ``options`` (defaults as the CLI's): ``select_bits=True``, ``select_block=True``, ``hqq=True``,
     ``metric="max_rel"``, ``weight_method=None``, ``strategies=None`` (names or presets, a list or
     a comma-separated string), ``evaluator="auto"``, ``memory_mode="auto"``, ``time_budget=None``,
-    ``fp16_float_weights=False`` (store the weights MNN cannot quantize as fp16 when that meets the rate),
+    ``fp16_float_weights="auto"`` (store the weights MNN cannot quantize as fp16 when that meets the
+    rate: True, False, or "auto" = when they are at least a quarter of the written file),
     and any other field of :class:`mnnq.autoquant.engine.AutoQuantOptions`; plus ``plugin_manager``
     and ``disable_plugins``. ``on_trial(trial)`` is called after every measured trial.
 
@@ -185,7 +186,7 @@ def auto_quant(model: PathLike, quant_model: PathLike, test_dir: PathLike, rate:
     if "strategies" in opts:
         opts["strategies"] = name_list(opts["strategies"], "strategies")
     for flag in ("select_bits", "select_block", "hqq", "fp16_float_weights"):
-        if flag in opts:
+        if flag in opts and opts[flag] != "auto":
             opts[flag] = bool(opts[flag])
     pm = _manager(options.get("plugin_manager"), options.get("disable_plugins"))
     result = run_auto_quant(

@@ -19,7 +19,7 @@ from mnnq.measure import compare
 from mnnq.mnn_backend.converter import params_template, store_float_weights_fp16, weight_quantize
 from mnnq.mnn_backend.isolated import probe_runtime, run_isolated
 from mnnq.mnn_backend.native import probe_limits
-from mnnq.params import read_params_file, settings_from_params, template_layers
+from mnnq.params import entry_key, read_params_file, settings_from_params, template_layers
 from mnnq.testset import load_testset
 
 
@@ -50,7 +50,7 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
         if unknown_inputs:
             raise BadInput(f"the model {model} has no input '{unknown_inputs[0]}' (its inputs: {', '.join(inputs)}); "
                            "fix the test set's input.json")
-    known = {e.get("opName") for e in template_layers(template)}
+    known = {entry_key(e) for e in template_layers(template)}
     if not known:
         raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
                        "constant weights); nothing to apply")
@@ -70,7 +70,7 @@ def apply_params(model: Path, out: Path, params_path: Path, hqq: bool, test_dir:
             tmp = Path(work) / "out-fp16.mnn"
         if testset is not None:
             outputs = run_isolated(tmp, testset.root, memory_mode, name=f"{out} (written from {model})", testset=testset)
-            measurement = compare(testset, outputs, metrics)
+            measurement = compare(testset, outputs, metrics, metric)
             result["errors"] = measurement.errors
             result["met"] = None if rate is None else measurement.error(metric) <= rate
         result["size_after_bytes"] = tmp.stat().st_size

@@ -51,7 +51,9 @@ def print_applied(result: dict, out: Console, params: str, test_dir: Optional[st
     out.print(f"wrote {result['out']} ({result['size_after_bytes']} bytes, {result['layers']} layers from "
               f"{params})", highlight=False)
     if result.get("errors") is not None:
-        errs = ", ".join(f"{k} {v:.6f}" for k, v in result["errors"].items())
+        from mnnq.measure import error_text
+
+        errs = ", ".join(f"{k} {error_text(v)}" for k, v in result["errors"].items())
         out.print(f"measured on {test_dir}: {errs}", highlight=False)
     if result.get("met") is False:
         out.print(f"[red]MISSED[/red]: {metric} {result['errors'][metric]:.6f} > rate {rate}")

@@ -63,6 +63,17 @@ def name_list(value, what: str) -> Optional[List[str]]:
     except TypeError:
         raise BadInput(f"{what}: expected a name, a comma-separated string or a list of names, got {value!r}") from None
 
+
+
+def _zero_one_auto(text: str):
+    if text == "auto":
+        return "auto"
+    if text in ("0", "1"):
+        return text == "1"
+    raise ValueError(text)
+
+
+zero_one_auto = arg_type(_zero_one_auto, "0, 1 or auto")
 jobs_count = arg_type(lambda text: text if text == "auto" else int(text), "a positive integer or auto",
                       lambda v: v == "auto" or v > 0)
 

@@ -23,22 +23,37 @@ class OutputError:
 @dataclass
 class Measurement:
     """Errors of one model run over a test set. ``errors[metric]`` is the max over outputs and
-    samples (``inf`` when an output was NaN/Inf); ``details`` has one row per output and sample."""
+    samples (``inf`` when an output was NaN/Inf), or ``None`` when that metric skipped every
+    output (not measured: a metric other than the deciding one may be blind to a test set);
+    ``details`` has one row per output and sample."""
 
-    errors: Dict[str, float]
+    errors: Dict[str, Optional[float]]
     details: List[OutputError] = field(default_factory=list)
     nonfinite: List[str] = field(default_factory=list)
 
-    def error(self, metric: str) -> float:
+    def error(self, metric: str) -> Optional[float]:
         return self.errors[metric]
+
+
+# How a metric that skipped every output (not measured) is shown; JSON reports hold null.
+NOT_MEASURED = "n/a: skips every output"
+
+
+def error_text(value: Optional[float], fmt: str = "{:.6f}") -> str:
+    """``value`` for people: formatted, or :data:`NOT_MEASURED` for ``None`` (never 0)."""
+    return NOT_MEASURED if value is None else fmt.format(value)
 
 
 class Comparison:
     """Errors accumulated sample by sample (``compare`` in steps): ``error(metric)`` is the
-    maximum so far, so a caller can stop as soon as it is over a budget."""
+    maximum so far, so a caller can stop as soon as it is over a budget. ``decides`` names the
+    metric the caller judges by: only it must count an output (see :meth:`result`)."""
 
-    def __init__(self, metrics: Mapping[str, Metric]):
+    def __init__(self, metrics: Mapping[str, Metric], decides: str):
+        if decides not in metrics:
+            raise KeyError(f"deciding metric '{decides}' is not among the metrics {', '.join(metrics)}")
         self.metrics = metrics
+        self.decides = decides
         self.details: List[OutputError] = []
         self.nonfinite: List[str] = []
         self.worst: Dict[str, float] = {m: 0.0 for m in metrics}
@@ -76,21 +91,36 @@ class Comparison:
                                             float(np.max(np.abs(out - ref))), values))
 
     def result(self, testset: TestSet, complete: bool = True) -> Measurement:
-        """The measurement so far. ``complete``: every sample was added, and a metric that
-        skipped every output (it could never fail) is a BadInput."""
-        if complete:
-            for mname, n in self.counted.items():
-                if n == 0:
-                    raise BadInput(f"metric '{mname}' skips every output of test set {testset.root} "
-                                   "(e.g. max_rel ignores outputs whose max |ref| <= 0.01), so it could never "
-                                   "fail; use --metric cosine or a test set with larger outputs")
-        return Measurement(dict(self.worst), list(self.details), list(self.nonfinite))
+        """The measurement so far. ``complete``: every sample was added; the deciding metric
+        skipping every output (it could never fail) is then a BadInput. Any other metric that
+        skipped every output is not measured: its value is ``None``, never 0."""
+        if complete and self.counted[self.decides] == 0:
+            raise BadInput(f"metric '{self.decides}' skips every output of all {len(testset.samples)} sample(s) of "
+                           f"test set {testset.root} (e.g. max_rel ignores outputs whose max |ref| <= 0.01), so it "
+                           "could never fail; use --metric cosine or a test set with larger outputs")
+        errors = {m: (v if self.counted[m] else None) for m, v in self.worst.items()}
+        return Measurement(errors, list(self.details), list(self.nonfinite))
 
 
 def compare(testset: TestSet, outputs: Sequence[Mapping[str, np.ndarray]],
-            metrics: Mapping[str, Metric]) -> Measurement:
-    """``outputs[i]`` holds the model's outputs for ``testset.samples[i]``."""
-    comparison = Comparison(metrics)
+            metrics: Mapping[str, Metric], decides: str) -> Measurement:
+    """``outputs[i]`` holds the model's outputs for ``testset.samples[i]``; ``decides`` is the
+    metric the caller judges by (see :meth:`Comparison.result`)."""
+    comparison = Comparison(metrics, decides)
     for sample, produced in zip(testset.samples, outputs):
         comparison.add(sample, produced)
     return comparison.result(testset)
+
+
+def informative_samples(testset: TestSet, metric: Metric) -> List[int]:
+    """Indices of the samples ``metric`` counts, most informative first: by the largest max|ref|
+    over the outputs it counts, ties in test-set order (deterministic). Whether an output counts
+    is read from the reference alone, ``metric.per_output(ref, ref) is not None`` (max_rel's
+    floor is on max|ref|). Empty when the metric is blind to the whole test set."""
+    scored = []
+    for index, sample in enumerate(testset.samples):
+        ranges = [float(np.max(np.abs(ref))) if ref.size else 0.0 for ref in sample.references.values()
+                  if metric.per_output(ref, ref) is not None]
+        if ranges:
+            scored.append((-max(ranges), index))
+    return [index for _, index in sorted(scored)]

@@ -9,10 +9,29 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from mnnq.errors import BadInput
 from mnnq.layers import LayerSetting
+
+
+# A layer inside a subgraph (a While loop's body, ...) is keyed "<subgraph>::<op name>": op names
+# repeat across subgraphs (the converter matches entries on (subgraphName, opName)).
+GRAPH_SEP = "::"
+
+
+def layer_key(op_name: str, graph: str = "") -> str:
+    """The name mnnq gives a layer: its op name, prefixed with its subgraph's name when in one."""
+    return f"{graph}{GRAPH_SEP}{op_name}" if graph else op_name
+
+
+def entry_key(entry: dict) -> Optional[str]:
+    """:func:`layer_key` of a params entry (None without an ``opName``)."""
+    name = entry.get("opName") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    graph = entry.get("subgraphName")
+    return layer_key(name, graph if isinstance(graph, str) else "")
 
 
 def template_layers(params: dict) -> List[dict]:
@@ -35,7 +54,7 @@ def with_settings(template: dict, settings: Dict[str, LayerSetting], asymmetric:
     """A copy of ``template`` with every listed layer set from ``settings``."""
     params = copy.deepcopy(template)
     for entry in template_layers(params):
-        name = entry.get("opName")
+        name = entry_key(entry)
         if name not in settings:
             continue
         s = settings[name]
@@ -65,7 +84,7 @@ def settings_from_params(doc: dict, source: str) -> Dict[str, LayerSetting]:
     """Per-layer settings a params file asks for (validated)."""
     settings: Dict[str, LayerSetting] = {}
     for i, entry in enumerate(template_layers(doc)):
-        name = entry.get("opName") if isinstance(entry, dict) else None
+        name = entry_key(entry)
         weights = entry.get("weight") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not isinstance(weights, list) or not weights or not isinstance(weights[0], dict):
             raise BadInput(f'{source}: layer[{i}] needs "opName" and a "weight" list')

@@ -1,10 +1,10 @@
 """Terminal and JSON reports for auto-quant and apply."""
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.console import Console
 from rich.table import Table
+
+from mnnq.measure import error_text
 
 MB = 1024.0 * 1024.0
 
@@ -83,10 +83,6 @@ def print_weights(account, console: Console, max_rows: int = 8, min_share: float
             console.print(f"  {f.kind}, {f.reason}: {f.why}", highlight=False, markup=False)
 
 
-def _fmt_err(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:.6f}"
-
-
 def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
     table = Table(title=f"mnnq auto-quant: {result.quant_model}", title_justify="left")
     for col in ("layer", "kind", "shape", "bits", "block", "note"):
@@ -106,10 +102,10 @@ def print_autoquant(result, console: Console, max_layers: int = 60) -> None:
     summary.add_row("status", f"[{colour}]{result.status}[/{colour}] ({result.metric} {result.errors[result.metric]:.6f}"
                     f" {'<=' if result.met else '>'} rate {result.rate})")
     for name, value in result.errors.items():
-        summary.add_row(f"error {name}", f"{_fmt_err(value)} (written model, memory mode {result.memory_mode})")
+        summary.add_row(f"error {name}", f"{error_text(value)} (written model, memory mode {result.memory_mode})")
     if result.simulated_error is not None:
-        summary.add_row("simulated", f"{_fmt_err(result.simulated_error)} ({result.metric}, in-process search)")
-    summary.add_row("float model", ", ".join(f"{k} {_fmt_err(v)}" for k, v in result.float_errors.items()))
+        summary.add_row("simulated", f"{error_text(result.simulated_error)} ({result.metric}, in-process search)")
+    summary.add_row("float model", ", ".join(f"{k} {error_text(v)}" for k, v in result.float_errors.items()))
     summary.add_row("size", f"{result.size_before / MB:.3f} MB -> {result.size_after / MB:.3f} MB "
                     f"({result.size_after / max(result.size_before, 1):.2f}x)")
     summary.add_row("method", f"{result.method}; strategies {', '.join(result.strategies) or 'none'}")

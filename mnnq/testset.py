@@ -47,20 +47,46 @@ class TestSet:
         return len(self.samples) > 1 or (self.samples and self.samples[0].directory != self.root)
 
 
+# The largest magnitude a float32 holds. MNN feeds inputs and produces outputs as float32: a
+# value past it (e.g. 1e60, finite as float64) would become inf when cast.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def token_line(text: str, index: int) -> int:
+    """The 1-based line number of the ``index``-th whitespace-separated token of ``text``."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        seen += len(line.split())
+        if seen > index:
+            return number
+    return max(1, len(text.splitlines()))
+
+
 def read_values(path: Path, what: str) -> np.ndarray:
-    """A whitespace-separated text file as a flat float64 array (fails on junk, NaN, Inf)."""
+    """A whitespace-separated text file as a flat float64 array. Fails on junk, NaN, Inf and on
+    values beyond float32's range, naming the file and line: inputs are fed as float32, and a
+    reference beyond it is one no MNN model (float32 outputs) can produce, i.e. broken test data
+    whose errors would mean nothing."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
+    tokens = text.split()
     try:
-        values = np.array([float(tok) for tok in text.split()], dtype=np.float64)
+        values = np.array([float(tok) for tok in tokens], dtype=np.float64)
     except ValueError as exc:
         raise BadInput(f"{what} file {path} holds a non-number ({exc}); write one number per value") from None
     if values.size == 0:
         raise BadInput(f"{what} file {path} is empty")
-    if not np.all(np.isfinite(values)):
-        raise BadInput(f"{what} file {path} contains NaN or Inf; regenerate the test data")
+    bad = np.flatnonzero(~(np.abs(values) <= FLOAT32_MAX))  # NaN fails the comparison too
+    if bad.size:
+        index = int(bad[0])
+        line = token_line(text, index)
+        if not np.isfinite(values[index]):
+            raise BadInput(f"{what} file {path} contains NaN or Inf at line {line} ({tokens[index]}); "
+                           "regenerate the test data")
+        raise BadInput(f"{what} file {path} holds {tokens[index]} at line {line}, beyond float32's range "
+                       f"(|x| <= {FLOAT32_MAX:.4g}): MNN would read it as inf; regenerate the test data")
     return values
 
 
@@ -106,8 +132,10 @@ def _parse_input_json(directory: Path) -> dict:
         if shape is not None and (not isinstance(shape, list)
                                   or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
             raise BadInput(f'{path}: inputs[{i}] "shape" must be a list of positive integers, got {shape!r}')
-        if "value" in entry and not isinstance(entry["value"], (int, float)):
-            raise BadInput(f'{path}: inputs[{i}] "value" must be a number')
+        if "value" in entry and (isinstance(entry["value"], bool) or not isinstance(entry["value"], (int, float))
+                                 or not abs(entry["value"]) <= FLOAT32_MAX):
+            raise BadInput(f'{path}: inputs[{i}] "value" must be a number within float32\'s range, '
+                           f'got {entry["value"]!r}')
     return doc
 
 

@@ -10,15 +10,19 @@ buys the most bytes.
 2. Allocation: per layer, the settings form a chain from float to the smallest file along the
    lower convex hull of (bytes, error^2); all layers' steps are merged cheapest first (error^2
    added per byte saved), the greedy answer to this knapsack.
-3. Confirmation: the longest prefix of that sequence whose real error (all layers together,
-   whole test set) is within the budget is found by bisection, then the next steps are tried
-   one by one to use what budget is left.
+3. Confirmation: the longest prefix of that sequence whose real error (all layers together) is
+   within the budget is found by bisection, then the next steps are tried one by one to use what
+   budget is left; both on the quick samples, after a first measurement on every sample (which
+   lets the host add the sample that misses most to the quick ones).
+4. Verification: the plan is measured on every sample. When the quick samples were too
+   optimistic, confirmation runs again below the quick answer: on the quick samples (which now
+   include the sample that missed), then on every sample.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from mnnq.plugin import FLOAT_BITS, PER_CHANNEL, LayerSetting, SearchStrategy, hookimpl
 
@@ -26,6 +30,7 @@ BITS = (8, 6, 5, 4, 3, 2)
 BLOCKS = (PER_CHANNEL, 128, 64, 32)
 PROBE = LayerSetting(4, PER_CHANNEL)  # loud enough to measure, still a realistic setting
 REFINE_TRIALS = 16
+VERIFY_ROUNDS = 2  # confirmations on the quick samples before confirming on every sample
 # the smallest layers holding at most this share of the weights are one unit, screened at 8 bits
 SMALL_SHARE = 0.015
 SMALL_MIN_LAYERS = 3
@@ -194,9 +199,12 @@ def apply_steps(ctx, steps: List[Step], count: int, found: Screen) -> Dict[str, 
     return settings
 
 
-def confirmed(ctx, settings: Dict[str, LayerSetting], note: str) -> float:
-    """The whole-test-set error of ``settings`` when it meets the budget; when it misses, the
-    error of the first samples that already miss (the maximum over more samples is no lower)."""
+def confirmed(ctx, settings: Dict[str, LayerSetting], note: str, quick: bool) -> float:
+    """``quick``: the error on the quick samples (a lower bound of the whole set's). Else the
+    whole-test-set error when it meets the budget; when it misses, the error of the first samples
+    that already miss (the maximum over more samples is no lower)."""
+    if quick:
+        return ctx.measure(settings, note, quick=True)
     return ctx.measure_until_miss(settings, note)
 
 
@@ -211,18 +219,22 @@ def first_guess(ctx, steps: List[Step]) -> int:
     return guess
 
 
-def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[int, Dict[int, float]]:
-    """``(count, measured)``: the largest number of leading steps whose real error meets the
-    budget, by bisection starting at ``guess``; ``measured`` maps each count tried to its error."""
+def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen, quick: bool,
+                   top: Optional[int] = None) -> Tuple[int, Dict[int, float]]:
+    """``(count, measured)``: the largest number (at most ``top``) of leading steps whose real
+    error meets the budget, by bisection starting at ``guess``; ``measured`` maps each count
+    tried to its error."""
     measured: Dict[int, float] = {}
 
     def error_at(count: int) -> float:
         if count not in measured:
+            # the first one on every sample: it shows the host which samples miss (the quick
+            # samples then include the worst one)
             measured[count] = confirmed(ctx, apply_steps(ctx, steps, count, found),
-                                        f"plan: first {count} of {len(steps)} steps")
+                                        f"plan: first {count} of {len(steps)} steps", quick and bool(measured))
         return measured[count]
 
-    lo, hi = 0, len(steps)  # error_at(lo) assumed within budget; find the largest count that is
+    lo, hi = 0, len(steps) if top is None else top  # error_at(lo) assumed within budget
     if guess and ctx.meets(error_at(guess)):
         lo = guess
     elif guess:
@@ -239,11 +251,12 @@ def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[i
 
 
 def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], best_error: float,
-           failed_layers: set, found: Screen) -> Tuple[Dict[str, LayerSetting], float]:
+           failed_layers: set, found: Screen, quick: bool, trials: int = REFINE_TRIALS
+           ) -> Tuple[Dict[str, LayerSetting], float]:
     """Use the budget left after the prefix: try the following steps one by one."""
     tried = 0
     for step in steps[count:]:
-        if tried >= REFINE_TRIALS:
+        if tried >= trials:
             break
         if step.layer in failed_layers:
             continue
@@ -252,7 +265,7 @@ def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], be
             continue
         tried += 1
         setting = step.option.setting
-        error = confirmed(ctx, trial, f"refine {step.layer}: {setting.bits} bits, block {setting.block}")
+        error = confirmed(ctx, trial, f"refine {step.layer}: {setting.bits} bits, block {setting.block}", quick)
         if ctx.meets(error):
             best, best_error = trial, error
         else:
@@ -271,14 +284,38 @@ def sensitivity(ctx) -> None:
         everything_float = apply_steps(ctx, steps, 0, found)
         ctx.accept(everything_float, ctx.measure(everything_float, "all candidates float"))
         return
+    best, best_error = verified(ctx, steps, guess, found)
+    ctx.accept(best, best_error)
+
+
+def verified(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[Dict[str, LayerSetting], float]:
+    """Confirm on the quick samples, then verify on every sample. When the quick samples were
+    too optimistic (the host has then added the sample that missed to them), confirm on them
+    once more below their first answer; after that, on every sample."""
+    top: Optional[int] = None
+    for attempt in range(VERIFY_ROUNDS):
+        best, best_error, count = confirm(ctx, steps, guess if top is None else top, found, quick=True, top=top)
+        with ctx.stage("verification"):
+            error = ctx.measure_until_miss(best, "verify the plan on every sample")
+        if ctx.meets(error):
+            return best, error
+        top = count
+    best, best_error, _ = confirm(ctx, steps, top, found, quick=False, top=top)
+    return best, best_error
+
+
+def confirm(ctx, steps: List[Step], guess: int, found: Screen, quick: bool, top: Optional[int] = None
+            ) -> Tuple[Dict[str, LayerSetting], float, int]:
+    """``(settings, error, prefix length)``: the longest prefix within the budget, refined."""
     with ctx.stage("confirmation"):
-        count, measured = longest_prefix(ctx, steps, guess, found)
+        count, measured = longest_prefix(ctx, steps, guess, found, quick, top)
         best = apply_steps(ctx, steps, count, found)
-        best_error = measured[count] if count else ctx.measure(best, "plan: all candidates float")
+        best_error = measured[count] if count else confirmed(ctx, best, "plan: all candidates float", quick)
     with ctx.stage("refine"):
         failed = {steps[count].layer} if count < len(steps) and count + 1 in measured else set()
-        best, best_error = refine(ctx, steps, count, best, best_error, failed, found)
-    ctx.accept(best, best_error)
+        best, best_error = refine(ctx, steps, count, best, best_error, failed, found, quick,
+                                  REFINE_TRIALS if quick else REFINE_TRIALS // 2)
+    return best, best_error, count
 
 
 @hookimpl

@@ -149,9 +149,10 @@ def test_auto_quant_py_pipeline_stays_selectable(tmp_path, convnet):
 
 
 @pytest.mark.parametrize("hqq", ["0", "1"])
-def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq):
+def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq, monkeypatch):
     """Worker processes take part of the trials (the report counts them) and change nothing:
     same model, same params, same trial log as one process."""
+    monkeypatch.setenv("MNNQ_WAIT_FOR_WORKERS", "1")   # the tiny model's batches would end first
     model, testset = convnet
     reports = {}
     for jobs in ("1", "3"):
@@ -179,3 +180,19 @@ def test_spent_time_budget_still_writes_and_measures(tmp_path, convnet, pm):
     assert data["stopped_early"] and "time budget" in " ".join(data["notes"])
     assert code == (0 if data["met"] else 1)
     assert measured(q, testset, pm, data["memory_mode"])["max_rel"] == pytest.approx(data["errors"]["max_rel"])
+
+
+def test_module_backend_is_chosen_when_a_reload_costs_more(tmp_path, convnet, pm, monkeypatch):
+    """Large files are simulated without a reload per trial when that is cheaper (forced here
+    on a small model); the written model is measured as always and meets the rate."""
+    import mnnq
+    import mnnq.autoquant.prepare as prepare
+
+    model, testset = convnet
+    monkeypatch.setenv("MNNQ_WAIT_FOR_WORKERS", "1")
+    monkeypatch.setattr(prepare, "MODULE_TRY_BYTES", 0)
+    monkeypatch.setattr(prepare, "MODULE_GAIN", 1e9)
+    r = mnnq.auto_quant(model, tmp_path / "q.mnn", testset, rate=0.05, hqq=False, jobs=2)
+    assert any("swaps weights without reloading" in n for n in r.notes), r.notes
+    assert r.passed and measured(tmp_path / "q.mnn", testset, pm, r.details.memory_mode)["max_rel"] == r.error
+    assert r.report["timing"]["trials"]["in_workers"] > 0          # the workers use the same backend

@@ -222,6 +222,14 @@ def inf_reference(s: Path) -> None:
     _values(s, "y", lambda v: ["-inf"] + v[1:])
 
 
+def overflow_input(s: Path) -> None:  # finite as float64, inf as float32
+    _values(s, "x", lambda v: [v[0], "1e60"] + v[2:])
+
+
+def overflow_reference(s: Path) -> None:
+    _values(s, "y", lambda v: v[:2] + ["-1e60"] + v[3:])
+
+
 def word_input(s: Path) -> None:
     _values(s, "x", lambda v: ["0.5", "abc"] + v[2:])
 
@@ -335,6 +343,10 @@ TESTSET_ROWS = [  # (id suffix, mutate, single, expected)
     ("data-not-a-number", word_input, False, r"input 'x' file \S*000/x\.txt holds a non-number"),
     ("nan-input", nan_input, False, r"input 'x' file \S*000/x\.txt contains NaN or Inf"),
     ("inf-reference", inf_reference, False, r"reference 'y' file \S*000/y\.txt contains NaN or Inf"),
+    ("overflow-input", overflow_input, False,
+     r"input 'x' file \S*000/x\.txt holds 1e60 at line 2, beyond float32's range"),
+    ("overflow-reference", overflow_reference, False,
+     r"reference 'y' file \S*000/y\.txt holds -1e60 at line 3, beyond float32's range"),
     ("reference-shape", reference_shape, False, r"reference \S*000/y has 5 values but the model's output 'y' has 10"),
 ]
 
@@ -528,6 +540,15 @@ ROWS += [
     Row("quantize/calibration-nan", lambda c: qz(c, config=qcfg(c, {"path": str(c.testset(nan_input)),
                                                                     "input_type": "sequence"})),
         r"NaN"),
+    Row("quantize/calibration-overflow", lambda c: qz(c, config=qcfg(c, {"path": str(c.testset(overflow_input)),
+                                                                         "input_type": "sequence"})),
+        r"input 'x' file \S*000/x\.txt holds 1e60 at line 2, beyond float32's range"),
+    Row("quantize/config-mean-count", lambda c: qz(c, config=qcfg(c, {"path": str(c.w.images), "width": 16,
+                                                                      "height": 16, "format": "RGB", "mean": [0, 0]})),
+        r"config key 'mean': format RGB has 3 channel\(s\), so 'mean' needs 3 values \(one per channel\), got 2"),
+    Row("quantize/config-normal-count", lambda c: qz(c, config=qcfg(c, {"path": str(c.w.images), "width": 16,
+                                                                        "height": 16, "normal": [0.017]})),
+        r"config key 'normal': format BGR \(the default\) has 3 channel\(s\), so 'normal' needs 3 values"),
     Row("quantize/calibration-data-count", lambda c: qz(c, config=qcfg(c, {"path": str(c.testset(short_input)),
                                                                            "input_type": "sequence"})),
         r"x\.txt.*767"),
@@ -572,6 +593,11 @@ ROWS += [
         r"x\.npy|shape"),
     Row("testdir/make-npy-nan", lambda c: tm(c, None, None, "--npy", _npy(c, np.full((1, 3, 16, 16), np.nan, "f4"))),
         r"NaN"),
+    Row("testdir/make-npy-overflow", lambda c: tm(c, None, None, "--npy", _npy(c, np.full((1, 3, 16, 16), 1e60))),
+        r"input 'x' holds values beyond float32's range"),
+    Row("testdir/make-mean-count", lambda c: tm(c, None, None, "--images", c.w.images, "--format", "RGB",
+                                                "--mean", "0", "0"),
+        r"key 'mean': format RGB has 3 channel\(s\), so 'mean' needs 3 values \(one per channel\), got 2"),
     Row("testdir/make-npy-not-numpy", lambda c: tm(c, None, None, "--npy", c.file("x.npy", "not numpy")), r"x\.npy"),
     Row("testdir/make-images-unreadable", lambda c: tm(c, None, None, "--images", image_folder(c, {
         "0.png": b"junk", "1.png": b"junk"})), r"images"),

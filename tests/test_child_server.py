@@ -10,6 +10,9 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+
+from mnnq.testing import process_alive
 
 PRELUDE = """
 import json, os, sys, threading
@@ -121,3 +124,29 @@ def test_a_request_too_large_for_the_socket_goes_to_a_fresh_interpreter():
     """)
     assert out["count"] == 20000 and out["parent"] == out["me"]  # a new interpreter took it
     assert out["still"] == out["server"]                          # and the server still serves
+
+
+def test_a_child_forked_while_mnnq_is_interrupted_does_not_outlive_it(tmp_path):
+    """Ctrl-C between the server's fork and mnnq's read of the pid: mnnq cannot kill that child
+    itself, so the server kills it when mnnq's end of the socket closes."""
+    out = run_script(f"""
+        import time
+        start_child_server()
+        def interrupted(self):
+            raise KeyboardInterrupt  # lands while mnnq waits for the "started" reply
+        native._ChildServer._receive = interrupted
+        note = {str(tmp_path / "pid")!r}
+        try:
+            run_python(["-c", f"import os, time; open({{note!r}}, 'w').write(str(os.getpid())); time.sleep(600)"],
+                       "a sleeper")
+        except KeyboardInterrupt:
+            pass
+        while not os.path.exists(note) or not open(note).read():
+            time.sleep(0.02)
+        print(json.dumps(dict(child=int(open(note).read()), server=native._server)))
+    """)
+    assert out["server"] is None  # mnnq stopped using the server whose replies it lost
+    deadline = time.monotonic() + 30
+    while process_alive(out["child"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(out["child"]), "the sleeper outlived mnnq"

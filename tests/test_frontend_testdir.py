@@ -218,6 +218,9 @@ def test_image_config_file_and_size_checks(models, photos, tmp_path):
     code, _, err = run_cli(["testdir", "make", "--model", str(models / "imagenet_like.mnn"),
                             "--out", str(tmp_path / "b"), "--images", str(photos), "--format", "GRAY"])
     assert code == 2 and "takes 3" in error_line(err)
+    code, _, err = run_cli(["testdir", "make", "--model", str(models / "imagenet_like.mnn"),
+                            "--out", str(tmp_path / "b"), "--images", str(photos), "--format", "RGB", "--mean", "1", "2"])
+    assert code == 2 and "'mean': format RGB has 3 channel(s), so 'mean' needs 3 values" in error_line(err)
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run_cli(["testdir", "make", "--model", str(models / "imagenet_like.mnn"),
@@ -313,6 +316,9 @@ def test_show_flags_nan_size_mismatch_and_missing_files(tmp_path):
     code, stdout, _ = run_cli(["testdir", "show", str(tmp_path / "ts")])
     assert code == 1
     assert "NaN or Inf" in stdout and "other samples have 2" in stdout
+    (tmp_path / "ts" / "001" / "x.txt").write_text("1\n2\n1e60\n" + "1\n" * 9)
+    code, stdout, _ = run_cli(["testdir", "show", str(tmp_path / "ts")])
+    assert code == 1 and "beyond float32's range (first at line 3)" in " ".join(stdout.split())
     (tmp_path / "ts" / "001" / "y.txt").unlink()
     code, stdout, _ = run_cli(["testdir", "show", str(tmp_path / "ts")])
     assert code == 1 and "no file for output 'y'" in stdout

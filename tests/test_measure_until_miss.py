@@ -37,7 +37,7 @@ def test_a_miss_stops_early_and_a_pass_is_the_whole_test_set():
     clean = Counting(testset)
     measurement, complete = measure_until_miss(clean, testset, metrics, "max_rel", 1.0)
     assert complete and clean.runs == len(testset.samples)
-    full = compare(testset, [clean.model.run(s.inputs) for s in testset.samples], metrics)
+    full = compare(testset, [clean.model.run(s.inputs) for s in testset.samples], metrics, "max_rel")
     assert measurement.errors == full.errors
 
     spoiled = Counting(testset, spoil=[5])

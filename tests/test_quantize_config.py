@@ -63,6 +63,12 @@ BAD = [
     ("misspelt key", {**SEQ, "feature_quantise_method": "KL"}, "feature_quantise_method"),
     ("unknown format", {"path": "@images", "width": 8, "height": 8, "format": "YUV"}, "'format'"),
     ("mean not a list", {"path": "@images", "width": 8, "height": 8, "mean": "0"}, "'mean'"),
+    ("mean of 2 for RGB", {"path": "@images", "width": 8, "height": 8, "format": "RGB", "mean": [0, 0]},
+     "'mean': format RGB has 3 channel(s), so 'mean' needs 3 values"),
+    ("normal of 3 for BGRA", {"path": "@images", "width": 8, "height": 8, "format": "BGRA", "normal": [1, 1, 1]},
+     "'normal': format BGRA has 4 channel(s), so 'normal' needs 4 values"),
+    ("mean of 1 for the default BGR", {"path": "@images", "width": 8, "height": 8, "mean": [127.5]},
+     "format BGR (the default) has 3 channel(s)"),
     ("debug not a bool", {**SEQ, "debug": "yes"}, "'debug'"),
     ("batch_size zero", {**SEQ, "batch_size": 0}, "batch_size"),
     ("skip names not a list", {**SEQ, "skip_quant_op_names": "conv1"}, "skip_quant_op_names"),
@@ -132,8 +138,11 @@ def test_defaults_follow_quantized_out(data):
     assert parse_config({"path": str(data["seq"]), "used_sample_num": 2, "input_type": "sequence"}).used_sample_num == 2
     low = parse_config({"path": str(data["seq"]), "input_type": "sequence", "quant_bits": 4})
     assert low.weight_clamp == 7
-    partial = parse_config({"path": str(data["images"]), "width": 8, "height": 8, "mean": [1.0, 2.0]})
-    assert partial.mean == [1.0, 2.0, 0.0, 0.0]
+    gray = parse_config({"path": str(data["images"]), "width": 8, "height": 8, "format": "GRAY", "mean": [1.0]})
+    assert gray.mean == [1.0, 0.0, 0.0, 0.0]
+    # quantized.out keeps mean/normal in a float[4]: a 4th value for a 3-channel format is ignored there too
+    four = parse_config({"path": str(data["images"]), "width": 8, "height": 8, "normal": [0.5] * 4})
+    assert four.normal == [0.5] * 4
 
 
 def test_yaml_config_and_unknown_key_warning(data, tmp_path, capsys):

@@ -152,7 +152,7 @@ def test_sensitivity_meets_budget_probing_each_layer_once(pm):
     assert ctx.setting("mid").bits >= max(ctx.setting(n).bits for n in ("small", "big"))
     # screening probed each layer once; the rest was predicted from weight noise
     assert sum(t.note.startswith("probe") for t in ctx.trials) == len(LAYERS)
-    assert {t.stage for t in ctx.trials[1:]} <= {"screening", "confirmation", "refine"}
+    assert {t.stage for t in ctx.trials[1:]} <= {"screening", "confirmation", "refine", "verification"}
     assert all(t.quick for t in ctx.trials if t.stage == "screening")
 
 

@@ -65,10 +65,22 @@ def test_multi_sample_folder(tmp_path):
     (DOC, {"x.txt": [1, 2], "y.txt": ["inf"]}, "NaN or Inf"),
     (DOC, {"x.txt": [1, "abc"], "y.txt": [1]}, "non-number"),
     (DOC, {"x.txt": [], "y.txt": [1]}, "is empty"),
+    (DOC, {"x.txt": [1, "1e60"], "y.txt": [1]}, r"x\.txt holds 1e60 at line 2, beyond float32's range"),
+    (DOC, {"x.txt": [1, 2], "y.txt": ["-3.5e38"]}, r"y\.txt holds -3\.5e38 at line 1, beyond float32's range"),
+    ({"inputs": [{"name": "x", "shape": [1, 2], "value": 1e60}], "outputs": ["y"]}, {"y.txt": [1]},
+     "within float32's range, got 1e\\+60"),
 ])
 def test_bad_test_dirs(tmp_path, doc, files, message):
     write(tmp_path, doc, files)
     with pytest.raises(BadInput, match=message):
+        load_testset(tmp_path)
+
+
+def test_bad_values_are_named_by_line(tmp_path):
+    """Several values on a line, blank lines: the line is the 1-based line of the offending token."""
+    write(tmp_path, DOC, {"y.txt": [1]})
+    (tmp_path / "x.txt").write_text("0.5 1\n\n  2 3\n4 nan 5\n")
+    with pytest.raises(BadInput, match=r"contains NaN or Inf at line 4 \(nan\)"):
         load_testset(tmp_path)
 
 

@@ -28,7 +28,7 @@ def test_curve_points_are_written_measured_and_rebuildable(tmp_path, pm):
         assert code == 0, stdout + stderr
         assert rebuilt.read_bytes() == model.read_bytes()
     # the screening ran once: later points answer most of their trials from earlier ones
-    assert points[0]["new_trials"] == points[0]["trials"]
+    assert 0 < points[0]["new_trials"] <= points[0]["trials"]
     assert all(p["new_trials"] < p["trials"] for p in points[1:])
     svg = ET.fromstring((out / "tradeoff.svg").read_text())
     assert len(svg.findall(".//{http://www.w3.org/2000/svg}circle")) == len(points)

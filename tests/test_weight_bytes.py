@@ -51,7 +51,7 @@ def shared(tmp_path_factory):
     testset = make_testset(model, d / "testset", samples=4)
     q, report = d / "q.mnn", d / "report.json"
     run = run_cli(["auto-quant", "--model", model, "--quant_model", q, "--test_dir", testset,
-                   "--report-json", report])
+                   "--report-json", report, "--fp16-float-weights", "0"])   # the float32 accounting
     return {"model": model, "testset": testset, "q": q, "run": run, "report": json.loads(report.read_text())}
 
 
@@ -107,7 +107,7 @@ def test_fp16_float_weights_halves_them_and_is_measured(tmp_path, shared, pm):
     # The reported errors are the fp16 file's own.
     ts = load_testset(shared["testset"])
     loaded = LoadedModel(q16, ts.input_names, ts.output_names, memory_mode=r.report["memory_mode"])
-    measured = compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics()).errors
+    measured = compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics(), "max_rel").errors
     assert np.isclose(measured["max_rel"], r.metrics["max_rel"], rtol=1e-6, atol=1e-9)
     # `mnnq apply` rebuilds the same bytes from the params file.
     again = tmp_path / "again.mnn"
@@ -129,7 +129,7 @@ def test_fp16_float_weights_over_the_rate_keeps_float32(tmp_path, shared):
 
 def test_kept_float_layer_carries_mnnq_reason(tmp_path, tiny_model):
     tm = tiny_model("tiny_weight")
-    r = mnnq.auto_quant(tm.model, tmp_path / "q.mnn", tm.test_dir, rate=0.05, hqq=False)
+    r = mnnq.auto_quant(tm.model, tmp_path / "q.mnn", tm.test_dir, rate=0.05, hqq=False, fp16_float_weights=False)
     kept = [f for f in r.weights["float"] if f["reason"].startswith(wb.KEPT_BY_MNNQ)]
     assert [(f["kind"], f["ops"], f["reason"]) for f in kept] == [
         ("Convolution", 1, wb.kept_float_reason("scale underflow"))]
@@ -174,3 +174,17 @@ def test_gate_rebuild_keeps_fp16_float_weights(tmp_path):
     a, c = load_config(tmp_path / "mnnq.yaml").models
     assert rebuild_argv(a)[-2:] == ["--fp16_float_weights", "1"]
     assert rebuild_argv(c)[-2:] == ["--hqq", "--fp16-float-weights"]
+
+
+def test_fp16_auto_halves_the_shared_weights_when_they_dominate(shared, tmp_path, pm):
+    """By default (--fp16-float-weights auto) a model whose float weights are at least a quarter
+    of the written file gets them as fp16 when it still meets the rate."""
+    q, report = tmp_path / "q.mnn", tmp_path / "report.json"
+    run = run_cli(["auto-quant", "--model", shared["model"], "--quant_model", q, "--test_dir", shared["testset"],
+                   "--report-json", report])
+    assert run.code == 0, run.out + run.err
+    data = json.loads(report.read_text())
+    row = shared_row(data["weights"]["float"])
+    assert row["dtype"] == "float16" and row["bytes"] == shared_bytes(HIDDEN) // 2
+    assert any("stored as fp16" in n for n in data["notes"])
+    assert q.stat().st_size < shared["q"].stat().st_size

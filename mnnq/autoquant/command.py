@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from mnnq.cli_args import COMMAND_STARTED, add_flag, int01, jobs_count, name_list, plugin_manager, positive_float
+from mnnq.cli_args import (COMMAND_STARTED, add_flag, int01, jobs_count, name_list, plugin_manager, positive_float,
+                            zero_one_auto)
 from mnnq.errors import EXIT_MISSED, EXIT_OK
 
 
@@ -26,9 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_flag(aq, "--rate", type=positive_float, default=0.05, help="error budget (default 0.05)")
     add_search_flags(aq)
     add_flag(aq, "--report_json", default=None, help="also write the report as JSON to this path")
-    add_flag(aq, "--fp16_float_weights", type=int01, default=0,
-             help="store the weights MNN cannot quantize (shared MatMul weights, constants, layers kept float) "
-                  "as fp16 when the re-measured model still meets the rate (default 0)")
+    add_flag(aq, "--fp16_float_weights", type=zero_one_auto, default="auto",
+             help="store the weights MNN cannot quantize (shared MatMul weights, embedding tables, constants) "
+                  "as fp16 when the re-measured model still meets the rate: 1, 0, or auto (default: when they "
+                  "are at least a quarter of the file)")
     return aq
 
 
@@ -87,7 +89,7 @@ def run(args, out: Console, err: Console) -> int:
     pm = plugin_manager(err)
     opts = search_options(args, Path(args.quant_model), args.rate,
                           report_json=Path(args.report_json) if args.report_json else None,
-                          fp16_float_weights=bool(args.fp16_float_weights))
+                          fp16_float_weights=args.fp16_float_weights)
     with trial_progress(err) as on_trial:
         result = run_auto_quant(opts, pm, on_trial=on_trial, started=COMMAND_STARTED)
     print_autoquant(result, out)  # --report-json was written with the model (all or nothing)

@@ -28,13 +28,15 @@ class Evaluation:
     ``until_miss(settings, memory_mode, metric, limit)`` -> ``(Measurement, complete)`` stops at
     the first sample over ``limit``; ``many(list of settings, memory_mode, quick)`` measures
     independent trials in parallel (None: one by one). ``exact``: trials run the written model
-    (it alone tells runtime memory modes apart; the simulation computes float activations)."""
+    (it alone tells runtime memory modes apart; the simulation computes float activations).
+    ``quick_key()`` names the samples a quick measurement runs on (the subset can grow)."""
 
     name: str
     exact: bool
     measure: Callable[[Settings, str, bool], Measurement]
     until_miss: Optional[Callable[[Settings, str, str, float], Tuple[Measurement, bool]]] = None
     many: Optional[Callable[[List[Settings], str, bool], List[Measurement]]] = None
+    quick_key: Callable[[], tuple] = lambda: ()  # which samples a quick measurement runs on now
 
 
 class Search:

@@ -102,7 +102,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp:
         work = Path(tmp)
         progress.stage = "reading the model"
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
+        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
                            opts.evaluator, work, timings)
         with _parallel_trials(prepared, plugins, opts, pm, work) as workers:
             search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
@@ -117,7 +117,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         final = work / "final.mnn"
         params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
                                        timings)
-        if opts.fp16_float_weights:
+        if _try_fp16(opts.fp16_float_weights, final):
             progress.stage = "storing the float weights as fp16"
             with timings.phase("fp16 float weights"):
                 final, measured = _fp16_float_weights(search, prepared, final, measured)
@@ -166,7 +166,7 @@ def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOption
                                                 "is not an installed plugin)"])
         return
     setup = WorkerSetup(prepared.rewritten, prepared.layers, prepared.testset, plugins.method.name,
-                        list(fast.metrics), work)
+                        list(fast.metrics), plugins.metric, work, fast.model.mode)
     workers = TrialWorkers.start(jobs - 1, setup, work, fast.measure)
     try:
         yield workers
@@ -180,7 +180,7 @@ def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Ev
     fast = prepared.fast
     if fast is None:
         return exact_evaluation(prepared)
-    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many)
+    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many, lambda: fast.quick.key)
 
 
 def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
@@ -196,7 +196,7 @@ def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_
 
 def exact_evaluation(prepared: Prepared) -> Evaluation:
     exact = prepared.exact
-    return Evaluation("exact", True, exact.measure, exact.measure_until_miss)
+    return Evaluation("exact", True, exact.measure, exact.measure_until_miss, quick_key=lambda: exact.quick.key)
 
 
 def run_strategies(search: Search, pipeline: Pipeline, progress: Progress,
@@ -243,6 +243,19 @@ def _write_and_measure(search: Search, prepared: Prepared, out: Path, timings: T
                                                             search.memory_mode)
     search.set_error(measured.error(search.metric))
     return params, measured
+
+
+# --fp16-float-weights auto tries fp16 storage when the float weights are at least this share of
+# the written file (an embedding table, an unrolled cell's shared weights): below it, the second
+# conversion would cost more time than the bytes are worth.
+FP16_AUTO_SHARE = 0.25
+
+
+def _try_fp16(option, written: Path) -> bool:
+    if option == "auto":
+        account = account_weights(written, {})
+        return account.share(account.float_bytes) >= FP16_AUTO_SHARE
+    return bool(option)
 
 
 def _fp16_float_weights(search: Search, prepared: Prepared, written: Path, measured: Measurement

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
+from mnnq.autoquant.samples import QuickSamples
 from mnnq.measure import Comparison, Measurement, compare
 from mnnq.mnn_backend.converter import weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
 from mnnq.records import Metric, WeightMethod
 from mnnq.testset import TestSet
-
-
-# Screening trials (``quick=True``) run on the first few samples only; every decision that
-# is kept is confirmed on the whole test set.
-QUICK_SAMPLES = 2
 
 
 def run_testset(model, testset: TestSet, timings: Timings):
@@ -38,26 +35,25 @@ def run_testset(model, testset: TestSet, timings: Timings):
     return outputs
 
 
-def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], timings: Timings) -> Measurement:
+def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], decides: str,
+                    timings: Timings) -> Measurement:
     outputs = run_testset(model, testset, timings)
     with timings.cost("compare"):
-        return compare(testset, outputs, metrics)
-
-
-def quick_view(testset: TestSet) -> TestSet:
-    """The first QUICK_SAMPLES samples of ``testset``."""
-    return TestSet(testset.root, testset.input_names, testset.output_names, testset.samples[:QUICK_SAMPLES])
+        return compare(testset, outputs, metrics, decides)
 
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
-                       limit: float, timings: Optional[Timings] = None) -> Tuple[Measurement, bool]:
+                       limit: float, timings: Optional[Timings] = None,
+                       order: Optional[Sequence[int]] = None) -> Tuple[Measurement, bool]:
     """Run ``model`` sample by sample and stop once ``metric`` is over ``limit``: a model's
     error is the maximum over samples, so the rest cannot bring it back. Returns
     ``(measurement, complete)``; the complete measurement is exactly :func:`compare` over the
-    whole test set."""
+    whole test set (samples ``metric`` skips cannot cause a miss; they only delay the stop).
+    ``order``: sample indices in the order to run them (default: test-set order)."""
     timings = timings or Timings()
-    comparison = Comparison(metrics)
-    for sample in testset.samples:
+    comparison = Comparison(metrics, metric)
+    for index in order if order is not None else range(len(testset.samples)):
+        sample = testset.samples[index]
         with timings.cost("forward"):
             produced = model.run(sample.inputs)
         with timings.cost("compare"):
@@ -67,20 +63,30 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
     return comparison.result(testset), True
 
 
+KEPT_QUICK_RUNS = 16
+
+
+def settings_key(settings: Mapping[str, LayerSetting]) -> tuple:
+    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items()))
+
+
 class ExactEvaluator:
-    """Convert + run: what the user will ship, measured on the test set."""
+    """Convert + run: what the user will ship, measured on the test set. ``decides``: the
+    metric the search judges by (it picks the quick samples; only it must count an output)."""
 
     name = "exact"
     exact = True
 
     def __init__(self, float_model: Path, template: dict, method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric], workdir: Path, timings: Optional[Timings] = None):
+                 metrics: Mapping[str, Metric], workdir: Path, decides: str, timings: Optional[Timings] = None):
         self.timings = timings or Timings()
         self.float_model = Path(float_model)
         self.template = template
         self.method = method
         self.testset = testset
         self.metrics = metrics
+        self.decides = decides
+        self.quick = QuickSamples(testset, metrics[decides], decides)
         self.workdir = Path(workdir)
         self._last_key: Optional[str] = None
         # whole-test-set measurements of the last written conversion, by memory mode
@@ -127,14 +133,16 @@ class ExactEvaluator:
         testset = testset or self.testset
         with self.timings.cost("load"):
             model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
-        return measure_testset(model, testset, self.metrics, self.timings)
+        return measure_testset(model, testset, self.metrics, self.decides, self.timings)
 
     # Trials run the kept conversion itself: no copy of the file per trial.
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:
         _, converted = self._converted(settings)
         if quick:
-            return self.measure_file(converted, memory_mode, quick_view(self.testset))
-        return self._measure_whole(converted, memory_mode)
+            return self.measure_file(converted, memory_mode, self.quick.view)
+        measured = self._measure_whole(converted, memory_mode)
+        self.quick.learn(measured)
+        return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
@@ -142,23 +150,31 @@ class ExactEvaluator:
         with self.timings.cost("load"):
             model = LoadedModel(converted, self.testset.input_names, self.testset.output_names,
                                 memory_mode=memory_mode)
-        return measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings)
+        result = measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings,
+                                    self.quick.order())
+        self.quick.learn(result[0])
+        return result
 
 
 class FastEvaluator:
-    """In-process simulation with swapped weights (float activations = memory mode normal)."""
+    """In-process simulation with swapped weights (float activations = memory mode normal);
+    ``decides`` as for :class:`ExactEvaluator`."""
 
     name = "fast"
     exact = False
 
     def __init__(self, swappable, layers: Mapping[str, Layer], method: WeightMethod, testset: TestSet,
-                 metrics: Mapping[str, Metric], timings: Optional[Timings] = None):
+                 metrics: Mapping[str, Metric], decides: str, timings: Optional[Timings] = None):
         self.timings = timings or Timings()
         self.model = swappable
         self.layers = layers
         self.method = method
         self.testset = testset
         self.metrics = metrics
+        self.decides = decides
+        self.quick = QuickSamples(testset, metrics[decides], decides)
+        # quick runs kept while the quick samples are every sample (a whole-set question answered)
+        self._quick_runs: "OrderedDict[tuple, Measurement]" = OrderedDict()
         self._applied: Dict[str, Tuple[int, int]] = {}
         self._cache: Dict[Tuple[str, int, int], np.ndarray] = {}
 
@@ -177,13 +193,27 @@ class FastEvaluator:
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
         self._apply(settings)
-        testset = quick_view(self.testset) if quick else self.testset
-        return measure_testset(self.model, testset, self.metrics, self.timings)
+        if quick:
+            measured = measure_testset(self.model, self.quick.view, self.metrics, self.decides, self.timings)
+            if self.quick.covers_all:
+                self._quick_runs[settings_key(settings)] = measured
+                while len(self._quick_runs) > KEPT_QUICK_RUNS:
+                    self._quick_runs.popitem(last=False)
+            return measured
+        measured = measure_testset(self.model, self.testset, self.metrics, self.decides, self.timings)
+        self.quick.learn(measured)
+        return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
                            limit: float) -> Tuple[Measurement, bool]:
+        kept = self._quick_runs.get(settings_key(settings))
+        if kept is not None:
+            return kept, True  # the quick samples are every sample: measured already
         self._apply(settings)
-        return measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings)
+        result = measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings,
+                                    self.quick.order())
+        self.quick.learn(result[0])
+        return result
 
     def _apply(self, settings: Dict[str, LayerSetting]) -> None:
         """Swap in the weights of every layer whose setting changed since the last trial."""

@@ -16,11 +16,12 @@ from mnnq.autoquant.context import Evaluation
 from mnnq.layers import LayerSetting
 from mnnq.measure import Measurement
 
-Key = Tuple[Tuple[Tuple[str, int, int], ...], str, bool]
+Key = Tuple[Tuple[Tuple[str, int, int], ...], str, tuple]
 
 
-def settings_key(settings: Mapping[str, LayerSetting], memory_mode: str, quick: bool) -> Key:
-    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items())), memory_mode, bool(quick)
+def settings_key(settings: Mapping[str, LayerSetting], memory_mode: str, samples: tuple) -> Key:
+    """``samples``: the quick samples' names for a quick measurement, ``()`` for the whole set."""
+    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items())), memory_mode, samples
 
 
 @dataclass
@@ -33,10 +34,13 @@ class Memory:
 def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
     """``evaluation`` with measurements looked up in (and added to) ``memory``."""
 
+    def which(quick: bool) -> tuple:
+        return tuple(evaluation.quick_key()) or ("quick",) if quick else ()
+
     def measure(settings, memory_mode, quick=False) -> Measurement:
-        key = settings_key(settings, memory_mode, quick)
-        if key not in memory.whole and quick and settings_key(settings, memory_mode, False) in memory.whole:
-            key = settings_key(settings, memory_mode, False)  # the whole test set answers a quick question
+        key = settings_key(settings, memory_mode, which(quick))
+        if key not in memory.whole and quick and settings_key(settings, memory_mode, ()) in memory.whole:
+            key = settings_key(settings, memory_mode, ())  # the whole test set answers a quick question
         if key in memory.whole:
             memory.hits += 1
             return memory.whole[key]
@@ -44,7 +48,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         return result
 
     def until_miss(settings, memory_mode, metric, limit) -> Tuple[Measurement, bool]:
-        key = settings_key(settings, memory_mode, False)
+        key = settings_key(settings, memory_mode, ())
         if key in memory.whole:
             memory.hits += 1
             return memory.whole[key], True
@@ -63,7 +67,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         results: List[Optional[Measurement]] = [None] * len(batch)
         todo = []
         for i, settings in enumerate(batch):
-            key = settings_key(settings, memory_mode, quick)
+            key = settings_key(settings, memory_mode, which(quick))
             if key in memory.whole:
                 memory.hits += 1
                 results[i] = memory.whole[key]
@@ -73,8 +77,8 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
             fresh = (evaluation.many([batch[i] for i in todo], memory_mode, quick) if evaluation.many is not None
                      else [evaluation.measure(batch[i], memory_mode, quick) for i in todo])
             for i, result in zip(todo, fresh):
-                results[i] = memory.whole[settings_key(batch[i], memory_mode, quick)] = result
+                results[i] = memory.whole[settings_key(batch[i], memory_mode, which(quick))] = result
         return results  # type: ignore[return-value]
 
     return Evaluation(evaluation.name, evaluation.exact, measure,
-                      until_miss if evaluation.until_miss is not None else None, many)
+                      until_miss if evaluation.until_miss is not None else None, many, evaluation.quick_key)

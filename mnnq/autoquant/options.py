@@ -28,7 +28,9 @@ class AutoQuantOptions:
     time_budget: Optional[float] = None
     jobs: Union[int, str] = "auto"  # processes for simulated trials; auto = one per usable CPU (<= 4)
     report_json: Optional[Path] = None  # also write the report (with the model, atomically)
-    fp16_float_weights: bool = False  # store the weights left float as fp16 when that meets the rate
+    # store the weights left float as fp16 when the model still meets the rate: True, False, or
+    # "auto" (try it when such weights are at least FP16_AUTO_SHARE of the written file)
+    fp16_float_weights: Union[bool, str] = "auto"
 
     @property
     def params_path(self) -> Path:
@@ -69,6 +71,8 @@ def check_search_flags(opts: AutoQuantOptions) -> None:
     rate = opts.rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
         raise BadInput(f"--rate must be a positive number, got {opts.rate!r}")
+    if opts.fp16_float_weights not in (True, False, "auto"):
+        raise BadInput(f"--fp16-float-weights must be 0, 1 or auto, got {opts.fp16_float_weights!r}")
     if opts.memory_mode not in ("auto", "low", "normal"):
         raise BadInput(f"--memory-mode must be auto, low or normal, got {opts.memory_mode!r}")
     if opts.jobs != "auto" and (isinstance(opts.jobs, bool) or not isinstance(opts.jobs, int) or opts.jobs < 1):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, Iterator, List
+from typing import Callable, ContextManager, Dict, Iterator, List
 
 COSTS = ("weight_quant", "swap", "convert", "load", "forward", "compare")
 
@@ -22,39 +22,22 @@ class Timings:
         self.phases: Dict[str, float] = {}
         self.costs: Dict[str, float] = {k: 0.0 for k in COSTS}
         self.counts: Dict[str, int] = {k: 0 for k in COSTS}
-        self._stack: List[List[float]] = []  # [start, time charged to inner phases]
+        self._stack: List[List[float]] = []
         self._cost_stack: List[List[float]] = []
         self.workers: Dict[str, int] = {}  # --jobs: worker processes started, trials they measured
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        frame = [time.monotonic(), 0.0]
-        self._stack.append(frame)
-        try:
-            yield
-        finally:
-            self._stack.pop()
-            total = time.monotonic() - frame[0]
-            self.add_phase(name, total - frame[1])
-            if self._stack:
-                self._stack[-1][1] += total
+    def phase(self, name: str) -> ContextManager[None]:
+        return _exclusive(self._stack, lambda seconds: self.add_phase(name, seconds))
 
     def add_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = self.phases.get(name, 0.0) + max(seconds, 0.0)
 
-    @contextlib.contextmanager
-    def cost(self, kind: str) -> Iterator[None]:
-        frame = [time.monotonic(), 0.0]
-        self._cost_stack.append(frame)
-        try:
-            yield
-        finally:
-            self._cost_stack.pop()
-            total = time.monotonic() - frame[0]
-            self.costs[kind] = self.costs.get(kind, 0.0) + max(total - frame[1], 0.0)
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-            if self._cost_stack:
-                self._cost_stack[-1][1] += total
+    def cost(self, kind: str) -> ContextManager[None]:
+        return _exclusive(self._cost_stack, lambda seconds: self._add_cost(kind, seconds))
+
+    def _add_cost(self, kind: str, seconds: float) -> None:
+        self.costs[kind] = self.costs.get(kind, 0.0) + max(seconds, 0.0)
+        self.counts[kind] = self.counts.get(kind, 0) + 1
 
     def snapshot(self) -> Dict[str, float]:
         """The trial costs so far (to tell the search's share from later work)."""
@@ -66,3 +49,18 @@ class Timings:
             "trial_costs_s": {k: round(v, 6) for k, v in self.costs.items()},
             "trial_cost_counts": dict(self.counts),
         }
+
+
+@contextlib.contextmanager
+def _exclusive(stack: List[List[float]], charge: Callable[[float], None]) -> Iterator[None]:
+    """Time the block, minus what nested blocks on the same ``stack`` were charged."""
+    frame = [time.monotonic(), 0.0]  # start, time charged to inner blocks
+    stack.append(frame)
+    try:
+        yield
+    finally:
+        stack.pop()
+        total = time.monotonic() - frame[0]
+        charge(total - frame[1])
+        if stack:
+            stack[-1][1] += total

@@ -90,9 +90,12 @@ def _run(opts: AutoQuantOptions, rates: List[float], out: Path, pm: MnnqPluginMa
     with tempfile.TemporaryDirectory(prefix="mnnq-tradeoff-") as tmp:
         work = Path(tmp)
         timings = Timings()
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, opts.evaluator,
-                           work, timings)
+        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
+                           opts.evaluator, work, timings)
         memory = Memory()
+        for evaluator in (prepared.fast, prepared.exact):
+            if evaluator is not None:
+                evaluator.quick.learning = False  # quick measurements keep one meaning across rates
         evaluation = remembering(search_evaluation(prepared), memory)
         staged = work / "points"
         staged.mkdir()

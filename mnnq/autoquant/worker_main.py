@@ -28,9 +28,9 @@ def serve(setup_path: str, socket_path: str) -> int:
     metrics = pm.metrics()
     evaluator = FastEvaluator(
         SwappableModel.load(setup.model, setup.layers, setup.testset.input_names, setup.testset.output_names,
-                            setup.workdir, prepare="none"),
+                            setup.workdir, prepare="none", mode=setup.mode),
         {layer.name: layer for layer in setup.layers}, pm.weight_method(setup.method), setup.testset,
-        {name: metrics[name] for name in setup.metrics})
+        {name: metrics[name] for name in setup.metrics}, setup.decides)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
     send_message(sock, os.getpid())

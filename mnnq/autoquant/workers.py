@@ -14,6 +14,10 @@ fails to start, to load its model or that dies mid-trial is dropped (its trial i
 here) and the run goes on with the others; the report says so. Only installed plugins exist in
 a worker (it loads them by entry point): with a method or metric registered only in this
 process, workers are not used.
+
+Test hook: with ``MNNQ_WAIT_FOR_WORKERS=1`` in the environment, a batch waits until every worker
+has connected (or given up) before it starts, so that tests on tiny models, whose batches end
+before a worker is ready, see the workers take trials.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from mnnq.measure import Measurement
 from mnnq.testset import TestSet
 
 WORKER_MODULE = "mnnq.autoquant.worker_main"
+WAIT_ENV = "MNNQ_WAIT_FOR_WORKERS"
 CONNECT_TIMEOUT = 60.0  # seconds a worker may take to start and load its model
 _HEADER = struct.Struct("!I")
 
@@ -81,7 +86,9 @@ class WorkerSetup:
     testset: TestSet
     method: str                    # weight method name
     metrics: List[str]             # metric names
+    decides: str                   # the metric the budget is on
     workdir: Path                  # the worker's own folder for its swap files
+    mode: str = "patch"            # the SwappableModel backend this process chose
 
 
 @dataclass
@@ -125,8 +132,8 @@ class TrialWorkers:
             return pool
         pool.listener = listener
         for i in range(count):
-            own = WorkerSetup(setup.model, setup.layers, setup.testset, setup.method, setup.metrics,
-                              setup.workdir / f"worker-{i}")
+            own = WorkerSetup(setup.model, setup.layers, setup.testset, setup.method, setup.metrics, setup.decides,
+                              setup.workdir / f"worker-{i}", setup.mode)
             with open(request.with_name(f"workers-setup-{i}.pkl"), "wb") as fh:
                 pickle.dump(own, fh, protocol=pickle.HIGHEST_PROTOCOL)
             child = start_python(["-m", WORKER_MODULE, str(request.with_name(f"workers-setup-{i}.pkl")), str(path)],
@@ -148,6 +155,10 @@ class TrialWorkers:
         """Measure every settings map of ``batch`` (in any process); results in batch order."""
         results: List[Optional[Measurement]] = [None] * len(batch)
         pending = list(range(len(batch)))
+        if os.environ.get(WAIT_ENV) == "1":
+            while any(w.sock is None for w in self.workers):
+                self._accept()
+                time.sleep(0.01)
         while pending or any(w.busy is not None for w in self.workers):
             self._accept()
             for worker in self.workers:

@@ -136,32 +136,10 @@ def make_testdir(opts: MakeOptions) -> MakeResult:
     kind = choose(opts.reference, source)
     data, count, fallback = gather_inputs(opts, inputs, notes)
     samples = F.assemble(inputs, data, count)
-
     input_names = [i.name for i in inputs]
     reference = make_reference(kind, source, mnn_path, input_names, output_names)
     float_model = MnnReference(mnn_path, input_names, output_names) if kind == "onnxruntime" else None
-    pairs = []
-    conversion: Dict[str, float] = {}
-    under_floor = {n: 0 for n in output_names}
-    abs_max = {n: [] for n in output_names}
-    for i, feed in enumerate(samples):
-        refs = reference.run(feed)
-        check_outputs(i, refs, output_names)
-        if float_model is not None:
-            got = float_model.run(feed)
-            for n in output_names:
-                if got[n].size != refs[n].size:
-                    raise BadInput(f"output '{n}': the float MNN model gives {got[n].size} values, onnxruntime "
-                                   f"{refs[n].size}; use --reference mnn")
-                err = max_rel(refs[n], got[n])
-                if err is not None:
-                    conversion[n] = max(conversion.get(n, 0.0), err)
-        for n in output_names:
-            m = float(np.max(np.abs(refs[n])))
-            abs_max[n].append(m)
-            under_floor[n] += m <= ABS_MAX_FLOOR
-        pairs.append((feed, {n: refs[n] for n in output_names}))
-
+    pairs, stats = _reference_outputs(samples, reference, float_model, output_names)
     metadata = {
         "format": FORMAT,
         "created_by": f"mnnq {__version__}",
@@ -180,21 +158,59 @@ def make_testdir(opts: MakeOptions) -> MakeResult:
         "outputs": [{
             "name": n, "shape": list(pairs[0][1][n].shape),
             "min": float(min(np.min(p[1][n]) for p in pairs)), "max": float(max(np.max(p[1][n]) for p in pairs)),
-            "abs_max": [min(abs_max[n]), max(abs_max[n])],
-            "samples_under_floor": under_floor[n]} for n in output_names],
-        "conversion_error": conversion or None,
+            "abs_max": [min(stats.abs_max[n]), max(stats.abs_max[n])],
+            "samples_under_floor": stats.under_floor[n]} for n in output_names],
+        "conversion_error": stats.conversion or None,
         "mnn_version": mnn_version(),
     }
-    for n in output_names:
-        if under_floor[n] == count:
-            notes.append(f"output '{n}' stays under max_rel's {ABS_MAX_FLOOR} floor in every sample "
-                         f"(max|ref| <= {max(abs_max[n]):.3g}): max_rel skips it, so it can never fail; "
-                         "use --metric cosine, or inputs that drive it")
-        elif under_floor[n]:
-            notes.append(f"output '{n}' stays under max_rel's {ABS_MAX_FLOOR} floor in {under_floor[n]} of "
-                         f"{count} samples (max_rel skips those)")
+    notes += _floor_notes(stats, output_names, count)
     _write(out, pairs, metadata)
     return MakeResult(out, metadata, notes)
+
+
+@dataclass
+class _OutputStats:
+    conversion: Dict[str, float]        # output -> max_rel of the float MNN model against onnxruntime
+    under_floor: Dict[str, int]         # output -> samples whose max |ref| is under max_rel's floor
+    abs_max: Dict[str, List[float]]     # output -> max |ref| per sample
+
+
+def _reference_outputs(samples, reference, float_model, output_names):
+    """``(pairs of (inputs, references) per sample, their statistics)``; with ``float_model``
+    (references from onnxruntime), also how far the float MNN model is from them."""
+    pairs = []
+    stats = _OutputStats({}, {n: 0 for n in output_names}, {n: [] for n in output_names})
+    for i, feed in enumerate(samples):
+        refs = reference.run(feed)
+        check_outputs(i, refs, output_names)
+        if float_model is not None:
+            got = float_model.run(feed)
+            for n in output_names:
+                if got[n].size != refs[n].size:
+                    raise BadInput(f"output '{n}': the float MNN model gives {got[n].size} values, onnxruntime "
+                                   f"{refs[n].size}; use --reference mnn")
+                err = max_rel(refs[n], got[n])
+                if err is not None:
+                    stats.conversion[n] = max(stats.conversion.get(n, 0.0), err)
+        for n in output_names:
+            m = float(np.max(np.abs(refs[n])))
+            stats.abs_max[n].append(m)
+            stats.under_floor[n] += m <= ABS_MAX_FLOOR
+        pairs.append((feed, {n: refs[n] for n in output_names}))
+    return pairs, stats
+
+
+def _floor_notes(stats: _OutputStats, output_names, count: int) -> List[str]:
+    notes = []
+    for n in output_names:
+        if stats.under_floor[n] == count:
+            notes.append(f"output '{n}' stays under max_rel's {ABS_MAX_FLOOR} floor in every sample "
+                         f"(max|ref| <= {max(stats.abs_max[n]):.3g}): max_rel skips it, so it can never fail; "
+                         "use --metric cosine, or inputs that drive it")
+        elif stats.under_floor[n]:
+            notes.append(f"output '{n}' stays under max_rel's {ABS_MAX_FLOOR} floor in {stats.under_floor[n]} of "
+                         f"{count} samples (max_rel skips those)")
+    return notes
 
 
 def _write(out: Path, pairs, metadata: Dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ reports are still produced.
 
 Per-layer errors (diagnostics, never a gate failure): when the float model is known, the
 output tensor of every conv-like layer of the quantized model is compared with the same
-tensor of the float model under the gate's metric, on the first few samples.
+tensor of the float model under the gate's metric, on a few samples that metric counts.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import MnnqError, NativeFailure
-from mnnq.measure import OutputError, compare
+from mnnq.measure import NOT_MEASURED, OutputError, compare, informative_samples
 from mnnq.records import Metric
 
 LAYER_SAMPLES = 4
@@ -71,7 +71,7 @@ class GateResult:
     target: GateTarget
     status: str = "error"              # pass | fail | error
     error: Optional[float] = None      # the metric's value (max over outputs and samples)
-    errors: Dict[str, float] = field(default_factory=dict)
+    errors: Dict[str, Optional[float]] = field(default_factory=dict)  # None: that metric skips every output
     details: List[OutputError] = field(default_factory=list)
     nonfinite: List[str] = field(default_factory=list)
     message: str = ""
@@ -124,6 +124,21 @@ def measure(target: GateTarget, pm, layers: bool = True, timeout: Optional[float
 
 
 def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> GateResult:
+    checked = _checked_inputs(target, pm)
+    if isinstance(checked, GateResult):
+        return checked
+    metrics, model, testset = checked
+    notes: List[str] = []
+    tensors = _layer_tensors(target, notes) if layers else []
+    ran = _run_in_child(target, model, testset, metrics, tensors, timeout, notes)
+    if isinstance(ran, GateResult):
+        return ran
+    outputs, layer_runs = ran
+    return _judge(target, testset, outputs, metrics, tensors, layer_runs, notes)
+
+
+def _checked_inputs(target: GateTarget, pm):
+    """``(metrics, model, testset)``, or the errored result naming what is wrong with them."""
     from mnnq.mnn_backend.converter import check_float_model
     from mnnq.testset import load_testset
 
@@ -140,16 +155,22 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
     except MnnqError as exc:
         # check_float_model's message points at converter output the gate does not print.
         return errored(target, str(exc).replace("; see the converter output below", ""))
+    return metrics, model, testset
 
-    notes: List[str] = []
-    tensors = _layer_tensors(target, notes) if layers else []
+
+def _run_in_child(target: GateTarget, model: Path, testset, metrics, tensors, timeout: Optional[float],
+                  notes: List[str]):
+    """``(outputs per sample, per-layer runs or None)`` from the child that runs the model, or
+    the errored result when it could not."""
     with tempfile.TemporaryDirectory(prefix="mnnq-gate-") as work:
         work = Path(work)
         files = {k: str(work / k) for k in ("outputs", "layers", "error", "layers_error")}
         request = {
             "model": str(model.resolve()), "test_dir": str(Path(target.test_dir).resolve()),
             "testset": str(work / "testset"),  # already parsed here: the child reads the arrays, not the text
-            "memory_mode": target.memory_mode, "layer_samples": LAYER_SAMPLES,
+            "memory_mode": target.memory_mode,
+            # per-layer errors on the samples the gate's metric judges (a blind sample shows nothing)
+            "layer_samples": _layer_samples(testset, metrics[target.metric]),
             "float_model": str(Path(target.float_model).resolve()) if tensors else None,
             "layer_tensors": [t for _, t, _ in tensors], **files,
         }
@@ -169,11 +190,16 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
             notes.append("per-layer errors unavailable: " + Path(files["layers_error"]).read_text().strip())
         elif tensors and layer_runs is None:
             notes.append(f"per-layer errors unavailable: the MNN runtime {failure or 'stopped'} while reading them")
+    return outputs, layer_runs
 
+
+def _judge(target: GateTarget, testset, outputs, metrics, tensors, layer_runs, notes: List[str]) -> GateResult:
+    """The gate's verdict on the outputs: pass, fail (over the rate) or error (not measurable)."""
     try:
-        m = compare(testset, outputs, metrics)
+        m = compare(testset, outputs, metrics, target.metric)
     except MnnqError as exc:
         return errored(target, str(exc), samples=len(testset.samples))
+    notes += [f"metric {name}: {NOT_MEASURED} (not the gate's metric)" for name, v in m.errors.items() if v is None]
     result = GateResult(target=target, errors=dict(m.errors), details=list(m.details), nonfinite=list(m.nonfinite),
                         samples=len(testset.samples), notes=notes, error=m.error(target.metric))
     if layer_runs is not None:
@@ -194,6 +220,13 @@ def _measure(target: GateTarget, pm, layers: bool, timeout: Optional[float]) -> 
         where = f" (worst: output '{worst.output}' of sample {worst.sample})" if worst else ""
         result.message = f"{metric} {result.error:.6g} > rate {target.rate:g}{where}"
     return result
+
+
+def _layer_samples(testset, metric: Metric) -> List[int]:
+    """Up to LAYER_SAMPLES sample indices for per-layer errors: the most informative samples
+    ``metric`` counts (:func:`mnnq.measure.informative_samples`), in test-set order."""
+    counted = sorted(informative_samples(testset, metric)[:LAYER_SAMPLES])
+    return counted or list(range(min(LAYER_SAMPLES, len(testset.samples))))
 
 
 def _run_child(work: Path, timeout: Optional[float]) -> str:

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mnnq.errors import BadInput
+from mnnq.testset import FLOAT32_MAX
 
 
 @dataclass
@@ -126,10 +127,11 @@ def _as_input_dtype(arr: np.ndarray, inp: ModelInput, where: str) -> np.ndarray:
                 raise BadInput(f"{where}: input '{inp.name}' is an integer input but the array holds "
                                "non-integer values")
         return arr.astype(np.int64)
-    arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
         raise BadInput(f"{where}: the array holds NaN or Inf")
-    return arr
+    if arr.size and float(np.max(np.abs(arr))) > FLOAT32_MAX:  # finite as float64, inf as float32
+        raise BadInput(f"{where}: input '{inp.name}' holds values beyond float32's range (|x| <= {FLOAT32_MAX:.4g})")
+    return arr.astype(np.float32)
 
 
 def split_samples(arr: np.ndarray, inp: ModelInput, shape: Optional[List[int]], where: str) -> List[np.ndarray]:

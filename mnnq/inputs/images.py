@@ -33,6 +33,24 @@ CALIBRATION_KEYS = ("input_type", "feature_quantize_method", "weight_quantize_me
                     "debug", "inputs", "winogradOpt")
 
 
+def check_channel_values(key: str, count: int, fmt: str, where: str, given: bool = True) -> None:
+    """The rule for ``mean`` / ``normal`` (``count`` values) under ``format`` ``fmt``.
+
+    quantized.out (``tools/quantization/calibration.cpp``) copies the list into a ``float[4]``
+    and its colour conversion reads the first ``channels`` entries (3 for RGB/BGR, 4 for
+    RGBA/BGRA, 1 for GRAY); entries it lacks keep 0 / 1. So a list shorter than the channel
+    count silently leaves channels unnormalised: refused. A longer one, up to 4 values (as
+    ``[0, 0, 0, 0]`` for a 3-channel format, the ``float[4]`` defaults), works the same in
+    quantized.out, which ignores the extra entries: accepted. More than 4 would overrun
+    quantized.out's array: refused by the callers' parsers.
+    """
+    channels = FORMATS[fmt]
+    if count < channels:
+        default = "" if given else " (the default)"
+        raise BadInput(f"{where} key '{key}': format {fmt}{default} has {channels} channel(s), so '{key}' needs "
+                       f"{channels} values (one per channel), got {count}")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     format: str = "BGR"
@@ -95,6 +113,7 @@ def make_config(doc: Dict[str, Any], where: str = "image config") -> ImageConfig
     if unknown:
         raise BadInput(f"{where}: unknown key '{unknown[0]}'; accepted: {', '.join(KEYS)}")
     kw: Dict[str, Any] = {}
+    counts: Dict[str, int] = {}
     given = tuple(k for k, v in doc.items() if v is not None and k in KEYS)
     for key in given:
         v = doc[key]
@@ -109,6 +128,7 @@ def make_config(doc: Dict[str, Any], where: str = "image config") -> ImageConfig
             fill = 0.0 if key == "mean" else 1.0
             nums = [_number(key, x) for x in values]
             kw[key] = tuple(nums + [fill] * (4 - len(nums)))
+            counts[key] = len(nums)
         elif key in ("width", "height"):
             kw[key] = _number(key, v, integer=True)
         elif key in ("center_crop_h", "center_crop_w"):
@@ -122,6 +142,9 @@ def make_config(doc: Dict[str, Any], where: str = "image config") -> ImageConfig
             kw["used_image_num"] = v
         elif key == "path":
             kw["path"] = Path(str(v)).expanduser()
+    fmt = kw.get("format", ImageConfig.format)
+    for key, count in counts.items():
+        check_channel_values(key, count, fmt, where, given="format" in kw)
     return ImageConfig(**kw, given=given)
 
 

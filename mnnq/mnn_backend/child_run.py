@@ -9,8 +9,8 @@ The request names the model, the test set and the files to write:
 - ``outputs`` (pickle): ``[{output name: array}, ...]``, one dict per sample, written as soon
   as the model has run on every sample;
 - ``layers`` (pickle, optional): ``{"quantized": {tensor: [array per sample]}, "float": {...}}``
-  for the intermediate tensors listed in ``layer_tensors`` (diagnostics; written last, so a
-  crash there still leaves the outputs);
+  for the intermediate tensors listed in ``layer_tensors``, on the samples whose indices
+  ``layer_samples`` lists (diagnostics; written last, so a crash there still leaves the outputs);
 - ``error`` (text): a one-line reason when the model cannot be loaded or run;
 - ``layers_error`` (text): why the per-layer tensors could not be read (not a gate failure).
 
@@ -92,7 +92,7 @@ def main(request_path: str) -> int:
     tensors = req.get("layer_tensors") or []
     if tensors and req.get("float_model"):
         try:
-            samples = testset.samples[: int(req.get("layer_samples", 4))]
+            samples = [testset.samples[i] for i in req["layer_samples"]]
             layers = {}
             for role, path, mode in (("quantized", req["model"], req["memory_mode"]),
                                      ("float", req["float_model"], "normal")):

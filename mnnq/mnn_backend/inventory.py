@@ -19,7 +19,7 @@ import numpy as np
 
 from mnnq.errors import BadInput
 from mnnq.layers import Layer
-from mnnq.params import template_layers
+from mnnq.params import entry_key, layer_key, template_layers
 from mnnq.mnn_backend.flatbuf import FlatBuffer as _Buf
 
 # OpType enum values (MNN.fbs).
@@ -36,7 +36,8 @@ CONV_OP_TYPES = {
 MATMUL_SUFFIX = "__matmul_converted"
 
 # Field slots (a union takes two: its type and its value).
-_NET_OPLISTS, _NET_TENSOR_NAME = 3, 7
+_NET_OPLISTS, _NET_TENSOR_NAME, _NET_SUBGRAPHS = 3, 7, 10
+_SUB_NAME, _SUB_TENSORS, _SUB_NODES = 0, 3, 4
 _OP_INPUTS, _OP_MAIN, _OP_NAME, _OP_OUTPUTS, _OP_TYPE = 0, 2, 3, 4, 5
 _CONV_COMMON, _CONV_WEIGHT, _CONV_BIAS, _CONV_QUAN, _CONV_EXTERNAL = 0, 1, 2, 3, 6
 _COMMON_FIELDS = (  # (name, slot, struct format, default)
@@ -97,6 +98,12 @@ class ConvOp:
     external: bool = False
     weight_offset: int = -1  # byte offset of the float weight data in the file (-1: none)
     bias_offset: int = -1    # byte offset of the float bias data in the file (-1: none)
+    graph: str = ""          # the subgraph holding it (a While loop's body, ...); "" = the main graph
+
+    @property
+    def key(self) -> str:
+        """The layer name mnnq uses (``params.layer_key``: unique across subgraphs)."""
+        return layer_key(self.name, self.graph)
 
     @property
     def type_name(self) -> str:
@@ -166,47 +173,52 @@ def _read_quant(buf: _Buf, table: int) -> QuantParam:
     )
 
 
-def read_conv_ops(path: Path) -> List[ConvOp]:
+def read_conv_ops(path: Path, subgraphs: bool = False) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
-    the main graph of ``path``, in file order (subgraphs are not read)."""
+    the main graph of ``path``, in file order; with ``subgraphs``, then those of every subgraph
+    (an ONNX LSTM becomes a While loop whose body holds convs), ``graph`` naming theirs."""
     path = Path(path)
     buf = _Buf.read(path)
     try:
         net = buf.root()
-        names = buf.strings(net, _NET_TENSOR_NAME)
-        ops: List[ConvOp] = []
-        for i, op in enumerate(buf.tables(net, _NET_OPLISTS)):
-            op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
-            if op_type not in CONV_OP_TYPES:
-                continue
-            main = buf.indirect(op, _OP_MAIN)
-            if not main:
-                continue
-            common_t = buf.indirect(main, _CONV_COMMON)
-            common, pads, out_pads = _read_common(buf, common_t) if common_t else ({}, (), ())
-            weight = buf.vector(main, _CONV_WEIGHT, "<f4")
-            bias = buf.vector(main, _CONV_BIAS, "<f4")
-            quan_t = buf.indirect(main, _CONV_QUAN)
-            ins = buf.vector(op, _OP_INPUTS, "<i4")
-            outs = buf.vector(op, _OP_OUTPUTS, "<i4")
-            ops.append(ConvOp(
-                index=i,
-                name=buf.string(op, _OP_NAME) or "",
-                op_type=op_type,
-                common=common,
-                pads=pads,
-                out_pads=out_pads,
-                inputs=[names[j] for j in (ins if ins is not None else []) if 0 <= j < len(names)],
-                outputs=[names[j] for j in (outs if outs is not None else []) if 0 <= j < len(names)],
-                weight=None if weight is None or weight.size == 0 else weight.astype(np.float32),
-                bias=None if bias is None or bias.size == 0 else bias.astype(np.float32),
-                quant=_read_quant(buf, quan_t) if quan_t else None,
-                external=bool(buf.indirect(main, _CONV_EXTERNAL)),
-                weight_offset=buf.vector_offset(main, _CONV_WEIGHT) if weight is not None and weight.size else -1,
-                bias_offset=buf.vector_offset(main, _CONV_BIAS) if bias is not None and bias.size else -1,
-            ))
+        ops = _graph_conv_ops(buf, buf.tables(net, _NET_OPLISTS), buf.strings(net, _NET_TENSOR_NAME), "")
+        if subgraphs:
+            for sub in buf.tables(net, _NET_SUBGRAPHS):
+                ops += _graph_conv_ops(buf, buf.tables(sub, _SUB_NODES), buf.strings(sub, _SUB_TENSORS),
+                                       buf.string(sub, _SUB_NAME) or "?")
     except (struct.error, IndexError, ValueError) as exc:
         raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
+    return ops
+
+
+def _graph_conv_ops(buf, tables, names: List[str], graph: str) -> List[ConvOp]:
+    """The conv-like ops among one graph's op tables (``names``: that graph's tensor names)."""
+    ops: List[ConvOp] = []
+    for i, op in enumerate(tables):
+        op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
+        main = buf.indirect(op, _OP_MAIN) if op_type in CONV_OP_TYPES else 0
+        if not main:
+            continue
+        common_t = buf.indirect(main, _CONV_COMMON)
+        common, pads, out_pads = _read_common(buf, common_t) if common_t else ({}, (), ())
+        weight = buf.vector(main, _CONV_WEIGHT, "<f4")
+        bias = buf.vector(main, _CONV_BIAS, "<f4")
+        quan_t = buf.indirect(main, _CONV_QUAN)
+        ins = buf.vector(op, _OP_INPUTS, "<i4")
+        outs = buf.vector(op, _OP_OUTPUTS, "<i4")
+        ops.append(ConvOp(
+            index=i, name=buf.string(op, _OP_NAME) or "", op_type=op_type, common=common, pads=pads,
+            out_pads=out_pads,
+            inputs=[names[j] for j in (ins if ins is not None else []) if 0 <= j < len(names)],
+            outputs=[names[j] for j in (outs if outs is not None else []) if 0 <= j < len(names)],
+            weight=None if weight is None or weight.size == 0 else weight.astype(np.float32),
+            bias=None if bias is None or bias.size == 0 else bias.astype(np.float32),
+            quant=_read_quant(buf, quan_t) if quan_t else None,
+            external=bool(buf.indirect(main, _CONV_EXTERNAL)),
+            weight_offset=buf.vector_offset(main, _CONV_WEIGHT) if weight is not None and weight.size else -1,
+            bias_offset=buf.vector_offset(main, _CONV_BIAS) if bias is not None and bias.size else -1,
+            graph=graph,
+        ))
     return ops
 
 
@@ -220,12 +232,7 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
     """Output tensor name -> ``"max_pool"``, ``"avg_pool"`` or ``"relu_binary"`` (a BinaryOp
     with a fused ReLU) for the ops of the main graph of ``path`` whose INT8 kernels need care
     (see :mod:`mnnq.quantize.propagation`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"cannot read model {path}: {exc}") from None
-    buf = _Buf(data)
+    buf = _Buf.read(Path(path))
     facts: Dict[str, str] = {}
     try:
         net = buf.root()
@@ -313,6 +320,30 @@ def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
+def _kind_and_shape(name: str, ic: int, oc: int, op: Optional[ConvOp],
+                    swappable_weights: Optional[Mapping[str, np.ndarray]]) -> Tuple[str, Tuple[int, ...]]:
+    """A template layer's kind and weight shape: from its op when known, else inferred (see
+    :func:`layers_from_template`); a swappable weight of another shape is a BadInput."""
+    shape: Tuple[int, ...] = ()
+    if op is not None:
+        kind = op.kind
+        shape = op.converter_shape()
+    else:
+        if swappable_weights is not None and name in swappable_weights:
+            shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
+        if name.endswith(MATMUL_SUFFIX):
+            kind = "matmul"
+        elif shape and shape[1] == 1 and ic == oc and ic > 1:
+            kind = "depthwise"
+        else:
+            kind = "conv"
+    if swappable_weights is not None and name in swappable_weights and shape:
+        have = tuple(int(d) for d in np.shape(swappable_weights[name]))
+        if have != tuple(shape):
+            raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
+    return kind, tuple(shape)
+
+
 def layers_from_template(
     template: Mapping,
     swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
@@ -337,11 +368,11 @@ def layers_from_template(
     elif isinstance(ops, Mapping):
         by_name = dict(ops)
     else:
-        by_name = {op.name: op for op in ops}
+        by_name = {op.key: op for op in ops}
     layers: List[Layer] = []
     seen = set()
     for entry in template_layers(template):
-        name = entry.get("opName")
+        name = entry_key(entry)
         if not name or name in seen:
             continue
         seen.add(name)
@@ -354,23 +385,7 @@ def layers_from_template(
             continue
         ks = conv.get("kernelSize", [1, 1]) or [1, 1]
         kernel = (int(ks[0]), int(ks[1]) if len(ks) > 1 else int(ks[0]))
-        shape: Tuple[int, ...] = ()
-        if op is not None:
-            kind = op.kind
-            shape = op.converter_shape()
-        else:
-            if swappable_weights is not None and name in swappable_weights:
-                shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
-            if name.endswith(MATMUL_SUFFIX):
-                kind = "matmul"
-            elif shape and shape[1] == 1 and ic == oc and ic > 1:
-                kind = "depthwise"
-            else:
-                kind = "conv"
-        if swappable_weights is not None and name in swappable_weights and shape:
-            have = tuple(int(d) for d in np.shape(swappable_weights[name]))
-            if have != tuple(shape):
-                raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
+        kind, shape = _kind_and_shape(name, ic, oc, op, swappable_weights)
         layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel,
                             weight_shape=tuple(shape)))
     return layers

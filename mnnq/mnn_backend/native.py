@@ -248,10 +248,26 @@ def _send(sock: socket.socket, obj) -> None:
     sock.sendall(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def _kill_children(pids: set) -> None:
+    """SIGKILL and reap the server's children that are still running."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def _server_main(sock: socket.socket) -> None:
-    """The child server: preload, then fork a child per request and report each exit."""
+    """The child server: preload, then fork a child per request and report each exit. When the
+    parent is gone (its end of the socket closed: it exited, was killed, or was interrupted
+    between this fork and its read of the pid, so it could not kill the child itself), the
+    children still running are killed: none outlives mnnq."""
     import importlib
-    import select
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     wake_r, wake_w = os.pipe()
@@ -272,6 +288,17 @@ def _server_main(sock: socket.socket) -> None:
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+    running: set = set()
+    try:
+        _serve(sock, wake_r, wake_w, running)
+    finally:
+        _kill_children(running)
+
+
+def _serve(sock: socket.socket, wake_r: int, wake_w: int, running: set) -> None:
+    """The server's loop; returns when the parent is gone. ``running``: the children not yet reaped."""
+    import select
+
     while True:
         try:
             ready, _, _ = select.select([sock, wake_r], [], [])
@@ -290,9 +317,13 @@ def _server_main(sock: socket.socket) -> None:
                 break
             if pid == 0:
                 break
+            running.discard(pid)
             _send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
         if sock in ready:
-            data, fds, _, _ = socket.recv_fds(sock, _MESSAGE, 1)
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, _MESSAGE, 1)
+            except ConnectionResetError:  # the parent left with replies unread
+                return
             if not data:
                 return  # the parent is gone
             args, cwd, limits, env = pickle.loads(data)
@@ -303,6 +334,7 @@ def _server_main(sock: socket.socket) -> None:
                 os.close(wake_r)
                 os.close(wake_w)
                 _forked_child(args, cwd, limits, env, fds[0])
+            running.add(pid)
             for fd in fds:
                 os.close(fd)
             _send(sock, ("started", pid))

@@ -180,8 +180,8 @@ class SwappableModel:
         model_path = _model_file(Path(float_mnn), workdir, prepare)
         if ops is not None and prepare != "none":
             raise ValueError("ops are those of the file used: pass them with prepare='none'")
-        file_ops = list(ops) if ops is not None else read_conv_ops(model_path)
-        by_name = {op.name: op for op in file_ops}
+        file_ops = list(ops) if ops is not None else read_conv_ops(model_path, subgraphs=(mode == "patch"))
+        by_name = {op.key: op for op in file_ops}
 
         self = cls()
         self.path = model_path

@@ -9,6 +9,8 @@ path                        image folder, or folder of test-dir sub-folders     
 input_type                  ``image`` or ``sequence``                           image
 format                      RGB / BGR / RGBA / BGRA / GRAY (image colour order) BGR
 mean, normal                per channel: ``dst = (src - mean[c]) * normal[c]``  0 / 1
+                            (a value per channel of ``format``; up to 4, the
+                            extra ones ignored as quantized.out ignores them)
 width, height               resize target of each image                         (required
                                                                                 for images)
 center_crop_h, center_crop_w  fraction of the image kept, centred               1.0
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mnnq.errors import BadInput
-from mnnq.inputs.images import FORMATS
+from mnnq.inputs.images import FORMATS, check_channel_values
 INPUT_TYPES = ("image", "sequence")
 KNOWN_KEYS = (
     "path", "input_type", "format", "mean", "normal", "width", "height", "center_crop_h",
@@ -227,6 +229,19 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
     folder, then against ``base_dir`` (the config file's folder)."""
     where = str(source) if source else "config"
     warnings = _unknown_keys(doc, where)
+    cfg = QuantizeConfig(path=_samples_path(doc, base_dir), source=source, warnings=warnings)
+    _read_preprocessing(doc, cfg)
+    _read_methods(doc, cfg, feature_methods, weight_methods)
+    _read_rest(doc, cfg)
+    if cfg.input_type == "image":
+        for key in ("width", "height"):
+            if getattr(cfg, key) is None and not _image_shape_given(cfg):
+                raise BadInput(f"config key '{key}' is missing: image input needs the resize target "
+                               "(width and height in pixels)")
+    return cfg
+
+
+def _samples_path(doc: Dict[str, Any], base_dir: Optional[Path]) -> Path:
     if "path" not in doc:
         raise BadInput("config key 'path' is missing: give the folder of calibration images "
                        "(or of test-dir sub-folders with input_type: sequence)")
@@ -239,7 +254,11 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
         raise BadInput(f"config key 'path': folder not found: {doc['path']}")
     if not path.is_dir():
         raise BadInput(f"config key 'path': {doc['path']} is not a folder (give the folder holding the samples)")
-    cfg = QuantizeConfig(path=path, source=source, warnings=warnings)
+    return path
+
+
+def _read_preprocessing(doc: Dict[str, Any], cfg: QuantizeConfig) -> None:
+    """input_type, format, mean, normal, width, height, center crops, sample count."""
     if "input_type" in doc:
         cfg.input_type = _str(doc, "input_type", INPUT_TYPES)
     if "format" in doc:
@@ -247,6 +266,8 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
     for key in ("mean", "normal"):
         if key in doc:
             given = _floats(doc, key)
+            if cfg.input_type == "image":  # a sequence config has no colour channels to match
+                check_channel_values(key, len(given), cfg.format, "config", given="format" in doc)
             setattr(cfg, key, given + getattr(cfg, key)[len(given):])
     for key in ("width", "height"):
         if key in doc:
@@ -257,16 +278,24 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
     for key in ("used_image_num", "used_sample_num"):
         if key in doc:
             cfg.used_sample_num = _int(doc, key, 0, 1 << 31, "a count >= 0 (0 = all samples)")
+
+
+def _read_methods(doc: Dict[str, Any], cfg: QuantizeConfig, feature_methods: Sequence[str],
+                  weight_methods: Sequence[str]) -> None:
     if "feature_quantize_method" in doc:
         cfg.feature_quantize_method = _str(doc, "feature_quantize_method", tuple(feature_methods))
-    elif "KL" not in feature_methods:
-        raise BadInput("config key 'feature_quantize_method': the default KL is not loaded; "
-                       f"accepted: {', '.join(feature_methods)}")
+    elif cfg.feature_quantize_method not in feature_methods:
+        raise BadInput(f"config key 'feature_quantize_method': the default {cfg.feature_quantize_method} is not "
+                       f"loaded; accepted: {', '.join(feature_methods)}")
     if "weight_quantize_method" in doc:
         cfg.weight_quantize_method = _str(doc, "weight_quantize_method", tuple(weight_methods))
-    elif "MAX_ABS" not in weight_methods:
-        raise BadInput("config key 'weight_quantize_method': the default MAX_ABS is not loaded; "
-                       f"accepted: {', '.join(weight_methods)}")
+    elif cfg.weight_quantize_method not in weight_methods:
+        raise BadInput(f"config key 'weight_quantize_method': the default {cfg.weight_quantize_method} is not "
+                       f"loaded; accepted: {', '.join(weight_methods)}")
+
+
+def _read_rest(doc: Dict[str, Any], cfg: QuantizeConfig) -> None:
+    """Bits, clamps, batch size, ops to skip, debug, inputs."""
     if "quant_bits" in doc:
         cfg.quant_bits = _int(doc, "quant_bits", 2, 8, "an integer 2..8")
     for key in ("feature_clamp_value", "weight_clamp_value"):
@@ -286,12 +315,6 @@ def parse_config(doc: Dict[str, Any], source: Optional[Path] = None,
         _bool(doc, "winogradOpt")
     if "inputs" in doc:
         cfg.inputs = _inputs(doc)
-    if cfg.input_type == "image":
-        for key in ("width", "height"):
-            if getattr(cfg, key) is None and not _image_shape_given(cfg):
-                raise BadInput(f"config key '{key}' is missing: image input needs the resize target "
-                               "(width and height in pixels)")
-    return cfg
 
 
 def _image_shape_given(cfg: QuantizeConfig) -> bool:

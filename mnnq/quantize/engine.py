@@ -224,8 +224,8 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
         final = Path(work) / "final.mnn"
         final_ev = m.write_and_check(final, keep, notes, "measuring")
         history.append({"round": 0, "kept_float": None, **_errors_of(final_ev)})
+        _check_metric(final_ev, opts)
         if not _holds(final_ev, opts):
-            _check_metric(final_ev, opts)
             if not final_ev.finite:
                 notes.append("INT8 outputs were not finite; keeping the most sensitive layers float")
             for name, why in m.rank(keep, opts.metric if opts.rate is not None else "cosine"):
@@ -393,9 +393,12 @@ def _errors_of(ev: Evaluation) -> dict:
 
 
 def _check_metric(ev: Evaluation, opts: QuantizeOptions) -> None:
+    """With ``--rate``, the deciding metric must measure something; another metric that skips
+    every output is only not measured (``None``)."""
     if opts.rate is not None and ev.finite and ev.errors.get(opts.metric) is None:
-        raise BadInput(f"--metric {opts.metric} skips every output of this model (e.g. max_rel ignores outputs "
-                       "whose max |ref| <= 0.01), so --rate could never fail; use --metric cosine")
+        raise BadInput(f"--metric {opts.metric} skips every output of this model on the {ev.samples} measured "
+                       "sample(s) (e.g. max_rel ignores outputs whose max |ref| <= 0.01), so --rate could never "
+                       "fail; use --metric cosine")
 
 
 def _holds(ev: Evaluation, opts: QuantizeOptions) -> bool:

@@ -142,7 +142,9 @@ def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[Mo
     feeds: Feeds = {}
     for i, inp in enumerate(inputs):
         spec = _spec(cfg, inp.name)
-        shape = shapes.get(inp.name) or (spec.shape if spec else None) or inp.shape
+        # the first shape given; [] is one too (a scalar input, e.g. a sample rate)
+        shape = next((s for s in (shapes.get(inp.name), spec.shape if spec else None, inp.shape) if s is not None),
+                     None)
         path = input_file(folder, inp.name, i, len(inputs))
         if path is None:
             if spec is not None and spec.value is not None and spec.shape is not None:
@@ -150,7 +152,7 @@ def _read_sequence_sample(folder: Path, cfg: QuantizeConfig, inputs: Sequence[Mo
                 continue
             raise BadInput(f"sample {folder} has no data for model input '{inp.name}' (expected {inp.name}.txt)")
         values = read_values(path, f"input '{inp.name}'")
-        if not shape or any((not isinstance(d, int)) or d <= 0 for d in shape):
+        if not isinstance(shape, (list, tuple)) or any((not isinstance(d, int)) or d <= 0 for d in shape):
             raise BadInput(f"sample {folder}: no shape for input '{inp.name}'; add \"shape\" to its input.json")
         if values.size != int(np.prod(shape)):
             raise BadInput(f"sample {path} has {values.size} values but shape {shape} needs {int(np.prod(shape))}")

@@ -6,6 +6,7 @@ from typing import List, Optional
 from rich.console import Console
 from rich.table import Table
 
+from mnnq.measure import error_text
 from mnnq.quantize.engine import LayerReport, QuantizeResult
 from mnnq.report import print_weights
 
@@ -113,7 +114,7 @@ def print_result(result: QuantizeResult, console: Console) -> None:
     summary.add_row("size", f"{result.size_before / MB:.3f} MB -> {result.size_after / MB:.3f} MB "
                             f"({result.size_after / max(result.size_before, 1):.1%})")
     summary.add_row("samples", f"{result.samples} calibration, {result.eval_samples} measured")
-    errs = ", ".join(f"{k} {_f(v, '{:.6f}')}" for k, v in sorted(result.errors.items()))
+    errs = ", ".join(f"{k} {error_text(v)}" for k, v in sorted(result.errors.items()))
     summary.add_row("error vs float", f"{errs}; output cosine mean {result.output_cosine[0]:.6f}, "
                                       f"min {result.output_cosine[1]:.6f}")
     if result.rate is not None:

@@ -28,6 +28,7 @@ from mnnq.testing.models import (
     build_convnet,
     build_int_input,
     build_matmul_mlp,
+    build_lstm,
     build_shared_matmul,
     build_tiny_weight,
     build_two_input,
@@ -44,6 +45,7 @@ MODELS: Dict[str, Callable[[Path, int], Path]] = {
     "matmul_mlp": build_matmul_mlp,  # x [1,64] -> 2 MatMuls -> y [1,10]
     "tiny_weight": build_tiny_weight,  # convnet + a layer MNN's 8-bit encoder would zero
     "int_input": build_int_input,    # ids int32 [1,6] (0..15) + x [1,4,1,6] -> y [1,16,1,6]
+    "lstm": build_lstm,              # x [6,1,16] -> 2 ONNX LSTMs (While loops with convs in MNN) -> y [6,1,1,32]
     "shared_matmul": build_shared_matmul,  # x [1,3,1,6] -> 2 convs -> unrolled cell, Gemm weights shared -> y [1,64]
 }
 
@@ -215,7 +217,16 @@ def run_cli(argv: Sequence[str], columns: int = 200) -> CliRun:
     return CliRun(int(code), out.getvalue(), err.getvalue())
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not; Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 __all__: List[str] = [
     "MODELS", "TinyModel", "CliRun", "model_inputs", "random_inputs", "make_testset", "tiny_model",
-    "write_calibration_config", "file_sha256", "file_digests", "plugins_installed", "run_cli",
+    "write_calibration_config", "file_sha256", "file_digests", "plugins_installed", "process_alive", "run_cli",
 ]

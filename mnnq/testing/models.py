@@ -49,9 +49,9 @@ class OnnxGraph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], output: str, **attrs) -> str:
+    def node(self, op: str, inputs: Sequence[str], output: str, extra_outputs: Sequence[str] = (), **attrs) -> str:
         from onnx import helper
-        self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
+        self.nodes.append(helper.make_node(op, list(inputs), [output, *extra_outputs], name=output, **attrs))
         return output
 
     def he(self, shape: Sequence[int], fan_in: int) -> np.ndarray:
@@ -199,6 +199,32 @@ def build_int_input(directory: Path, seed: int = 0) -> Path:
     return export_and_convert(g, directory, "int_input")
 
 
+# quiet_recurrent's outputs stay under this (max_rel's 0.01 floor): max_rel skips them all.
+QUIET_OUTPUT_MAX = 0.005
+
+
+def build_quiet_recurrent(directory: Path, seed: int = 0) -> Path:
+    """A voice-activity-like model with three inputs, one a scalar: ``x`` [1,4,1,16] -> conv1x1
+    4->16, conv1x1 16->16 (each + ReLU) -> global average pool, plus MatMul 16->16 of the
+    recurrent ``state`` [1,16] -> Tanh; ``state_out`` [1,16] = 0.005 * that, and ``prob`` [1,2]
+    = 0.004 * Tanh(MatMul 16->2) * ``sr`` / 16000, with ``sr`` an int64 scalar (shape [],
+    e.g. 16000). Both outputs stay under 0.005 in magnitude (for ``sr`` <= 16000)."""
+    g = OnnxGraph(seed)
+    x = g.input("x", [1, 4, 1, 16])
+    state = g.input("state", [1, 16])
+    rate = g.node("Cast", [g.input("sr", [], np.int64)], "sr_float", to=1)   # to FLOAT
+    gain = g.node("Mul", [rate, g.const("per_16k", np.array(1 / 16000, np.float32))], "gain")
+    h = g.conv_relu(g.conv_relu(x, "conv1", 4, 16, 1), "conv2", 16, 16, 1)
+    h = g.node("Tanh", [g.node("Add", [g.gap_flatten(h), g.dense(state, "recur", 16, 16)], "mix")], "mix_tanh")
+    g.node("Mul", [h, g.const("state_scale", np.array(QUIET_OUTPUT_MAX, np.float32))], "state_out")
+    p = g.node("Tanh", [g.dense(h, "head", 16, 2)], "head_tanh")
+    p = g.node("Mul", [p, g.const("prob_scale", np.array(0.8 * QUIET_OUTPUT_MAX, np.float32))], "prob_scaled")
+    g.node("Mul", [p, gain], "prob")
+    g.output("prob", [1, 2])
+    g.output("state_out", [1, 16])
+    return export_and_convert(g, directory, "quiet_recurrent")
+
+
 def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     """``x`` [1,64] -> MatMul 64->128 + ReLU -> MatMul 128->10 -> ``y`` [1,10]."""
     g = OnnxGraph(seed)
@@ -206,6 +232,28 @@ def build_matmul_mlp(directory: Path, seed: int = 0) -> Path:
     g.node("Identity", [g.dense(h, "fc2", 128, 10)], "y")
     g.output("y", [1, 10])
     return export_and_convert(g, directory, "matmul_mlp")
+
+
+def build_lstm(directory: Path, seed: int = 0, steps: int = 6, hidden: int = 32) -> Path:
+    """A recurrent model: ``x`` [steps,1,16] -> ONNX LSTM 16->hidden -> ONNX LSTM hidden->hidden ->
+    ``y`` [steps,1,1,hidden]. MNN's converter turns each LSTM into a While loop whose body holds
+    conv ops, and the two bodies' convs have the same op names (the params template tells them
+    apart by ``subgraphName``)."""
+    g = OnnxGraph(seed)
+    h = g.input("x", [steps, 1, 16])
+    for i, n_in in enumerate((16, hidden)):
+        w = g.const(f"lstm{i}.W", (g.rng.standard_normal((1, 4 * hidden, n_in)) / np.sqrt(n_in)).astype(np.float32))
+        r = g.const(f"lstm{i}.R", (g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32))
+        b = g.const(f"lstm{i}.B", (g.rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32))
+        zeros = np.zeros((1, 1, hidden), np.float32)   # MNN's converter needs initial_h and initial_c
+        state = [g.const(f"lstm{i}.h0", zeros), g.const(f"lstm{i}.c0", zeros)]
+        out = g.node("LSTM", [h, w, r, b, "", *state], f"lstm{i}", hidden_size=hidden,   # [steps, 1, 1, hidden]
+                     extra_outputs=[f"lstm{i}_h", f"lstm{i}_c"])  # the converter needs all three outputs
+        h = out if i else g.node("Reshape", [out, g.const("seq_shape", np.array([steps, 1, hidden], np.int64))],
+                                 "lstm0_seq")
+    g.node("Identity", [h], "y")
+    g.output("y", [steps, 1, 1, hidden])
+    return export_and_convert(g, directory, "lstm")
 
 
 def build_shared_matmul(directory: Path, seed: int = 0, steps: int = 6, hidden: int = 64) -> Path:

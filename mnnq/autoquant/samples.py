@@ -1,0 +1,67 @@
+"""Which samples a trial runs on: a small quick subset for screening and tentative decisions,
+the whole test set to confirm.
+
+The quick subset starts as the QUICK_SAMPLES samples the deciding metric counts with the largest
+reference range (:func:`mnnq.measure.informative_samples`). With ``learning`` on, a whole-set
+measurement teaches it: the sample with the largest error, when not in the subset yet, joins it
+(up to QUICK_MAX), so that quick decisions look at the samples that miss. (``mnnq tradeoff``
+turns learning off: its searches share quick measurements, which must keep one meaning.) A run
+that may stop at the first miss takes first the sample with the largest error in the last
+whole-set measurement, then the quick samples, then the rest: a miss is found sooner.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from mnnq.measure import Measurement, informative_samples
+from mnnq.records import Metric
+from mnnq.testset import TestSet
+
+QUICK_SAMPLES = 2
+QUICK_MAX = 3
+
+
+class QuickSamples:
+    def __init__(self, testset: TestSet, metric: Metric, decides: str):
+        self.testset = testset
+        self.decides = decides
+        informative = informative_samples(testset, metric)
+        self._counted = set(informative)
+        self._index = {sample.name: i for i, sample in enumerate(testset.samples)}
+        self.indices: List[int] = sorted(informative[:QUICK_SAMPLES]) or list(range(min(QUICK_SAMPLES,
+                                                                                      len(testset.samples))))
+        self.view = self._view()
+        self.worst: Optional[int] = None  # the sample with the largest error in the last whole-set run
+        self.learning = True
+
+    def _view(self) -> TestSet:
+        samples = [self.testset.samples[i] for i in self.indices]
+        return TestSet(self.testset.root, self.testset.input_names, self.testset.output_names, samples)
+
+    @property
+    def covers_all(self) -> bool:
+        return len(self.indices) == len(self.testset.samples)
+
+    @property
+    def key(self) -> Tuple[str, ...]:
+        """The quick samples' names (what a quick measurement means right now)."""
+        return tuple(self.testset.samples[i].name for i in self.indices)
+
+    def order(self) -> List[int]:
+        """Every sample index: the last worst one, the quick ones, then the rest."""
+        first = ([self.worst] if self.worst is not None else []) + [i for i in self.indices if i != self.worst]
+        return first + [i for i in range(len(self.testset.samples)) if i not in first]
+
+    def learn(self, measurement: Measurement) -> None:
+        """Remember the sample with the deciding metric's largest error in ``measurement``."""
+        worst, worst_error = None, -1.0
+        for row in measurement.details:
+            value = row.values.get(self.decides)
+            if value is not None and value > worst_error:
+                worst, worst_error = self._index.get(row.sample), value
+        if worst is None or worst not in self._counted:
+            return
+        self.worst = worst
+        if self.learning and worst not in self.indices and len(self.indices) < QUICK_MAX:
+            self.indices = sorted(self.indices + [worst])
+            self.view = self._view()
