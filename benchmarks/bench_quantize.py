@@ -132,7 +132,7 @@ def mnn_outputs(model: Path, feeds_list) -> List[Dict[str, np.ndarray]]:
 
 def cosine_stats(references, got) -> Tuple[float, float]:
     """(mean, min) over samples of the worst output's cosine similarity (0 for non-finite)."""
-    from mnnq.quantize.calibrate import cosine
+    from mnnq.measure import cosine_similarity as cosine
 
     per_sample = []
     for ref, out in zip(references, got):

@@ -21,6 +21,7 @@ from mnnq.contracts import ActivationObserver, Observer, SearchContext, StopSear
 from mnnq.errors import BadInput
 from mnnq.hookspecs import hookimpl
 from mnnq.layers import FLOAT_BITS, PER_CHANNEL, Layer, LayerSetting
+from mnnq.measure import cosine_similarity
 from mnnq.quantize.stats import AbsHistogram, clip_negative_tail, min_max, range_params
 from mnnq.records import FINISH, SEARCH, FeatureMethod, Metric, SearchStrategy, WeightMethod
 from mnnq.weightquant import (c_round, channel_scales_max_abs, qdq_hqq, qdq_max_abs, qdq_min_max, underflows_hqq,
@@ -33,5 +34,6 @@ __all__ = [
     "ActivationObserver", "Observer",
     "qdq_max_abs", "qdq_min_max", "qdq_hqq", "underflows_max_abs", "underflows_min_max", "underflows_hqq",
     "channel_scales_max_abs", "c_round", "AbsHistogram", "min_max", "range_params", "clip_negative_tail",
+    "cosine_similarity",
     "BadInput",
 ]

@@ -15,7 +15,6 @@ the probes and the INT8 outputs are the same as the real model's (checked in the
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -175,24 +174,6 @@ def build_probe_model(model: Path, tensors: Sequence[str], dst: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------- measuring
-
-def dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``sum(a * b)`` of two 1-D arrays without BLAS: numpy's OpenBLAS threads busy-wait after
-    a call and took the second core from the MNN runs in between (measuring a YOLOv8n's INT8
-    model: 2.9 s instead of 0.6 s on a 2-core machine)."""
-    return float(np.einsum("i,i->", a, b))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    na, nb = math.sqrt(dot(a, a)), math.sqrt(dot(b, b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0 or not (math.isfinite(na) and math.isfinite(nb)):
-        return 0.0
-    return dot(a, b) / (na * nb)
-
 
 def overflow_ratio(x: np.ndarray, scale: float, zero: int, clamp: int) -> float:
     """Fraction of ``x`` clipped by INT8 params: ``round(x / s) + z`` beyond ``[-C, C]``.

@@ -9,15 +9,17 @@ tensor's INT8 params (the overflow ratio quantized.out's debug mode prints).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mnnq.quantize.calibrate import TensorRunner, cosine, overflow_ratio
+from mnnq.measure import Comparison, cosine_similarity
+from mnnq.quantize.calibrate import TensorRunner, overflow_ratio
 from mnnq.quantize.inputs import Feeds, Samples
 from mnnq.records import Metric
+from mnnq.testset import Sample
 
 # Float results kept for re-measuring (feeds, outputs and fetched tensors of the measured
 # samples); samples beyond it are loaded and run through the float model again each time.
@@ -82,8 +84,7 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
              on_sample: Optional[Callable[[int], None]] = None) -> Evaluation:
     """``quant_runner.tensors`` (probe names stripped) choose the tensors measured; the float
     reference's runner must fetch the same tensors."""
-    worst: Dict[str, Optional[float]] = {m: None for m in metrics}
-    nonfinite: List[str] = []
+    comparison = Comparison(metrics, None, mismatch_fails=True)   # the same rules as every measurement
     out_cos: List[float] = []
     cos_sum: Dict[str, float] = {}
     cos_min: Dict[str, float] = {}
@@ -91,24 +92,14 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
     for done, idx in enumerate(indices):
         feeds, ref_out, ref_t = reference.get(idx)
         got_out, got_t = quant_runner.run(feeds)
-        sample_cos = 1.0
-        for name, ref in ref_out.items():
-            r = np.asarray(ref, dtype=np.float64).ravel()
-            g = np.asarray(got_out[name], dtype=np.float64).ravel()
-            if g.size != r.size or not np.all(np.isfinite(g)):
-                nonfinite.append(f"{reference.samples.names[idx]}/{name}")
-                sample_cos = 0.0
-                for m in worst:
-                    worst[m] = math.inf
-                continue
-            sample_cos = min(sample_cos, cosine(r, g))
-            for mname, metric in metrics.items():
-                v = metric.per_output(r, g)
-                if v is not None:
-                    worst[mname] = max(worst[mname] or 0.0, float(v))
+        name = reference.samples.names[idx]
+        comparison.add(Sample(name, Path(name), {}, {o: np.asarray(r, dtype=np.float64).ravel()
+                                                      for o, r in ref_out.items()}), got_out)
+        sample_cos = min((cosine_similarity(ref, got_out[o]) if np.size(got_out[o]) == np.size(ref) else 0.0
+                          for o, ref in ref_out.items()), default=1.0)
         out_cos.append(sample_cos)
         for t in quant_runner.tensors:
-            c = cosine(ref_t[t], got_t[t])
+            c = cosine_similarity(ref_t[t], got_t[t])
             cos_sum[t] = cos_sum.get(t, 0.0) + c
             cos_min[t] = min(cos_min.get(t, 1.0), c)
             if t in act_params:
@@ -117,10 +108,11 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
         if on_sample:
             on_sample(done)
     n = max(len(indices), 1)
+    measured = comparison.result(None, complete=False)  # a blind --metric is the engine's check
     return Evaluation(
-        errors=worst,
+        errors=measured.errors,
         output_cosine=(float(np.mean(out_cos)) if out_cos else 1.0, float(np.min(out_cos)) if out_cos else 1.0),
-        nonfinite=nonfinite,
+        nonfinite=measured.nonfinite,
         tensor_cosine={t: (cos_sum[t] / n, cos_min[t]) for t in cos_sum},
         tensor_overflow={t: v / n for t, v in over_sum.items()},
         samples=len(indices),
