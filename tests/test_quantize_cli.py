@@ -264,9 +264,11 @@ def test_rate_keeps_the_most_sensitive_layers_float(two_input, tmp_path, capsys)
     assert doc["rounds"] >= 1 and doc["errors"]["cosine"] <= 0.0005
     kept = [l["name"] for l in doc["layers"] if l["status"] == "float"]
     assert kept and all("sensitivity rank" in l["reason"] for l in doc["layers"] if l["status"] == "float")
-    history = doc["rate_history"]
-    assert {h["kept_float"] for h in history[1:]} == set(kept) and len(history) == doc["rounds"] + 1
-    assert all(h["errors"]["cosine"] > 0.0005 for h in history[:-1]) and history[-1]["errors"]["cosine"] <= 0.0005
+    points = doc["tradeoff"]["points"]
+    assert len(points) == doc["rounds"] + 1 and points[0]["errors"]["cosine"] > 0.0005
+    chosen = next(p for p in points if p["chosen"])
+    assert set(chosen["float"]) == set(kept) and chosen["errors"]["cosine"] <= 0.0005
+    assert all(p["layers_float"] >= len(kept) for p in points if p["holds"])
     assert sorted(set(int8_layers(out)) | set(kept)) == ["conv_a", "conv_b", "conv_mix", "fc__matmul_converted"]
     assert not set(int8_layers(out)) & set(kept)
     assert "layers kept float" in stdout

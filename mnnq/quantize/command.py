@@ -32,14 +32,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="per-layer cosine / overflow table of the INT8 model vs float (as config debug: true)")
     p.add_argument("--rate", type=non_negative_float, default=None,
-                   help="error budget: keep the most sensitive layers float, one at a time, until the "
-                        "--metric error is at most this (exit 1 if it cannot hold)")
+                   help="error budget: when every layer INT8 misses it, rank the layers and keep the fewest "
+                        "float that bring the --metric error to at most this (exit 1 if none does); the "
+                        "report shows the trade-off measured on the way")
     p.add_argument("--metric", default="max_rel", help="error metric plugin for --rate (default max_rel)")
     p.add_argument("--eval-samples", "--eval_samples", type=positive_int, default=None,
                    help="calibration samples the INT8 model is measured on (default 64, spread evenly)")
     p.add_argument("--bias-correction", "--bias_correction", action="store_true",
                    help="correct each INT8 conv's bias for the mean shift of its rounded weights")
     p.add_argument("--report-json", "--report_json", default=None, help="also write the report as JSON here")
+    p.add_argument("--svg", default=None,
+                   help="with --rate: also draw the trade-off (layers INT8 against the metric) as SVG here")
     return p
 
 
@@ -61,19 +64,25 @@ def stage_progress(err: Console) -> Iterator[Callable[[str, int, int], None]]:
         yield on_progress
 
 
-def finish(result, report_json: Optional[Path], out: Console) -> int:
+def finish(result, report_json: Optional[Path], out: Console, svg: Optional[Path] = None) -> int:
     """Print the report of a finished job (a ``QuantizeResult``), write it as JSON to
-    ``report_json`` when given, and return the exit code."""
+    ``report_json`` and the trade-off to ``svg`` when given, and return the exit code."""
     from mnnq.fileio import atomic_write_text
-    from mnnq.quantize.report import print_result, result_dict
+    from mnnq.quantize.report import print_result, result_dict, tradeoff_svg
 
     print_result(result, out)
     if report_json:
         atomic_write_text(report_json, json.dumps(result_dict(result), indent=2) + "\n")
+    if svg:
+        if result.tradeoff is None:
+            out.print(f"note: no trade-off to draw in {svg}: every layer INT8 met the budget", highlight=False)
+        else:
+            atomic_write_text(svg, tradeoff_svg(result.tradeoff, Path(result.model).name))
     return EXIT_OK if result.met else EXIT_MISSED
 
 
 def run(args, out: Console, err: Console) -> int:
+    from mnnq.fileio import check_output_path
     from mnnq.quantize.engine import EVAL_SAMPLES, QuantizeOptions, prepare, run_job
 
     pm = plugin_manager(err)
@@ -82,8 +91,12 @@ def run(args, out: Console, err: Console) -> int:
         rate=args.rate, metric=args.metric, eval_samples=args.eval_samples or EVAL_SAMPLES,
         report_json=Path(args.report_json) if args.report_json else None, bias_correction=args.bias_correction,
     )
+    svg = Path(args.svg) if args.svg else None
     started = time.perf_counter()
     job = prepare(opts, pm)
+    if svg is not None:
+        check_output_path(svg, [opts.model, opts.config, opts.out, Path(str(opts.out) + ".json"), opts.report_json],
+                          "--svg")
     with stage_progress(err) as on_progress:
         result = run_job(job, on_progress, started)
-    return finish(result, opts.report_json, out)
+    return finish(result, opts.report_json, out, svg)

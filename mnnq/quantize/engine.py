@@ -10,20 +10,18 @@
    ops: :mod:`propagation`); per-channel weight scales from the weight method.
 4. The converter writes the INT8 model from the params file (:mod:`writer`).
 5. The INT8 model is loaded and run on (up to ``eval_samples``) calibration samples against the
-   float model: outputs must be finite. When they are not, or the ``metric`` error exceeds
-   ``rate``, each layer's sensitivity is measured by writing it as the only INT8 layer, and the
-   most sensitive layers are kept float, one at a time, until it holds. With ``debug`` a probe
-   copy (:mod:`calibrate`) measures every layer of the final configuration.
-6. The final model and its params (``<out>.json``) are written atomically, as one set, and it is
-   re-measured.
+   float model (:mod:`candidates`): outputs must be finite. When they are not, or the ``metric``
+   error exceeds ``rate``, the fallback (:mod:`fallback`) ranks the layers, finds the fewest to
+   keep float and records the trade-off curve. With ``debug`` a probe copy (:mod:`calibrate`)
+   measures every layer of the final configuration.
+6. The chosen model (measured on every sample) and its params (``<out>.json``) are written
+   atomically, as one set.
 """
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -36,12 +34,14 @@ from mnnq.quantize import calibrate as cal
 from mnnq.quantize import propagation as prop
 from mnnq.quantize.bias import TapMeans, corrected_biases, write_with_biases
 from mnnq.quantize.config import QuantizeConfig, load_config
-from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices, evaluate
+from mnnq.quantize.candidates import Candidates, progress_step
+from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices
+from mnnq.quantize.fallback import (RANK_SAMPLES, Budget, FloatSearch, Point, all_but_zero, fallback_notes, kept_reason,
+                                    tradeoff_dict)
 from mnnq.quantize.inputs import Samples, make_samples
-from mnnq.quantize.writer import build_params, sanitize, weight_entry, write_int8
+from mnnq.quantize.writer import sanitize, weight_entry
 
 EVAL_SAMPLES = 64
-RANK_WORKERS = 4          # converter child processes at once while ranking layers
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total)
 
@@ -106,8 +106,8 @@ class QuantizeResult:
     timings: Dict[str, float] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     debug: bool = False
-    rounds: int = 0
-    history: List[dict] = field(default_factory=list)   # per --rate round: layer kept float, errors
+    rounds: int = 0                   # candidates the fallback measured after every layer INT8
+    tradeoff: Optional[dict] = None   # the fallback's ranking and measured points (fallback.tradeoff_dict)
     weights: Optional[WeightAccount] = None   # the written file's weight bytes: INT8, float and why
 
     @property
@@ -184,80 +184,132 @@ def run_quantize(opts: QuantizeOptions, pm, progress: Optional[Progress] = None)
     return run_job(job, progress, started)
 
 
-def _step(progress: Optional[Progress], stage: str, total: int):
-    if progress is None:
-        return None
-    progress(stage, 0, total)
-    return lambda i: progress(stage, i + 1, total)
+@dataclass
+class Calibrated:
+    """What every INT8 candidate shares: the measured samples, their float outputs and the params."""
+
+    indices: List[int]
+    reference: FloatReference
+    acts: Dict[str, Tuple[float, int]]
+    weights: Dict[str, dict]
+    biases: Dict[str, object]
+
+
+@dataclass
+class Outcome:
+    """The float layers chosen (name -> reason), the chosen candidate's measurement and model,
+    and the fallback's trade-off curve (``None`` when every layer INT8 held)."""
+
+    keep: Dict[str, str]
+    evaluation: Evaluation
+    model: Path
+    met: bool
+    tradeoff: Optional[dict] = None
+    rounds: int = 0
 
 
 def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[float] = None) -> QuantizeResult:
+    """Calibrate, choose the layers to keep float (measuring real INT8 candidates), write the
+    model and its params, and report."""
     started = time.perf_counter() if started is None else started
-    opts, cfg = job.opts, job.cfg
     timings: Dict[str, float] = {}
-    tensors = cal.layer_tensors(job.layers)
     notes = list(job.notes)
+    calibrated = calibrate_job(job, notes, progress, timings)
+    with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
+        candidates = make_candidates(job, Path(work), calibrated, notes, progress)
+        t0 = time.perf_counter()
+        outcome = choose_float_layers(job, candidates, notes, progress)
+        layer_ev = None
+        if job.opts.debug or job.cfg.debug:
+            layer_ev = candidates.probe(list(outcome.keep), "measuring every layer")
+        timings["measure_s"] = time.perf_counter() - t0
+        params_path = write_outputs(job, candidates, outcome)
+    return _result(job, calibrated, outcome, layer_ev, params_path, notes, timings, started)
 
+
+def calibrate_job(job: Job, notes: List[str], progress: Optional[Progress], timings: Dict[str, float]) -> Calibrated:
+    """Activation params from the calibration pass (which also keeps the measured samples'
+    float outputs), then the weight params."""
     t0 = time.perf_counter()
-    indices = eval_indices(len(job.samples), max(1, opts.eval_samples))
-    reference = FloatReference(cal.TensorRunner(opts.model, job.input_names, job.output_names), job.samples)
-    stats = TapMeans(job.layers) if opts.bias_correction else None
-    acts = activation_params(job, tensors, notes, progress, _keeper(reference, indices), stats)
-    clamp = cfg.feature_clamp_value
+    indices = eval_indices(len(job.samples), max(1, job.opts.eval_samples))
+    reference = FloatReference(cal.TensorRunner(job.opts.model, job.input_names, job.output_names), job.samples)
+    stats = TapMeans(job.layers) if job.opts.bias_correction else None
+    acts = activation_params(job, cal.layer_tensors(job.layers), notes, progress, _keeper(reference, indices), stats)
     timings["calibrate_s"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     weights, biases = weight_params(job, stats)
     timings["weight_scales_s"] = time.perf_counter() - t0
+    return Calibrated(indices, reference, acts, weights, biases)
 
-    keep: Dict[str, str] = {}
-    rounds = 0
-    history: List[dict] = []
-    layer_ev: Optional[Evaluation] = None
-    with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
-        source = Path(opts.model)
-        if biases:      # the converter reads the biases from the float model: convert a corrected copy
-            source = write_with_biases(source, Path(work) / "bias_corrected.mnn", job.layers, biases)
-            notes.append(f"bias correction: {len(biases)} layer biases corrected for their rounded weights")
-        m = _Measurer(job, Path(work), tensors, indices, acts, weights, clamp, progress, reference, source)
-        t0 = time.perf_counter()
-        final = Path(work) / "final.mnn"
-        final_ev = m.write_and_check(final, keep, notes, "measuring")
-        history.append({"round": 0, "kept_float": None, **_errors_of(final_ev)})
-        _check_metric(final_ev, opts)
-        if not _holds(final_ev, opts):
-            if not final_ev.finite:
-                notes.append("INT8 outputs were not finite; keeping the most sensitive layers float")
-            for name, why in m.rank(keep, opts.metric if opts.rate is not None else "cosine"):
-                keep[name] = why
-                rounds += 1
-                final_ev = m.write_and_check(final, keep, notes, f"round {rounds}: {name} kept float")
-                history.append({"round": rounds, "kept_float": name, **_errors_of(final_ev)})
-                if _holds(final_ev, opts):
-                    break
-        if opts.debug or cfg.debug:
-            layer_ev = m.probe(keep, "measuring every layer")
-        timings["measure_s"] = time.perf_counter() - t0
-        if not final_ev.finite:
-            raise NativeFailure("the INT8 model gives non-finite outputs even with every layer float "
-                                f"({', '.join(final_ev.nonfinite[:3])}); the float model may be broken")
-        params_path = Path(str(opts.out) + ".json")
-        with OutputSet() as outputs:     # the model and its params file replace the old pair together
-            outputs.copy(final, Path(opts.out))
-            outputs.write_text(params_path, json.dumps(m.params(keep), indent=1) + "\n")
 
-    layers = _layer_reports(job, acts, keep, layer_ev, clamp)
-    met = _holds(final_ev, opts)
-    if rounds and met:
-        notes.append(f"kept {rounds} more layer(s) float to meet --rate {opts.rate} ({opts.metric})")
+def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[str], progress) -> Candidates:
+    source = Path(job.opts.model)
+    if calibrated.biases:   # the converter reads the biases from the float model: convert a corrected copy
+        source = write_with_biases(source, work / "bias_corrected.mnn", job.layers, calibrated.biases)
+        notes.append(f"bias correction: {len(calibrated.biases)} layer biases corrected for their rounded weights")
+    return Candidates(job, work, cal.layer_tensors(job.layers), calibrated.indices, calibrated.acts,
+                      calibrated.weights, job.cfg.feature_clamp_value, progress, calibrated.reference, source)
+
+
+def choose_float_layers(job: Job, candidates: Candidates, notes: List[str], progress: Optional[Progress]) -> Outcome:
+    """Every layer INT8 first; when that misses ``--rate`` (or is not finite), the fallback
+    search (:mod:`fallback`) finds the layers to keep float."""
+    opts = job.opts
+    first_ev, first_path = candidates.first(notes, progress_step(progress, "measuring", len(candidates.indices)))
+    _check_metric(first_ev, opts)
+    budget = Budget(opts.metric if opts.rate is not None else "cosine", opts.rate)
+    first = Point(0, "all INT8", (), first_ev, budget.holds(first_ev))
+    if first.holds:
+        return Outcome(dict(candidates.forced), first_ev, first_path, True)
+    if not first_ev.finite:
+        notes.append("INT8 outputs were not finite; keeping the most sensitive layers float")
+    layers = [l.name for l in job.layers if l.name not in candidates.forced]
+    search = FloatSearch(layers, budget, candidates.measure, candidates.measure_many, first, first_path, progress)
+    point, model = search.run()
+    if not point.evaluation.finite:
+        raise NativeFailure("the INT8 model gives non-finite outputs even with every layer float "
+                            f"({', '.join(point.evaluation.nonfinite[:3])}); the float model may be broken")
+    reasons = {r.name: kept_reason(r, budget.metric, RANK_SAMPLES) for r in search.ranking}
+    notes += fallback_notes(search, point, budget, _blank_samples(job, candidates, budget))
+    tradeoff = tradeoff_dict(search, point, budget, len(job.layers), list(candidates.forced),
+                             [job.samples.names[i] for i in search.ranking_samples])
+    keep = {**candidates.forced, **{n: reasons[n] for n in point.float_layers}}
+    return Outcome(keep, point.evaluation, model, point.holds, tradeoff, len(search.points) - 1)
+
+
+def _blank_samples(job: Job, candidates: Candidates, budget: Budget) -> List[Tuple[str, float, float]]:
+    """With ``--rate`` and ``--metric cosine``: the measured samples whose float outputs are all
+    but zero (:func:`fallback.all_but_zero`)."""
+    if budget.metric != "cosine" or budget.rate is None:
+        return []
+    peaks = {job.samples.names[i]: max((float(abs(v).max()) if v.size else 0.0
+                                        for v in candidates.float_plain.get(i)[1].values()), default=0.0)
+             for i in candidates.indices}
+    return all_but_zero(peaks)
+
+
+def write_outputs(job: Job, candidates: Candidates, outcome: Outcome) -> Path:
+    """The chosen model and its params file, replacing any old pair together; the params path."""
+    params_path = Path(str(job.opts.out) + ".json")
+    with OutputSet() as outputs:
+        outputs.copy(outcome.model, Path(job.opts.out))
+        outputs.write_text(params_path, json.dumps(candidates.params(list(outcome.keep)), indent=1) + "\n")
+    return params_path
+
+
+def _result(job: Job, calibrated: Calibrated, outcome: Outcome, layer_ev: Optional[Evaluation], params_path: Path,
+            notes: List[str], timings: Dict[str, float], started: float) -> QuantizeResult:
+    opts, cfg = job.opts, job.cfg
+    layers = _layer_reports(job, calibrated.acts, outcome.keep, layer_ev, cfg.feature_clamp_value)
+    ev = outcome.evaluation
     return QuantizeResult(
         model=Path(opts.model), out=Path(opts.out), params_path=params_path, config=cfg,
         feature_method=cfg.feature_quantize_method, weight_method=cfg.weight_quantize_method,
-        samples=len(job.samples), eval_samples=len(indices), layers=layers, other_float=job.other_float,
-        errors=final_ev.errors, output_cosine=final_ev.output_cosine, metric=opts.metric, rate=opts.rate,
-        met=met, size_before=Path(opts.model).stat().st_size, size_after=Path(opts.out).stat().st_size,
+        samples=len(job.samples), eval_samples=len(calibrated.indices), layers=layers, other_float=job.other_float,
+        errors=ev.errors, output_cosine=ev.output_cosine, metric=opts.metric, rate=opts.rate,
+        met=outcome.met, size_before=Path(opts.model).stat().st_size, size_after=Path(opts.out).stat().st_size,
         seconds=time.perf_counter() - started, timings=timings, notes=notes,
-        debug=bool(opts.debug or cfg.debug), rounds=rounds, history=history,
+        debug=bool(opts.debug or cfg.debug), rounds=outcome.rounds, tradeoff=outcome.tradeoff,
         weights=_weight_account(Path(opts.out), layers, job.other_float),
     )
 
@@ -310,86 +362,9 @@ def activation_params(job: Job, tensors: List[str], notes: List[str], progress: 
         on_tensors = lambda values: tap_means.update({t: values[alias[t]] for t in tensors})  # noqa: E731
     observers = cal.calibrate(model, job.input_names, job.output_names, observed, job.samples,
                               job.feature.make_observer, job.batch_size,
-                              _step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors)
+                              progress_step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors)
     finished = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
     return prop.runtime_params({t: finished[a] for t, a in alias.items()}, graph, groups, tensors, clamp)
-
-
-class _Measurer:
-    """Writes INT8 models (real or probe) for a set of float-kept layers and measures them."""
-
-    def __init__(self, job: Job, work: Path, tensors, indices, acts, weights, clamp: int, progress,
-                 reference: FloatReference, source: Path):
-        self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
-        self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
-        self.float_plain = reference
-        self.source = source            # the float model the converter writes INT8 from
-        self.float_tensors: Optional[FloatReference] = None
-        self.probe_float: Optional[Path] = None
-
-    def params(self, keep) -> dict:
-        return build_params(self.job.layers, self.acts, self.weights, self.clamp, keep)
-
-    def _evaluate(self, ref, quant, stage: str) -> Evaluation:
-        return evaluate(ref, quant, self.indices, self.job.metrics, self.acts, self.clamp,
-                        _step(self.progress, stage, len(self.indices)))
-
-    def write_and_check(self, dst: Path, keep: Dict[str, str], notes: List[str], stage: str) -> Evaluation:
-        """Write the real INT8 model to ``dst`` and measure its outputs."""
-        expected = [l.name for l in self.job.layers if l.name not in keep]
-        written = write_int8(self.source, dst, self.params(keep), expected)
-        for name in written["missing"]:
-            keep.setdefault(name, "the converter did not write it as INT8")
-            notes.append(f"the converter left layer '{name}' float (its output tensor name did not match)")
-        quant = cal.TensorRunner(dst, self.job.input_names, self.job.output_names)
-        return self._evaluate(self.float_plain, quant, stage)
-
-    def rank(self, keep: Dict[str, str], metric: str) -> List[Tuple[str, str]]:
-        """The INT8 layers, most sensitive first: each is written as the only INT8 layer and the
-        model's ``metric`` error measured (non-finite outputs rank first). The converter runs
-        in child processes, a few at a time."""
-        candidates = [l for l in self.job.layers if l.name not in keep]
-        names = [l.name for l in self.job.layers]
-
-        def write_alone(i: int) -> Path:
-            dst = self.work / f"alone{i}.mnn"
-            alone = {n: "" for n in names if n != candidates[i].name}
-            write_int8(self.source, dst, self.params(alone), [])
-            return dst
-
-        scored = []
-        tick = _step(self.progress, "ranking layers by sensitivity", len(candidates))
-        workers = max(1, min(RANK_WORKERS, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, dst in enumerate(pool.map(write_alone, range(len(candidates)))):
-                quant = cal.TensorRunner(dst, self.job.input_names, self.job.output_names)
-                ev = evaluate(self.float_plain, quant, self.indices, self.job.metrics, self.acts, self.clamp)
-                dst.unlink(missing_ok=True)
-                err = ev.errors.get(metric)
-                err = float("inf") if not ev.finite else (err if err is not None else 1.0 - ev.output_cosine[0])
-                scored.append((err, i, candidates[i].name))
-                if tick:
-                    tick(i)
-        scored.sort(key=lambda t: (-t[0], t[1]))
-        return [(name, f"kept float: alone in INT8 it gives {metric} {err:.5g} (sensitivity rank {rank + 1})")
-                for rank, (err, _, name) in enumerate(scored)]
-
-    def probe(self, keep: Dict[str, str], stage: str) -> Evaluation:
-        """Measure outputs and every layer tensor through the probe copy."""
-        job = self.job
-        if self.probe_float is None:
-            self.probe_float = cal.build_probe_model(self.source, self.tensors, self.work / "probe_float.mnn")
-            # every layer tensor of every sample: measured once, so not kept
-            self.float_tensors = FloatReference(
-                cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors), job.samples, 0)
-        dst = self.work / "probe_int8.mnn"
-        write_int8(self.probe_float, dst, self.params(keep), [])
-        quant = cal.TensorRunner(dst, job.input_names, job.output_names, self.tensors, cal.PROBE_SUFFIX)
-        return self._evaluate(self.float_tensors, quant, stage)
-
-
-def _errors_of(ev: Evaluation) -> dict:
-    return {"errors": dict(ev.errors), "output_cosine": ev.output_cosine[0], "finite": ev.finite}
 
 
 def _check_metric(ev: Evaluation, opts: QuantizeOptions) -> None:
@@ -399,15 +374,6 @@ def _check_metric(ev: Evaluation, opts: QuantizeOptions) -> None:
         raise BadInput(f"--metric {opts.metric} skips every output of this model on the {ev.samples} measured "
                        "sample(s) (e.g. max_rel ignores outputs whose max |ref| <= 0.01), so --rate could never "
                        "fail; use --metric cosine")
-
-
-def _holds(ev: Evaluation, opts: QuantizeOptions) -> bool:
-    if not ev.finite:
-        return False
-    if opts.rate is None:
-        return True
-    err = ev.errors.get(opts.metric)
-    return err is None or err <= opts.rate
 
 
 def _layer_reports(job: Job, acts, keep: Dict[str, str], ev: Optional[Evaluation], clamp: int) -> List[LayerReport]:

@@ -6,6 +6,11 @@ samples (:class:`FloatReference`, computed once for all the INT8 candidates). Wi
 model (see :mod:`calibrate`) each layer tensor gets its mean and worst cosine similarity
 against the float activations, and the share of float values that would saturate under the
 tensor's INT8 params (the overflow ratio quantized.out's debug mode prints).
+
+A measurement can stop early (``stop_above``): at the first sample whose error under the
+deciding metric is over a bound, or whose outputs are not finite. The ``--rate`` fallback
+(:mod:`fallback`) measures most of its candidates that way, worst samples first: a candidate
+that misses the budget usually costs one sample instead of all of them.
 """
 from __future__ import annotations
 
@@ -34,10 +39,21 @@ class Evaluation:
     tensor_cosine: Dict[str, Tuple[float, float]] = field(default_factory=dict)   # tensor -> (mean, min)
     tensor_overflow: Dict[str, float] = field(default_factory=dict)              # tensor -> mean ratio
     samples: int = 0
+    sample_errors: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)   # index -> metric -> error
+    sample_cosine: Dict[int, float] = field(default_factory=dict)   # index -> the worst output's cosine
+    complete: bool = True            # False: stopped at a sample over ``stop_above`` (``samples`` measured)
 
     @property
     def finite(self) -> bool:
         return not self.nonfinite
+
+    def worst_first(self, metric: str) -> List[int]:
+        """The measured sample indices, the largest ``metric`` error first (non-finite ones first,
+        skipped ones last)."""
+        def key(i: int) -> float:
+            v = self.sample_errors[i].get(metric)
+            return float("-inf") if v is None else -v
+        return sorted(self.sample_errors, key=lambda i: (key(i), i))
 
 
 class FloatReference:
@@ -81,23 +97,24 @@ def eval_indices(n: int, limit: int) -> List[int]:
 
 def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Sequence[int],
              metrics: Mapping[str, Metric], act_params: Mapping[str, Tuple[float, int]], clamp: int,
-             on_sample: Optional[Callable[[int], None]] = None) -> Evaluation:
+             on_sample: Optional[Callable[[int], None]] = None,
+             stop_above: Optional[Tuple[str, float]] = None) -> Evaluation:
     """``quant_runner.tensors`` (probe names stripped) choose the tensors measured; the float
-    reference's runner must fetch the same tensors."""
+    reference's runner must fetch the same tensors. Samples are measured in the order of
+    ``indices``; with ``stop_above=(metric, bound)`` the measurement ends after the first
+    sample whose ``metric`` error is over ``bound`` or whose outputs are not finite."""
     comparison = Comparison(metrics, None, mismatch_fails=True)   # the same rules as every measurement
-    out_cos: List[float] = []
+    out_cos: Dict[int, float] = {}
+    per_sample: Dict[int, Dict[str, Optional[float]]] = {}
     cos_sum: Dict[str, float] = {}
     cos_min: Dict[str, float] = {}
     over_sum: Dict[str, float] = {}
     for done, idx in enumerate(indices):
         feeds, ref_out, ref_t = reference.get(idx)
         got_out, got_t = quant_runner.run(feeds)
-        name = reference.samples.names[idx]
-        comparison.add(Sample(name, Path(name), {}, {o: np.asarray(r, dtype=np.float64).ravel()
-                                                      for o, r in ref_out.items()}), got_out)
-        sample_cos = min((cosine_similarity(ref, got_out[o]) if np.size(got_out[o]) == np.size(ref) else 0.0
-                          for o, ref in ref_out.items()), default=1.0)
-        out_cos.append(sample_cos)
+        per_sample[idx] = _sample_errors(comparison, reference.samples.names[idx], ref_out, got_out)
+        out_cos[idx] = min((cosine_similarity(ref, got_out[o]) if np.size(got_out[o]) == np.size(ref) else 0.0
+                            for o, ref in ref_out.items()), default=1.0)
         for t in quant_runner.tensors:
             c = cosine_similarity(ref_t[t], got_t[t])
             cos_sum[t] = cos_sum.get(t, 0.0) + c
@@ -107,13 +124,34 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
                 over_sum[t] = over_sum.get(t, 0.0) + overflow_ratio(ref_t[t], s, z, clamp)
         if on_sample:
             on_sample(done)
-    n = max(len(indices), 1)
+        if stop_above is not None and _over(per_sample[idx].get(stop_above[0]), stop_above[1]):
+            break
+    n = max(len(out_cos), 1)
     measured = comparison.result(None, complete=False)  # a blind --metric is the engine's check
+    cosines = list(out_cos.values())
     return Evaluation(
         errors=measured.errors,
-        output_cosine=(float(np.mean(out_cos)) if out_cos else 1.0, float(np.min(out_cos)) if out_cos else 1.0),
+        output_cosine=(float(np.mean(cosines)) if cosines else 1.0, float(np.min(cosines)) if cosines else 1.0),
         nonfinite=measured.nonfinite,
         tensor_cosine={t: (cos_sum[t] / n, cos_min[t]) for t in cos_sum},
         tensor_overflow={t: v / n for t, v in over_sum.items()},
-        samples=len(indices),
+        samples=len(out_cos), sample_errors=per_sample, sample_cosine=out_cos,
+        complete=len(out_cos) == len(indices),
     )
+
+
+def _sample_errors(comparison: Comparison, name: str, ref_out: Feeds, got_out: Feeds) -> Dict[str, Optional[float]]:
+    """Add one sample to ``comparison``; its error under each metric (max over its outputs,
+    ``inf`` when one is not finite, ``None`` when the metric skips them all)."""
+    before = len(comparison.details)
+    comparison.add(Sample(name, Path(name), {}, {o: np.asarray(r, dtype=np.float64).ravel()
+                                                  for o, r in ref_out.items()}), got_out)
+    errors: Dict[str, Optional[float]] = {}
+    for m in comparison.metrics:
+        values = [row.values[m] for row in comparison.details[before:] if row.values[m] is not None]
+        errors[m] = max(values) if values else None
+    return errors
+
+
+def _over(error: Optional[float], bound: float) -> bool:
+    return error is not None and not error <= bound       # NaN and inf are over

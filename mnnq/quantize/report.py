@@ -1,6 +1,8 @@
 """Terminal summary and JSON report of a quantize run."""
 from __future__ import annotations
 
+import html
+import math
 from typing import List, Optional
 
 from rich.console import Console
@@ -55,7 +57,7 @@ def result_dict(result: QuantizeResult) -> dict:
         "layers_float": [r.name for r in result.kept_float] + [n for n, _ in result.other_float],
         "other_float_ops": [{"name": n, "reason": why} for n, why in result.other_float],
         "rounds": result.rounds,
-        "rate_history": result.history,
+        "tradeoff": _tradeoff_json(result.tradeoff),
         "size_before_bytes": result.size_before,
         "size_after_bytes": result.size_after,
         "wall_time_s": round(result.seconds, 3),
@@ -70,6 +72,16 @@ def result_dict(result: QuantizeResult) -> dict:
                          "input_overflow_ratio": _r(r.overflow_in), "status": r.status}
                         for r in debug_rows(result)]
     return out
+
+
+def _tradeoff_json(tradeoff: Optional[dict]) -> Optional[dict]:
+    """The fallback's curve with its errors and cosines rounded as the report's own."""
+    if tradeoff is None:
+        return None
+    points = [dict(p, error=_r(p["error"], 8), errors={k: _r(v, 8) for k, v in p["errors"].items()},
+                   output_cosine={k: _r(v, 8) for k, v in p["output_cosine"].items()}) for p in tradeoff["points"]]
+    ranking = [dict(r, alone_error=_r(r["alone_error"], 8)) for r in tradeoff["ranking"]]
+    return dict(tradeoff, points=points, ranking=ranking)
 
 
 def _f(v: Optional[float], fmt: str = "{:.5f}") -> str:
@@ -92,9 +104,31 @@ def print_debug(result: QuantizeResult, console: Console, limit: int = 80) -> No
         console.print(f"... {len(rows) - limit} more layers in --report-json", highlight=False)
 
 
+def print_tradeoff(tradeoff: dict, samples: int, console: Console) -> None:
+    """The fallback's points measured on every sample (and the chosen one), one row each; the
+    candidates stopped at their first sample over the rate are counted below the table."""
+    metric = tradeoff["metric"]
+    table = Table(title=f"trade-off: layers INT8 against {metric} ({tradeoff['layers']} INT8-able convs; "
+                        "every measured point is in --report-json)", title_justify="left")
+    for col in ("round", "stage", "INT8", "float", metric, "cos mean", "cos min", "holds"):
+        table.add_column(col, overflow="fold")
+    shown = [p for p in tradeoff["points"] if p["complete"] or p["chosen"]]
+    for p in shown:
+        table.add_row(str(p["round"]), p["stage"] + (" (chosen)" if p["chosen"] else ""), str(p["layers_int8"]),
+                      str(p["layers_float"]), _f(p["error"], "{:.5f}"), _f(p["output_cosine"]["mean"]),
+                      _f(p["output_cosine"]["min"]), "yes" if p["holds"] else "no")
+    console.print(table)
+    stopped = len(tradeoff["points"]) - len(shown)
+    if stopped:
+        console.print(f"{stopped} more candidates went over the rate at one of their first samples (of {samples}) "
+                      "and were not measured further", highlight=False)
+
+
 def print_result(result: QuantizeResult, console: Console) -> None:
     if result.debug:
         print_debug(result, console)
+    if result.tradeoff is not None:
+        print_tradeoff(result.tradeoff, result.eval_samples, console)
     kept = result.kept_float
     if kept:
         table = Table(title="layers kept float", title_justify="left")
@@ -118,7 +152,7 @@ def print_result(result: QuantizeResult, console: Console) -> None:
     summary.add_row("error vs float", f"{errs}; output cosine mean {result.output_cosine[0]:.6f}, "
                                       f"min {result.output_cosine[1]:.6f}")
     if result.rate is not None:
-        summary.add_row("budget", f"{result.metric} <= {result.rate} ({result.rounds} rounds)")
+        summary.add_row("budget", f"{result.metric} <= {result.rate} ({result.rounds} candidates measured)")
     summary.add_row("params", str(result.params_path))
     summary.add_row("wall time", f"{result.seconds:.2f} s")
     console.print(summary)
@@ -133,3 +167,52 @@ def print_result(result: QuantizeResult, console: Console) -> None:
         else:
             console.print(f"[red]MISSED[/red]: the best-effort model was written but its {result.metric} error "
                           f"{_f(result.errors.get(result.metric), '{:.6f}')} exceeds rate {result.rate}")
+
+
+def tradeoff_svg(tradeoff: dict, title: str, width: int = 560, height: int = 360) -> str:
+    """The fallback's points: layers INT8 (x) against the metric (y, log scale); filled: measured
+    on every sample (green: holds), open: stopped at a sample over the rate (a lower bound);
+    the rate as a dashed line, the chosen point ringed."""
+    left, right, top, bottom = 70, 20, 40, 50
+    points = [p for p in tradeoff["points"] if p["error"] is not None and math.isfinite(p["error"])]
+    values = [p["error"] for p in points if p["error"] > 0] + ([tradeoff["rate"]] if tradeoff["rate"] else [])
+    lo = math.log10(min(values, default=1e-6)) - 0.2
+    hi = math.log10(max(values, default=1.0)) + 0.2
+
+    def x(v: float) -> float:
+        return left + (width - left - right) * v / max(tradeoff["layers"], 1)
+
+    def y(v: float) -> float:
+        v = min(max(math.log10(max(v, 10 ** lo)), lo), hi)
+        return height - bottom - (height - top - bottom) * (v - lo) / (hi - lo)
+
+    metric = html.escape(tradeoff["metric"])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             'font-size="12">',
+             f'<text x="{left}" y="20" font-size="14">layers INT8 against {metric}: {html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+             f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">layers INT8 '
+             f'(of {tradeoff["layers"]})</text>',
+             f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})"'
+             f' text-anchor="middle">{metric} error (log scale)</text>']
+    for i in range(5):
+        xv = round(tradeoff["layers"] * i / 4)
+        parts.append(f'<text x="{x(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv}</text>')
+    for e in range(math.ceil(lo), math.floor(hi) + 1):
+        parts.append(f'<text x="{left - 6}" y="{y(10 ** e) + 4:.1f}" text-anchor="end">1e{e}</text>')
+    if tradeoff["rate"]:
+        parts.append(f'<line x1="{left}" y1="{y(tradeoff["rate"]):.1f}" x2="{width - right}" y2="{y(tradeoff["rate"]):.1f}" '
+                     f'stroke="#999" stroke-dasharray="4,3"/><text x="{width - right}" y="{y(tradeoff["rate"]) - 4:.1f}" '
+                     f'text-anchor="end">rate {tradeoff["rate"]:g}</text>')
+    for p in sorted(points, key=lambda p: p["complete"]):
+        colour = "#228833" if p["holds"] else "#cc3311"
+        fill = colour if p["complete"] else "none"
+        cx, cy = x(p["layers_int8"]), y(p["error"])
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{4 if p["complete"] else 3}" fill="{fill}" '
+                     f'stroke="{colour}"/>')
+        if p["chosen"]:
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="8" fill="none" stroke="black"/>'
+                         f'<text x="{cx + 10:.1f}" y="{cy - 8:.1f}">chosen: {p["layers_int8"]} INT8</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,103 @@
+"""INT8 candidates of one quantize job: the same calibration, params and float outputs, a
+different set of layers kept float; each written by the converter and measured.
+
+The converter runs in child processes (:mod:`mnnq.mnn_backend.native`); when several candidates
+are known in advance (:meth:`Candidates.measure_many`) the next ones are converted while one is
+measured. The measuring stays in this process, one model at a time: on the shared 2-core machine
+two MNN processes running at once each ran at half speed (benchmarks/README.md).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from mnnq.quantize import calibrate as cal
+from mnnq.quantize.evaluate import Evaluation, FloatReference, evaluate
+from mnnq.quantize.fallback import Stop
+from mnnq.quantize.writer import build_params, write_int8
+
+CONVERT_AHEAD = 2         # converter children at once while candidates are measured
+
+
+class Candidates:
+    """Writes INT8 models (real or probe) for a set of float-kept layers and measures them.
+    ``forced`` holds the layers the converter would not write as INT8 (float in every
+    candidate, with the reason)."""
+
+    def __init__(self, job, work: Path, tensors: List[str], indices: List[int], acts, weights, clamp: int,
+                 progress, reference: FloatReference, source: Path):
+        self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
+        self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
+        self.float_plain = reference
+        self.source = source            # the float model the converter writes INT8 from
+        self.float_tensors: Optional[FloatReference] = None
+        self.probe_float: Optional[Path] = None
+        self.forced: Dict[str, str] = {}
+        self.written = 0
+
+    def params(self, keep) -> dict:
+        return build_params(self.job.layers, self.acts, self.weights, self.clamp, set(keep) | set(self.forced))
+
+    def first(self, notes: List[str], step) -> Tuple[Evaluation, Path]:
+        """Every layer INT8, measured on every sample; layers the converter left float join
+        ``forced``."""
+        dst = self._path()
+        written = write_int8(self.source, dst, self.params(()), [l.name for l in self.job.layers])
+        for name in written["missing"]:
+            self.forced[name] = "the converter did not write it as INT8"
+            notes.append(f"the converter left layer '{name}' float (its output tensor name did not match)")
+        return self._measure(dst, self.indices, None, step), dst
+
+    def measure(self, keep: Sequence[str], order: Sequence[int], stop: Stop) -> Tuple[Evaluation, Path]:
+        """The model with ``keep`` float, measured on the samples of ``order`` in that order."""
+        dst = self._path()
+        write_int8(self.source, dst, self.params(keep), [])
+        return self._measure(dst, order, stop), dst
+
+    def measure_many(self, keeps: Sequence[Sequence[str]], order: Sequence[int], stop: Stop
+                     ) -> Iterator[Tuple[Evaluation, Path]]:
+        """:meth:`measure` for each of ``keeps`` in turn, the next ones converted ahead; closing
+        the iterator early cancels the conversions not started."""
+        def convert(keep: Sequence[str], dst: Path) -> Path:
+            write_int8(self.source, dst, self.params(keep), [])
+            return dst
+
+        pool = ThreadPoolExecutor(max_workers=CONVERT_AHEAD)
+        try:
+            futures = [pool.submit(convert, keep, self._path()) for keep in keeps]
+            for future in futures:
+                dst = future.result()
+                yield self._measure(dst, order, stop), dst
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def probe(self, keep: Sequence[str], stage: str) -> Evaluation:
+        """Measure outputs and every layer tensor through the probe copy."""
+        job = self.job
+        if self.probe_float is None:
+            self.probe_float = cal.build_probe_model(self.source, self.tensors, self.work / "probe_float.mnn")
+            # every layer tensor of every sample: measured once, so not kept
+            self.float_tensors = FloatReference(
+                cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors), job.samples, 0)
+        dst = self.work / "probe_int8.mnn"
+        write_int8(self.probe_float, dst, self.params(keep), [])
+        quant = cal.TensorRunner(dst, job.input_names, job.output_names, self.tensors, cal.PROBE_SUFFIX)
+        return evaluate(self.float_tensors, quant, self.indices, job.metrics, self.acts, self.clamp,
+                        progress_step(self.progress, stage, len(self.indices)))
+
+    def _path(self) -> Path:
+        self.written += 1
+        return self.work / f"candidate{self.written}.mnn"
+
+    def _measure(self, model: Path, order: Sequence[int], stop: Stop, step=None) -> Evaluation:
+        quant = cal.TensorRunner(model, self.job.input_names, self.job.output_names)
+        return evaluate(self.float_plain, quant, order, self.job.metrics, self.acts, self.clamp, step, stop)
+
+
+def progress_step(progress, stage: str, total: int):
+    """``on_sample(i)`` for a stage of ``total`` steps of ``progress(stage, done, total)`` (or None)."""
+    if progress is None:
+        return None
+    progress(stage, 0, total)
+    return lambda i: progress(stage, i + 1, total)
