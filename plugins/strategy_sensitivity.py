@@ -220,11 +220,11 @@ def first_guess(ctx, steps: List[Step]) -> int:
 
 
 def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen, quick: bool,
-                   top: Optional[int] = None) -> Tuple[int, Dict[int, float]]:
+                   top: Optional[int] = None, known: Optional[Dict[int, float]] = None) -> Tuple[int, Dict[int, float]]:
     """``(count, measured)``: the largest number (at most ``top``) of leading steps whose real
     error meets the budget, by bisection starting at ``guess``; ``measured`` maps each count
-    tried to its error."""
-    measured: Dict[int, float] = {}
+    tried to its error (``known``: counts already measured on every sample)."""
+    measured: Dict[int, float] = dict(known or {})
 
     def error_at(count: int) -> float:
         if count not in measured:
@@ -235,10 +235,11 @@ def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen, quick: boo
         return measured[count]
 
     lo, hi = 0, len(steps) if top is None else top  # error_at(lo) assumed within budget
-    if guess and ctx.meets(error_at(guess)):
-        lo = guess
-    elif guess:
-        hi = guess - 1
+    guess = min(guess, hi)
+    if guess:
+        # gallop from the guess (errors of a plan are not monotonic in its length, so the
+        # prediction's neighbourhood is searched first), then bisect what is left
+        lo, hi = _gallop(ctx, error_at, guess, hi)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ctx.meets(error_at(mid)):
@@ -248,6 +249,23 @@ def longest_prefix(ctx, steps: List[Step], guess: int, found: Screen, quick: boo
     if lo and lo not in measured:
         error_at(lo)
     return lo, measured
+
+
+def _gallop(ctx, error_at, guess: int, hi: int) -> Tuple[int, int]:
+    """``(lo, hi)`` bracketing the longest prefix within the budget (``lo`` meets it, or is 0).
+    A guess that meets is the lower end (bisection explores above it). A guess that misses is
+    walked down in doubling strides until a count meets: the answer is usually near the
+    prediction, and a plan's error is not monotonic in its length, so halving at once could land
+    on a worse stretch."""
+    if ctx.meets(error_at(guess)):
+        return guess, hi
+    upper, stride = guess - 1, 1  # the largest count not yet known to miss
+    while guess - stride > 0:
+        count = guess - stride
+        if ctx.meets(error_at(count)):
+            return count, upper
+        upper, stride = count - 1, stride * 2
+    return 0, upper
 
 
 def refine(ctx, steps: List[Step], count: int, best: Dict[str, LayerSetting], best_error: float,
@@ -284,17 +302,40 @@ def sensitivity(ctx) -> None:
         everything_float = apply_steps(ctx, steps, 0, found)
         ctx.accept(everything_float, ctx.measure(everything_float, "all candidates float"))
         return
-    best, best_error = verified(ctx, steps, guess, found)
+    with ctx.stage("confirmation"):
+        steps, known = gentlest_first(ctx, steps, guess, found)
+    best, best_error = verified(ctx, steps, max(known) if known else guess, found, known)
     ctx.accept(best, best_error)
 
 
-def verified(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[Dict[str, LayerSetting], float]:
+def gentlest_first(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[List[Step], Dict[int, float]]:
+    """Taking every layer out of float first saves the most bytes (4 bytes a weight down to 1 or
+    less); where predictions leave some layers' first step after the first guess, measure all
+    first steps together (on every sample): when they meet the budget, they lead the plan and
+    the search starts from there. Returns ``(steps, {count: measured error})``."""
+    seen, first, rest = set(), [], []
+    for step in steps:
+        (rest if step.layer in seen else first).append(step)
+        seen.add(step.layer)
+    if all(step in steps[:guess] for step in first):
+        return steps, {}
+    ordered = first + rest
+    error = confirmed(ctx, apply_steps(ctx, ordered, len(first), found),
+                      f"plan: every layer at its first setting ({len(first)} steps)", quick=False)
+    if not ctx.meets(error):
+        return steps, {}
+    return ordered, {len(first): error}
+
+
+def verified(ctx, steps: List[Step], guess: int, found: Screen, known: Optional[Dict[int, float]] = None
+             ) -> Tuple[Dict[str, LayerSetting], float]:
     """Confirm on the quick samples, then verify on every sample. When the quick samples were
     too optimistic (the host has then added the sample that missed to them), confirm on them
     once more below their first answer; after that, on every sample."""
     top: Optional[int] = None
     for attempt in range(VERIFY_ROUNDS):
-        best, best_error, count = confirm(ctx, steps, guess if top is None else top, found, quick=True, top=top)
+        best, best_error, count = confirm(ctx, steps, guess if top is None else top, found, quick=True, top=top,
+                                          known=known if top is None else None)
         with ctx.stage("verification"):
             error = ctx.measure_until_miss(best, "verify the plan on every sample")
         if ctx.meets(error):
@@ -304,11 +345,11 @@ def verified(ctx, steps: List[Step], guess: int, found: Screen) -> Tuple[Dict[st
     return best, best_error
 
 
-def confirm(ctx, steps: List[Step], guess: int, found: Screen, quick: bool, top: Optional[int] = None
-            ) -> Tuple[Dict[str, LayerSetting], float, int]:
+def confirm(ctx, steps: List[Step], guess: int, found: Screen, quick: bool, top: Optional[int] = None,
+            known: Optional[Dict[int, float]] = None) -> Tuple[Dict[str, LayerSetting], float, int]:
     """``(settings, error, prefix length)``: the longest prefix within the budget, refined."""
     with ctx.stage("confirmation"):
-        count, measured = longest_prefix(ctx, steps, guess, found, quick, top)
+        count, measured = longest_prefix(ctx, steps, guess, found, quick, top, known)
         best = apply_steps(ctx, steps, count, found)
         best_error = measured[count] if count else confirmed(ctx, best, "plan: all candidates float", quick)
     with ctx.stage("refine"):

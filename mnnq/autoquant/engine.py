@@ -33,7 +33,7 @@ from mnnq.autoquant.pipeline import Pipeline, choose
 from mnnq.autoquant.prepare import Prepared, prepare
 from mnnq.autoquant.result import AutoQuantResult, LayerRow
 from mnnq.autoquant.timing import Timings
-from mnnq.autoquant.workers import TrialWorkers, WorkerSetup
+from mnnq.autoquant.workers import WorkerLauncher
 from mnnq.errors import Interrupted, PluginError
 from mnnq.fileio import OutputSet
 from mnnq.inputs.sources import resolve_model
@@ -102,9 +102,10 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp:
         work = Path(tmp)
         progress.stage = "reading the model"
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
-                           opts.evaluator, work, timings)
-        with _parallel_trials(prepared, plugins, opts, pm, work) as workers:
+        with _workers(plugins, opts, pm, testset, work) as launcher:
+            prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
+                               plugins.metric, opts.evaluator, work, timings, on_read=launcher.early)
+            workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
             search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
             progress.search = search
             stopped = run_strategies(search, plugins.pipeline, progress)
@@ -148,30 +149,21 @@ def resolve_plugins(opts: AutoQuantOptions, pm: MnnqPluginManager) -> Plugins:
 
 
 @contextlib.contextmanager
-def _parallel_trials(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, pm: MnnqPluginManager,
-                     work: Path) -> Iterator[TrialWorkers]:
-    """With more than one job and the simulation: worker processes sharing independent trials
-    with this process (``.many`` is their Evaluation.many), stopped when the search ends; else
-    a pool with none started. Workers load plugins by entry point: a weight method or metric
-    registered only in this process keeps every trial here."""
-    jobs = opts.job_count
-    fast = prepared.fast
-    if jobs <= 1 or fast is None:
-        yield TrialWorkers(lambda *a: None)  # type: ignore[arg-type]
-        return
+def _workers(plugins: Plugins, opts: AutoQuantOptions, pm: MnnqPluginManager, testset, work: Path
+             ) -> Iterator[WorkerLauncher]:
+    """The ``--jobs`` workers (``jobs - 1`` processes sharing independent simulated trials with
+    this one), stopped when the block ends. Workers load plugins by entry point: a weight method
+    or metric registered only in this process keeps every trial here."""
     local = [name for name in (plugins.method.name,) if not pm.from_entry_point("mnnq_weight_methods", name)]
     local += [name for name in plugins.metrics if not pm.from_entry_point("mnnq_metrics", name)]
-    if local:
-        yield TrialWorkers(fast.measure, notes=[f"--jobs: every trial ran in this process ({', '.join(local)} "
-                                                "is not an installed plugin)"])
-        return
-    setup = WorkerSetup(prepared.rewritten, prepared.layers, prepared.testset, plugins.method.name,
-                        list(fast.metrics), plugins.metric, work, fast.model.mode)
-    workers = TrialWorkers.start(jobs - 1, setup, work, fast.measure)
+    skip = (f"--jobs: every trial ran in this process ({', '.join(local)} is not an installed plugin)"
+            if local and opts.job_count > 1 else None)
+    launcher = WorkerLauncher(opts.job_count - 1, plugins.method.name, list(plugins.metrics), plugins.metric,
+                              work, testset, skip)
     try:
-        yield workers
+        yield launcher
     finally:
-        workers.close()
+        launcher.close()
 
 
 def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Evaluation:

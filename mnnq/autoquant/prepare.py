@@ -12,7 +12,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -75,10 +75,13 @@ def read_model(model: Path, testset: TestSet, keep_model: Path):
 
 
 def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: WeightMethod,
-            metrics: Mapping[str, Metric], decides: str, evaluator: str, work: Path, timings: Timings) -> Prepared:
+            metrics: Mapping[str, Metric], decides: str, evaluator: str, work: Path, timings: Timings,
+            on_read: Callable[[Path, List[Layer], str], None] = lambda *a: None) -> Prepared:
     """Read ``model`` and build the evaluators, the weight oracle and the starting settings.
     ``decides``: the metric the budget is on (only it must count an output; it picks the
-    quick-screening samples)."""
+    quick-screening samples). ``on_read(rewritten, layers, backend)`` is called as soon as the
+    model is read when the simulation's backend is already known (``"patch"`` for files under
+    MODULE_TRY_BYTES), so that --jobs workers can start loading while the search is prepared."""
     rewritten = work / "float-rewritten.mnn"
     with timings.phase("read model (listing + float run)"):
         template, ops, float_outputs = read_model(model, testset, keep_model=rewritten)
@@ -87,6 +90,8 @@ def prepare(model: Path, testset: TestSet, method: WeightMethod, noise_method: W
     if not layers:
         raise BadInput(f"{model} has no weight-quantizable layers (conv, depthwise, deconv, matmul with "
                        "constant weights); nothing to quantize")
+    if evaluator in ("auto", "fast") and rewritten.stat().st_size < MODULE_TRY_BYTES:
+        on_read(rewritten, layers, "patch")
     with timings.phase("prepare search"):
         notes: List[str] = []
         exact = ExactEvaluator(model, template, method, testset, metrics, work, decides, timings=timings)

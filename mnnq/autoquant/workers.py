@@ -112,6 +112,7 @@ class TrialWorkers:
     short_dir: Optional[str] = None
     started: int = 0               # workers started
     answered: int = 0              # trials measured by workers
+    mode: str = "patch"            # the backend the workers load
 
     @classmethod
     def start(cls, count: int, setup: WorkerSetup, work: Path,
@@ -140,6 +141,7 @@ class TrialWorkers:
                                  "an auto-quant worker")
             pool.workers.append(_Worker(child, sent=time.monotonic()))
         pool.started = count
+        pool.mode = setup.mode
         return pool
 
     def _socket_path(self, work: Path) -> Path:
@@ -259,3 +261,44 @@ class TrialWorkers:
         if self.short_dir is not None:
             shutil.rmtree(self.short_dir, ignore_errors=True)
             self.short_dir = None
+
+
+class WorkerLauncher:
+    """Starts the ``--jobs`` workers as early as the simulation's backend is known: ``early``
+    right after the model is read (the file is small enough for the patch backend), else
+    ``ready`` once the evaluators exist. ``skip`` (a note) when workers cannot be used."""
+
+    def __init__(self, workers: int, method: str, metrics: List[str], decides: str, work: Path,
+                 testset: TestSet, skip: Optional[str] = None):
+        self.count, self.method, self.metrics, self.decides = workers, method, metrics, decides
+        self.work, self.testset, self.skip = work, testset, skip
+        self.pool: Optional[TrialWorkers] = None
+
+    def _start(self, rewritten: Path, layers: List[Layer], mode: str,
+               measure_here: Callable[[Dict[str, LayerSetting], str, bool], Measurement]) -> None:
+        setup = WorkerSetup(rewritten, list(layers), self.testset, self.method, self.metrics, self.decides,
+                            self.work, mode)
+        self.pool = TrialWorkers.start(self.count, setup, self.work, measure_here)
+
+    def early(self, rewritten: Path, layers: List[Layer], mode: str) -> None:
+        if self.count > 0 and self.skip is None and self.pool is None:
+            self._start(rewritten, layers, mode, lambda *a: None)  # type: ignore[arg-type]
+
+    def ready(self, fast, rewritten: Path, layers: List[Layer]) -> TrialWorkers:
+        """The pool for the search: ``fast`` (the simulation; None when unavailable) measures
+        here; workers started early with another backend are replaced."""
+        if fast is None or self.count == 0 or self.skip is not None:
+            self.close()
+            notes = [self.skip] if self.skip and fast is not None else []
+            return TrialWorkers(lambda *a: None, notes=notes)  # type: ignore[arg-type]
+        if self.pool is not None and self.pool.mode != fast.model.mode:
+            self.close()
+        if self.pool is None:
+            self._start(rewritten, layers, fast.model.mode, fast.measure)
+        self.pool.measure_here = fast.measure
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
