@@ -1,7 +1,7 @@
 """Full-INT8 benchmark (issue 14): native quantized.out, mnnq quantize and onnxruntime's
 quantize_static, in one run, on the same calibration images and the same held-out images.
 
-    python benchmarks/bench_quantize.py [--models yolov8n_320,ppocr_det,ppocr_cls] [--cache DIR]
+    python benchmarks/bench_quantize.py [--models yolov8n_320,ppocr_det,ppocr_cls,efficientnet_lite0] [--cache DIR]
                                         [--methods KL,ADMM,EMA,MSE] [--rate-models all]
                                         [--rates 0.01,0.02] [--repeat N] [--json OUT] [--keep DIR]
 
@@ -426,7 +426,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["--ort-child"]:
         return ort_child(*argv[1:5])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="yolov8n_320,ppocr_det,ppocr_cls")
+    parser.add_argument("--models", default="yolov8n_320,ppocr_det,ppocr_cls,efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=None, help="pretrained model cache (benchmarks/pretrained.py)")
     parser.add_argument("--methods", default="KL,ADMM,EMA,MSE", help="mnnq feature methods to run")
     parser.add_argument("--rate-models", default="all", help="models also run with --rate (comma-separated, or all)")
