@@ -119,6 +119,17 @@ class Comparison:
             self.details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))),
                                             float(np.max(np.abs(out - ref))), values))
 
+    def add_recorded(self, rows: Sequence[OutputError], nonfinite: Sequence[str]) -> None:
+        """Add one sample's comparison as :meth:`add` recorded it earlier (``details`` and
+        ``nonfinite`` entries it appended): the same outcome without running the model again."""
+        for row in rows:
+            self.details.append(row)
+            for mname, v in row.values.items():
+                if v is not None and mname in self.worst:
+                    self.counted[mname] += 1
+                    self.worst[mname] = max(self.worst[mname], float(v))
+        self.nonfinite.extend(nonfinite)
+
     def result(self, testset: TestSet, complete: bool = True) -> Measurement:
         """The measurement so far. ``complete``: every sample was added; the deciding metric
         skipping every output (it could never fail) is then a BadInput. Any other metric that

@@ -200,12 +200,10 @@ def apply_steps(ctx, steps: List[Step], count: int, found: Screen) -> Dict[str, 
 
 
 def confirmed(ctx, settings: Dict[str, LayerSetting], note: str, quick: bool) -> float:
-    """``quick``: the error on the quick samples (a lower bound of the whole set's). Else the
-    whole-test-set error when it meets the budget; when it misses, the error of the first samples
-    that already miss (the maximum over more samples is no lower)."""
-    if quick:
-        return ctx.measure(settings, note, quick=True)
-    return ctx.measure_until_miss(settings, note)
+    """The error on the quick samples (``quick``: a lower bound of the whole set's) or on the
+    whole test set when it meets the budget; when it misses, the error of the first samples that
+    already miss (the maximum over more samples is no lower)."""
+    return ctx.measure_until_miss(settings, note, quick=quick)
 
 
 def first_guess(ctx, steps: List[Step]) -> int:

@@ -25,8 +25,8 @@ __all__ = ["Evaluation", "Search", "StopSearch", "Trial", "strategy_view"]
 @dataclass(frozen=True)
 class Evaluation:
     """How trials are measured. ``measure(settings, memory_mode, quick)`` -> Measurement;
-    ``until_miss(settings, memory_mode, metric, limit)`` -> ``(Measurement, complete)`` stops at
-    the first sample over ``limit``; ``many(list of settings, memory_mode, quick)`` measures
+    ``until_miss(settings, memory_mode, metric, limit, quick)`` -> ``(Measurement, complete)``
+    stops at the first sample over ``limit`` (``quick``: of the quick samples); ``many(list of settings, memory_mode, quick)`` measures
     independent trials in parallel (None: one by one). ``exact``: trials run the written model
     (it alone tells runtime memory modes apart; the simulation computes float activations).
     ``quick_key()`` names the samples a quick measurement runs on (the subset can grow)."""
@@ -34,7 +34,7 @@ class Evaluation:
     name: str
     exact: bool
     measure: Callable[[Settings, str, bool], Measurement]
-    until_miss: Optional[Callable[[Settings, str, str, float], Tuple[Measurement, bool]]] = None
+    until_miss: Optional[Callable[[Settings, str, str, float, bool], Tuple[Measurement, bool]]] = None
     many: Optional[Callable[[List[Settings], str, bool], List[Measurement]]] = None
     quick_key: Callable[[], tuple] = lambda: ()  # which samples a quick measurement runs on now
 
@@ -167,15 +167,15 @@ class Search:
             results = [evaluation.measure(s, self._memory_mode, quick) for s in guarded]
         return self._record([note for _, note in batch], results, time.monotonic() - started, quick)
 
-    def measure_until_miss(self, settings: Settings, note: str) -> float:
+    def measure_until_miss(self, settings: Settings, note: str, quick: bool = False) -> float:
         until_miss = self._evaluation.until_miss
         if until_miss is None:
-            return self.measure(settings, note)
+            return self.measure(settings, note, quick)
         self._check_deadline()
         started = time.monotonic()
-        result, complete = until_miss(self.guarded(settings), self._memory_mode, self.metric, self.target)
+        result, complete = until_miss(self.guarded(settings), self._memory_mode, self.metric, self.target, quick)
         suffix = "" if complete else " (stopped at a miss)"
-        return self._record([note + suffix], [result], time.monotonic() - started, quick=not complete)[0]
+        return self._record([note + suffix], [result], time.monotonic() - started, quick=quick or not complete)[0]
 
     def propose(self, changes: Settings, note: str) -> float:
         return self.measure({**self._settings, **changes}, note)

@@ -3,7 +3,8 @@
 * :class:`ExactEvaluator` writes the model with MNN's converter and runs the written file.
 * :class:`FastEvaluator` quantize-dequantizes weights in numpy exactly as the converter
   would and swaps them into an in-process float model: one forward pass per sample, no
-  conversion. Only the layers whose setting changed since the last trial are recomputed.
+  conversion. Only the layers whose setting changed since the last trial are recomputed, and
+  a sample already run with the same settings is not run again (its comparison is kept).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
     return comparison.result(testset), True
 
 
-KEPT_QUICK_RUNS = 16
+KEPT_SAMPLE_RUNS = 20000  # per-sample comparisons kept (a few rows each)
 
 
 def settings_key(settings: Mapping[str, LayerSetting]) -> tuple:
@@ -145,14 +146,16 @@ class ExactEvaluator:
         return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
-                           limit: float) -> Tuple[Measurement, bool]:
+                           limit: float, quick: bool = False) -> Tuple[Measurement, bool]:
         _, converted = self._converted(settings)
         with self.timings.cost("load"):
             model = LoadedModel(converted, self.testset.input_names, self.testset.output_names,
                                 memory_mode=memory_mode)
-        result = measure_until_miss(model, self.testset, self.metrics, metric, limit, self.timings,
-                                    self.quick.order())
-        self.quick.learn(result[0])
+        testset = self.quick.view if quick else self.testset
+        order = None if quick else self.quick.order()
+        result = measure_until_miss(model, testset, self.metrics, metric, limit, self.timings, order)
+        if not quick:
+            self.quick.learn(result[0])
         return result
 
 
@@ -173,8 +176,9 @@ class FastEvaluator:
         self.metrics = metrics
         self.decides = decides
         self.quick = QuickSamples(testset, metrics[decides], decides)
-        # quick runs kept while the quick samples are every sample (a whole-set question answered)
-        self._quick_runs: "OrderedDict[tuple, Measurement]" = OrderedDict()
+        # (settings, sample name) -> the rows comparing that run with its references: a quick
+        # decision's samples are not run again when the whole set (or a larger quick set) is asked
+        self._sample_runs: "OrderedDict[Tuple[tuple, str], Tuple[list, list]]" = OrderedDict()
         self._applied: Dict[str, Tuple[int, int]] = {}
         self._cache: Dict[Tuple[str, int, int], np.ndarray] = {}
 
@@ -192,28 +196,55 @@ class FastEvaluator:
 
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str = "normal",
                 quick: bool = False) -> Measurement:
-        self._apply(settings)
-        if quick:
-            measured = measure_testset(self.model, self.quick.view, self.metrics, self.decides, self.timings)
-            if self.quick.covers_all:
-                self._quick_runs[settings_key(settings)] = measured
-                while len(self._quick_runs) > KEPT_QUICK_RUNS:
-                    self._quick_runs.popitem(last=False)
-            return measured
-        measured = measure_testset(self.model, self.testset, self.metrics, self.decides, self.timings)
-        self.quick.learn(measured)
+        testset = self.quick.view if quick else self.testset
+        comparison = Comparison(self.metrics, self.decides)
+        key = settings_key(settings)
+        for sample in testset.samples:
+            self._add_sample(comparison, key, settings, sample)
+        measured = comparison.result(testset)
+        if not quick:
+            self.quick.learn(measured)
         return measured
 
     def measure_until_miss(self, settings: Dict[str, LayerSetting], memory_mode: str, metric: str,
-                           limit: float) -> Tuple[Measurement, bool]:
-        kept = self._quick_runs.get(settings_key(settings))
-        if kept is not None:
-            return kept, True  # the quick samples are every sample: measured already
-        self._apply(settings)
-        result = measure_until_miss(self.model, self.testset, self.metrics, metric, limit, self.timings,
-                                    self.quick.order())
-        self.quick.learn(result[0])
+                           limit: float, quick: bool = False) -> Tuple[Measurement, bool]:
+        """As :func:`measure_until_miss` (``quick``: over the quick samples only), samples already
+        run with ``settings`` answered from memory (they come first: a miss among them costs no
+        forward)."""
+        comparison = Comparison(self.metrics, metric)
+        key = settings_key(settings)
+        testset = self.quick.view if quick else self.testset
+        order = [i for i in self.quick.order() if not quick or i in self.quick.indices]
+        order = [i for i in order if (key, self.testset.samples[i].name) in self._sample_runs] + \
+                [i for i in order if (key, self.testset.samples[i].name) not in self._sample_runs]
+        for index in order:
+            self._add_sample(comparison, key, settings, self.testset.samples[index])
+            if comparison.error(metric) > limit:
+                result = (comparison.result(testset, complete=False), False)
+                break
+        else:
+            result = (comparison.result(testset), True)
+        if not quick:
+            self.quick.learn(result[0])
         return result
+
+    def _add_sample(self, comparison: Comparison, key: tuple, settings: Dict[str, LayerSetting], sample) -> None:
+        """Compare ``sample`` under ``settings``: from memory, or by running the model."""
+        kept = self._sample_runs.get((key, sample.name))
+        if kept is not None:
+            self._sample_runs.move_to_end((key, sample.name))
+            with self.timings.cost("compare"):
+                comparison.add_recorded(*kept)
+            return
+        self._apply(settings)
+        rows, nonfinite = len(comparison.details), len(comparison.nonfinite)
+        with self.timings.cost("forward"):
+            produced = self.model.run(sample.inputs)
+        with self.timings.cost("compare"):
+            comparison.add(sample, produced)
+        self._sample_runs[(key, sample.name)] = (comparison.details[rows:], comparison.nonfinite[nonfinite:])
+        while len(self._sample_runs) > KEPT_SAMPLE_RUNS:
+            self._sample_runs.popitem(last=False)
 
     def _apply(self, settings: Dict[str, LayerSetting]) -> None:
         """Swap in the weights of every layer whose setting changed since the last trial."""

@@ -47,8 +47,8 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         result = memory.whole[key] = evaluation.measure(settings, memory_mode, quick)
         return result
 
-    def until_miss(settings, memory_mode, metric, limit) -> Tuple[Measurement, bool]:
-        key = settings_key(settings, memory_mode, ())
+    def until_miss(settings, memory_mode, metric, limit, quick=False) -> Tuple[Measurement, bool]:
+        key = settings_key(settings, memory_mode, which(quick))
         if key in memory.whole:
             memory.hits += 1
             return memory.whole[key], True
@@ -56,7 +56,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         if stopped is not None and stopped[0] == metric and stopped[1].error(metric) > limit:
             memory.hits += 1
             return stopped[1], False
-        result, complete = evaluation.until_miss(settings, memory_mode, metric, limit)
+        result, complete = evaluation.until_miss(settings, memory_mode, metric, limit, quick)
         if complete:
             memory.whole[key] = result
         else:

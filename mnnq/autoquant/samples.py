@@ -4,7 +4,9 @@ the whole test set to confirm.
 The quick subset starts as the QUICK_SAMPLES samples the deciding metric counts with the largest
 reference range (:func:`mnnq.measure.informative_samples`). With ``learning`` on, a whole-set
 measurement teaches it: the DECIDE_SAMPLES most informative samples and the sample with the
-largest error join it (up to QUICK_MAX), so that quick decisions look at the samples that miss.
+largest error join it (up to QUICK_MAX), so that quick decisions look at the samples that miss;
+a later worst sample still joins a full subset, up to QUICK_LIMIT (without it, a second round of
+quick decisions would repeat the first one's measurements and miss again).
 (Screening on one sample instead of two halves the cost of a multi-sample set's screening but,
 measured on a YOLOv8n and PP-OCR's classifier, gave 9 % and 38 % larger files.) (``mnnq tradeoff``
 turns learning off: its searches share quick measurements, which must keep one meaning.) A run
@@ -22,6 +24,7 @@ from mnnq.testset import TestSet
 QUICK_SAMPLES = 2    # screening: the most informative samples
 DECIDE_SAMPLES = 2   # decisions, once a whole-set run has been seen: the most informative ones ...
 QUICK_MAX = 3        # ... and the samples that missed most
+QUICK_LIMIT = 4      # a sample that missed while the quick ones met still joins, up to this many
 
 
 class QuickSamples:
@@ -71,6 +74,8 @@ class QuickSamples:
         wanted = [i for i in self._informative[:DECIDE_SAMPLES] if i not in self.indices]
         wanted += [worst] if worst not in self.indices + wanted else []
         added = wanted[:max(0, QUICK_MAX - len(self.indices))]
+        if worst not in self.indices + added and len(self.indices) + len(added) < QUICK_LIMIT:
+            added.append(worst)  # the quick samples were too optimistic: decide on this one too
         if added:
             self.indices = sorted(self.indices + added)
             self.view = self._view()

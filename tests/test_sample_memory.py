@@ -1,0 +1,76 @@
+"""The simulation runs a sample once per setting: a whole-set measurement after a quick one runs
+only the samples the quick one did not, and gives what a fresh evaluator measures."""
+from __future__ import annotations
+
+import pytest
+
+from common import DIGITS_MODEL, DIGITS_TESTSET
+from mnnq.autoquant.prepare import prepare
+from mnnq.autoquant.timing import Timings
+from mnnq.layers import LayerSetting
+from mnnq.plugin_manager import get_plugin_manager
+from mnnq.testset import load_testset
+
+
+def prepared_digits(tmp_path, name):
+    pm = get_plugin_manager()
+    hqq = pm.weight_method("hqq")
+    testset = load_testset(DIGITS_TESTSET)
+    timings = Timings()
+    work = tmp_path / name
+    work.mkdir()
+    return prepare(DIGITS_MODEL, testset, hqq, hqq, pm.metrics(), "max_rel", "fast", work, timings), timings
+
+
+@pytest.fixture
+def low_bits(tmp_path):
+    prepared, timings = prepared_digits(tmp_path, "a")
+    settings = {name: LayerSetting(3, -1) for name in prepared.candidates}
+    return prepared, timings, {**prepared.settings, **settings}
+
+
+def test_a_whole_set_measurement_reuses_the_quick_samples_runs(low_bits, tmp_path):
+    prepared, timings, settings = low_bits
+    fast, samples = prepared.fast, len(prepared.testset.samples)
+    start = timings.counts["forward"]
+    quick = fast.measure(settings, quick=True)
+    quick_count = len(fast.quick.view.samples)
+    assert timings.counts["forward"] - start == quick_count < samples
+    before = timings.counts["forward"]
+    whole = fast.measure(settings)
+    assert timings.counts["forward"] - before == samples - quick_count
+
+    fresh, _ = prepared_digits(tmp_path, "b")
+    expected = fresh.fast.measure(settings)
+    assert whole.errors == expected.errors
+    assert whole.errors["max_rel"] >= quick.errors["max_rel"]
+    assert sorted((r.sample, r.output) for r in whole.details) == sorted((r.sample, r.output) for r in expected.details)
+
+
+def test_a_known_miss_costs_no_forward(low_bits):
+    prepared, timings, settings = low_bits
+    fast = prepared.fast
+    whole = fast.measure(settings)
+    limit = whole.errors["max_rel"] / 2
+    before = timings.counts["forward"]
+    result, complete = fast.measure_until_miss(settings, "normal", "max_rel", limit)
+    assert not complete and result.errors["max_rel"] > limit
+    assert timings.counts["forward"] == before
+    # other settings are run, not answered from memory
+    other = {**settings, next(iter(prepared.candidates)): LayerSetting(8, -1)}
+    fast.measure(other, quick=True)
+    assert timings.counts["forward"] > before
+
+
+def test_a_quick_keep_or_drop_runs_only_quick_samples_and_stops_at_a_miss(low_bits):
+    prepared, timings, settings = low_bits
+    fast = prepared.fast
+    quick_count = len(fast.quick.view.samples)
+    before = timings.counts["forward"]
+    result, complete = fast.measure_until_miss(settings, "normal", "max_rel", 0.0, quick=True)
+    assert not complete and result.errors["max_rel"] > 0.0
+    assert timings.counts["forward"] - before == 1          # the first quick sample already misses
+    result, complete = fast.measure_until_miss(settings, "normal", "max_rel", 1e9, quick=True)
+    assert complete and timings.counts["forward"] - before == quick_count
+    assert result.errors == fast.measure(settings, quick=True).errors
+    assert timings.counts["forward"] - before == quick_count  # every quick sample was run once
