@@ -74,3 +74,26 @@ def test_a_quick_keep_or_drop_runs_only_quick_samples_and_stops_at_a_miss(low_bi
     assert complete and timings.counts["forward"] - before == quick_count
     assert result.errors == fast.measure(settings, quick=True).errors
     assert timings.counts["forward"] - before == quick_count  # every quick sample was run once
+
+
+def _measurement_with_worst(testset, worst: int):
+    from mnnq.measure import Measurement, OutputError
+    rows = [OutputError(s.name, "out", 1.0, 0.0, {"max_rel": 0.9 if i == worst else 0.01})
+            for i, s in enumerate(testset.samples)]
+    return Measurement({"max_rel": 0.9}, rows, [])
+
+
+def test_a_sample_that_missed_joins_a_full_quick_set_up_to_its_limit():
+    from mnnq.autoquant.samples import QUICK_LIMIT, QUICK_MAX, QuickSamples
+    testset = load_testset(DIGITS_TESTSET)
+    quick = QuickSamples(testset, get_plugin_manager().metrics()["max_rel"], "max_rel")
+    outside = [i for i in range(len(testset.samples)) if i not in quick.indices]
+    quick.learn(_measurement_with_worst(testset, outside[0]))      # fills the set to QUICK_MAX
+    assert len(quick.indices) == QUICK_MAX and outside[0] in quick.indices
+    newcomer = next(i for i in outside if i not in quick.indices)
+    quick.learn(_measurement_with_worst(testset, newcomer))        # a later miss still joins
+    assert newcomer in quick.indices and len(quick.indices) == QUICK_LIMIT
+    last = next(i for i in outside if i not in quick.indices)
+    quick.learn(_measurement_with_worst(testset, last))            # but the set stops growing
+    assert last not in quick.indices and len(quick.indices) == QUICK_LIMIT
+    assert quick.order()[0] == last                                # it is still tried first
