@@ -64,7 +64,7 @@ def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], m
     return comparison.result(testset), True
 
 
-KEPT_SAMPLE_RUNS = 20000  # per-sample comparisons kept (a few rows each)
+KEPT_SAMPLE_RUNS = 4096  # per-sample comparisons kept, most recently used (a settings key and a row per output each)
 
 
 def settings_key(settings: Mapping[str, LayerSetting]) -> tuple:
