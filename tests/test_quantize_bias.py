@@ -1,6 +1,7 @@
 """Bias correction (mnnq/quantize/bias.py): the per-tap input means give exactly the mean output
 shift of a weight change, padding and stride included; the CLI writes the corrected biases."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,10 +68,10 @@ def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
     write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
     (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
     runs = {}
-    for flag in ([], ["--bias-correction"]):
-        out = tmp_path / f"q{len(flag)}.mnn"
+    for on, flag in ((False, ["--bias-correction", "off"]), (True, ["--bias-correction"])):
+        out = tmp_path / f"q{int(on)}.mnn"
         assert main(["quantize", str(strided["model"]), str(out), str(tmp_path / "cfg.json"), *flag]) == 0
-        runs[bool(flag)] = (out, capsys.readouterr().out)
+        runs[on] = (out, capsys.readouterr().out)
     assert "bias correction: 3 layer biases corrected" in runs[True][1]
     assert "bias correction" not in runs[False][1]
     # the written INT8 models differ in the biases only; the user's float model is untouched
@@ -79,3 +80,41 @@ def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
     moved = [a.name for a, b in zip(plain, corrected) if not np.array_equal(a.bias, b.bias)]
     assert sorted(moved) == sorted(float_ops)
     assert all(np.array_equal(a.quant.buffer, b.quant.buffer) for a, b in zip(plain, corrected))
+
+
+def test_auto_keeps_the_biases_that_measure_better(strided, tmp_path, capsys):
+    """The model has a depthwise conv: auto measures the INT8 model with and without corrected
+    biases and keeps the better one; the written file is that one, byte for byte."""
+    rng = np.random.default_rng(5)
+    feeds = [{"x": (rng.standard_normal((1, 4, 9, 7)) + 0.5).astype(np.float32)} for _ in range(8)]
+    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    outputs = {}
+    for mode in ("auto", "on", "off"):
+        out = tmp_path / f"{mode}.mnn"
+        report = tmp_path / f"{mode}.json"
+        assert main(["quantize", str(strided["model"]), str(out), str(cfg), "--bias-correction", mode,
+                     "--report-json", str(report)]) == 0
+        outputs[mode] = (out.read_bytes(), capsys.readouterr().out, json.loads(report.read_text()))
+    note = next(n for n in outputs["auto"][2]["notes"] if n.startswith("bias correction (auto"))
+    kept = note.endswith("; kept")
+    with_error, without_error = (float(v) for v in re.findall(r"[0-9]+\.[0-9]{6}", note)[:2])
+    assert kept == (with_error < without_error)
+    assert with_error == pytest.approx(outputs["on"][2]["errors"]["cosine"], abs=1e-6)
+    assert without_error == pytest.approx(outputs["off"][2]["errors"]["cosine"], abs=1e-6)
+    assert outputs["auto"][0] == outputs["on" if kept else "off"][0]
+
+
+def test_auto_skips_models_without_depthwise_convs(tmp_path, capsys):
+    g = OnnxGraph(3)
+    h = g.conv(g.input("x", [1, 3, 8, 8]), "c1", 3, 4, 3)
+    g.node("Identity", [g.conv(h, "c2", 4, 2, 1)], "y")
+    g.output("y", [1, 2, 6, 6])
+    model = export_and_convert(g, tmp_path, "plain")
+    rng = np.random.default_rng(6)
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
+    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    assert main(["quantize", str(model), str(tmp_path / "q.mnn"), str(tmp_path / "cfg.json")]) == 0
+    assert "bias correction" not in capsys.readouterr().out

@@ -26,28 +26,35 @@ class Candidates:
     candidate, with the reason)."""
 
     def __init__(self, job, work: Path, tensors: List[str], indices: List[int], acts, weights, clamp: int,
-                 progress, reference: FloatReference, source: Path):
+                 progress, reference: FloatReference, source: Path, prefix: str = "candidate"):
         self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
         self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
         self.float_plain = reference
         self.source = source            # the float model the converter writes INT8 from
+        self.prefix = prefix            # of the files it writes in ``work``
         self.float_tensors: Optional[FloatReference] = None
         self.probe_float: Optional[Path] = None
         self.forced: Dict[str, str] = {}
         self.written = 0
+        self._first: Optional[Tuple[Evaluation, Path]] = None
 
     def params(self, keep) -> dict:
         return build_params(self.job.layers, self.acts, self.weights, self.clamp, set(keep) | set(self.forced))
 
     def first(self, notes: List[str], step) -> Tuple[Evaluation, Path]:
         """Every layer INT8, measured on every sample; layers the converter left float join
-        ``forced``."""
+        ``forced`` (measured once: a second call returns the first one's result)."""
+        if self._first is not None:
+            return self._first
         dst = self._path()
         written = write_int8(self.source, dst, self.params(()), [l.name for l in self.job.layers])
         for name in written["missing"]:
             self.forced[name] = "the converter did not write it as INT8"
-            notes.append(f"the converter left layer '{name}' float (its output tensor name did not match)")
-        return self._measure(dst, self.indices, None, step), dst
+            note = f"the converter left layer '{name}' float (its output tensor name did not match)"
+            if note not in notes:
+                notes.append(note)
+        self._first = self._measure(dst, self.indices, None, step), dst
+        return self._first
 
     def measure(self, keep: Sequence[str], order: Sequence[int], stop: Stop) -> Tuple[Evaluation, Path]:
         """The model with ``keep`` float, measured on the samples of ``order`` in that order."""
@@ -88,7 +95,7 @@ class Candidates:
 
     def _path(self) -> Path:
         self.written += 1
-        return self.work / f"candidate{self.written}.mnn"
+        return self.work / f"{self.prefix}{self.written}.mnn"
 
     def _measure(self, model: Path, order: Sequence[int], stop: Stop, step=None) -> Evaluation:
         quant = cal.TensorRunner(model, self.job.input_names, self.job.output_names)

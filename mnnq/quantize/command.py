@@ -38,8 +38,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--metric", default="max_rel", help="error metric plugin for --rate (default max_rel)")
     p.add_argument("--eval-samples", "--eval_samples", type=positive_int, default=None,
                    help="calibration samples the INT8 model is measured on (default 64, spread evenly)")
-    p.add_argument("--bias-correction", "--bias_correction", action="store_true",
-                   help="correct each INT8 conv's bias for the mean shift of its rounded weights")
+    p.add_argument("--bias-correction", "--bias_correction", nargs="?", const="on", default="auto",
+                   choices=("auto", "on", "off", "1", "0"),
+                   help="correct each INT8 conv's bias for the mean shift of its rounded weights: on (also the "
+                        "bare flag), off, or auto (default): for models with depthwise convs, measured with and "
+                        "without on the calibration samples, the better kept")
     p.add_argument("--report-json", "--report_json", default=None, help="also write the report as JSON here")
     p.add_argument("--svg", default=None,
                    help="with --rate: also draw the trade-off (layers INT8 against the metric) as SVG here")

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class QuantizeOptions:
     metric: str = "max_rel"
     eval_samples: int = EVAL_SAMPLES
     report_json: Optional[Path] = None
-    bias_correction: bool = False
+    bias_correction: str = "auto"     # "on", "off", or "auto": measured both ways (see pick_bias_correction)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def calibrate_job(job: Job, notes: List[str], progress: Optional[Progress], timi
     t0 = time.perf_counter()
     indices = eval_indices(len(job.samples), max(1, job.opts.eval_samples))
     reference = FloatReference(cal.TensorRunner(job.opts.model, job.input_names, job.output_names), job.samples)
-    stats = TapMeans(job.layers) if job.opts.bias_correction else None
+    stats = TapMeans(job.layers) if bias_correction_wanted(job) else None
     acts = activation_params(job, cal.layer_tensors(job.layers), notes, progress, _keeper(reference, indices), stats)
     timings["calibrate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -242,13 +243,56 @@ def calibrate_job(job: Job, notes: List[str], progress: Optional[Progress], timi
     return Calibrated(indices, reference, acts, weights, biases)
 
 
+def bias_correction_mode(value) -> str:
+    """``"on"``, ``"off"`` or ``"auto"`` from an option value (booleans and 1/0 accepted)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    mode = {"1": "on", "0": "off"}.get(str(value).lower(), str(value).lower())
+    if mode not in ("on", "off", "auto"):
+        raise BadInput(f"--bias-correction must be auto, on or off, got {value!r}")
+    return mode
+
+
+def bias_correction_wanted(job: Job) -> bool:
+    """Whether calibration collects the statistics for bias correction: always with ``on``; with
+    ``auto`` when a layer is depthwise (a handful of taps per output, so the rounding errors of
+    its weights do not average out; other models pay nothing for ``auto``)."""
+    mode = bias_correction_mode(job.opts.bias_correction)
+    return mode == "on" or (mode == "auto" and any(l.kind == "depthwise" for l in job.layers))
+
+
 def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[str], progress) -> Candidates:
-    source = Path(job.opts.model)
-    if calibrated.biases:   # the converter reads the biases from the float model: convert a corrected copy
-        source = write_with_biases(source, work / "bias_corrected.mnn", job.layers, calibrated.biases)
-        notes.append(f"bias correction: {len(calibrated.biases)} layer biases corrected for their rounded weights")
-    return Candidates(job, work, cal.layer_tensors(job.layers), calibrated.indices, calibrated.acts,
-                      calibrated.weights, job.cfg.feature_clamp_value, progress, calibrated.reference, source)
+    """The candidates writer, from the float model or from its bias-corrected copy: with
+    ``--bias-correction auto``, both are measured with every layer INT8 and the one with the
+    smaller error kept (the float model on a tie)."""
+    def writer(source: Path, prefix: str) -> Candidates:
+        return Candidates(job, work, cal.layer_tensors(job.layers), calibrated.indices, calibrated.acts,
+                          calibrated.weights, job.cfg.feature_clamp_value, progress, calibrated.reference, source,
+                          prefix)
+
+    plain = writer(Path(job.opts.model), "candidate")
+    if not calibrated.biases:
+        return plain
+    # the converter reads the biases from the float model: it converts a corrected copy
+    corrected = writer(write_with_biases(Path(job.opts.model), work / "bias_corrected.mnn", job.layers,
+                                         calibrated.biases), "corrected-candidate")
+    count = len(calibrated.biases)
+    if bias_correction_mode(job.opts.bias_correction) == "on":
+        notes.append(f"bias correction: {count} layer biases corrected for their rounded weights")
+        return corrected
+    metric = job.opts.metric if job.opts.rate is not None else "cosine"
+    errors = [_first_error(c, metric, notes, progress) for c in (plain, corrected)]
+    kept = errors[1] < errors[0]
+    notes.append(f"bias correction (auto, the model has depthwise convs): {metric} {errors[1]:.6f} with "
+                 f"{count} layer biases corrected, {errors[0]:.6f} without, on the calibration samples; "
+                 + ("kept" if kept else "not kept"))
+    return corrected if kept else plain
+
+
+def _first_error(candidates: Candidates, metric: str, notes: List[str], progress) -> float:
+    ev, _ = candidates.first(notes, progress_step(progress, "measuring", len(candidates.indices)))
+    error = ev.errors.get(metric) if ev.finite else math.inf
+    return math.inf if error is None else float(error)
 
 
 def choose_float_layers(job: Job, candidates: Candidates, notes: List[str], progress: Optional[Progress]) -> Outcome:
