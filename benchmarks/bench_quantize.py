@@ -15,7 +15,8 @@ user runs it, in its own process, start-up included:
 - ``native KL``: ``quantized.out`` (``_tools.mnnquant`` through mnnq's native layer, in a child; a
   crash is reported as such);
 - ``mnnq <method>``: ``python -m mnnq quantize`` with each feature method, and ``mnnq default``
-  (the config without feature_quantize_method), also with ``--bias-correction``; ``mnnq KL
+  (the config without feature_quantize_method), also with ``--bias-correction`` (on; the other
+  runs use mnnq's default, ``auto``); ``mnnq KL
   --rate R --metric cosine`` for each rate of ``--rates`` on the --rate models (its note: the
   layers kept float and the candidates the fallback measured, from its JSON report);
 - ``ort MinMax`` / ``ort Entropy`` / ``ort Percentile``: onnxruntime's ``quantize_static`` (QDQ,
