@@ -62,8 +62,9 @@ class SearchContext(Protocol):
         ``measure(settings, note, quick=False)``, ``measure_many([(settings, note), ...], quick)``
         (in parallel with ``--jobs``), ``propose(changes, note)`` (current settings plus
         ``changes``), ``measure_until_miss(settings, note, quick=False)`` (stops at the first
-        sample over the budget; ``quick``: among the quick samples), ``remeasure(note)`` (measures ``settings`` and stores ``error``). ``quick``
-        screens on a few informative samples: measure again before keeping a decision.
+        sample over the budget; ``quick``: among the quick samples), ``remeasure(note)``
+        (measures ``settings`` and stores ``error``). ``quick`` screens on a few informative
+        samples: measure again before keeping a decision.
     Changing
         ``accept(changes, error)`` keeps ``changes``; ``use_memory_mode(mode)`` switches the
         runtime memory mode the budget must hold in (one of ``memory_modes``; ``exact`` tells

@@ -26,9 +26,10 @@ __all__ = ["Evaluation", "Search", "StopSearch", "Trial", "strategy_view"]
 class Evaluation:
     """How trials are measured. ``measure(settings, memory_mode, quick)`` -> Measurement;
     ``until_miss(settings, memory_mode, metric, limit, quick)`` -> ``(Measurement, complete)``
-    stops at the first sample over ``limit`` (``quick``: of the quick samples); ``many(list of settings, memory_mode, quick)`` measures
-    independent trials in parallel (None: one by one). ``exact``: trials run the written model
-    (it alone tells runtime memory modes apart; the simulation computes float activations).
+    stops at the first sample over ``limit`` (``quick``: of the quick samples);
+    ``many(list of settings, memory_mode, quick)`` measures independent trials in parallel
+    (None: one by one). ``exact``: trials run the written model (it alone tells runtime memory
+    modes apart; the simulation computes float activations).
     ``quick_key()`` names the samples a quick measurement runs on (the subset can grow)."""
 
     name: str

@@ -57,7 +57,7 @@ class QuantizeOptions:
     metric: str = "max_rel"
     eval_samples: int = EVAL_SAMPLES
     report_json: Optional[Path] = None
-    bias_correction: str = "auto"     # "on", "off", or "auto": measured both ways (see pick_bias_correction)
+    bias_correction: str = "auto"     # "on", "off", or "auto": measured both ways (see make_candidates)
 
 
 @dataclass
