@@ -96,7 +96,10 @@ def test_quantize_from_a_file_and_bad_configs(tiny_convnet, tmp_path):
     for bad in ("8", 0, 2.5, True):
         with pytest.raises(BadInput, match=f"eval_samples: expected a positive integer, got {bad!r}"):
             api.quantize(tiny_convnet.model, tmp_path / "x.mnn", config, eval_samples=bad)
+    with pytest.raises(BadInput, match="bias_correction: expected auto, on or off, got 'maybe'"):
+        api.quantize(tiny_convnet.model, tmp_path / "x.mnn", config, bias_correction="maybe")
     assert not (tmp_path / "x.mnn").exists()
+    assert api.quantize(tiny_convnet.model, tmp_path / "on.mnn", config, bias_correction=True).passed
 
 
 def test_validate_pass_fail_and_layers(quantized, tiny_convnet):

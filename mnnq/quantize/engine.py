@@ -249,7 +249,7 @@ def bias_correction_mode(value) -> str:
         return "on" if value else "off"
     mode = {"1": "on", "0": "off"}.get(str(value).lower(), str(value).lower())
     if mode not in ("on", "off", "auto"):
-        raise BadInput(f"--bias-correction must be auto, on or off, got {value!r}")
+        raise BadInput(f"bias_correction: expected auto, on or off, got {value!r}")
     return mode
 
 
