@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Tuple
 
 from mnnq.autoquant.context import Evaluation, Search, StopSearch, Trial, strategy_view
-from mnnq.autoquant.memo import Memory, remembering
 from mnnq.autoquant.options import AutoQuantOptions, check_options
 from mnnq.autoquant.pipeline import Pipeline, choose
 from mnnq.autoquant.prepare import Prepared, prepare
@@ -178,9 +177,7 @@ def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Ev
 
 def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
                timings: Timings, many: Optional[Callable] = None, evaluation: Optional[Evaluation] = None) -> Search:
-    # settings measured once on the same samples are not run again (a second confirmation round
-    # revisits many of the first round's candidates)
-    evaluation = evaluation or remembering(search_evaluation(prepared, many), Memory())
+    evaluation = evaluation or search_evaluation(prepared, many)
     return Search(
         {l.name: l for l in prepared.layers}, prepared.settings, prepared.candidates, float(opts.rate),
         plugins.metric, evaluation, prepared.oracle, memory_modes=opts.memory_modes,
