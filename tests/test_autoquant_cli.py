@@ -148,8 +148,11 @@ def test_auto_quant_py_pipeline_stays_selectable(tmp_path, convnet):
     assert {row["bits"] for row in data["layers"]} <= {0, 4, 8}
 
 
-@pytest.mark.parametrize("hqq", ["0", "1"])
-def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq, monkeypatch):
+@pytest.mark.parametrize("hqq,strategy", [("0", "sensitivity"), ("1", "sensitivity"),
+                                          # a whole-set trial before the screening batch: the quick
+                                          # samples have grown here, and workers must use them too
+                                          ("0", "select-block,sensitivity")])
+def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq, strategy, monkeypatch):
     """Worker processes take part of the trials (the report counts them) and change nothing:
     same model, same params, same trial log as one process."""
     monkeypatch.setenv("MNNQ_WAIT_FOR_WORKERS", "1")   # the tiny model's batches would end first
@@ -158,7 +161,8 @@ def test_jobs_give_the_same_model_and_report(tmp_path, convnet, hqq, monkeypatch
     for jobs in ("1", "3"):
         report = tmp_path / f"r{jobs}.json"
         code, out, err = run_cli(["auto-quant", "--model", str(model), "--quant_model", str(tmp_path / f"q{jobs}.mnn"),
-                                  "--test_dir", str(testset), "--hqq", hqq, "--jobs", jobs, "--report-json", report])
+                                  "--test_dir", str(testset), "--hqq", hqq, "--jobs", jobs, "--strategy", strategy,
+                                  "--report-json", report])
         assert code == 0, out + err
         reports[jobs] = json.loads(report.read_text())
     assert (tmp_path / "q1.mnn").read_bytes() == (tmp_path / "q3.mnn").read_bytes()

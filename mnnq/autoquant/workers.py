@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mnnq.layers import Layer, LayerSetting
 from mnnq.measure import Measurement
@@ -87,7 +87,7 @@ class WorkerSetup:
     method: str                    # weight method name
     metrics: List[str]             # metric names
     decides: str                   # the metric the budget is on
-    workdir: Path                  # the worker's own folder for its swap files
+    workdir: Path                  # the folder each worker makes its own subfolder in (for its swap files)
     mode: str = "patch"            # the SwappableModel backend this process chose
 
 
@@ -106,6 +106,7 @@ class TrialWorkers:
     ``measure_here``. ``notes`` says when workers were dropped."""
 
     measure_here: Callable[[Dict[str, LayerSetting], str, bool], Measurement]
+    quick_indices: Callable[[], Tuple[int, ...]] = tuple   # this process's quick samples (workers use the same)
     workers: List[_Worker] = field(default_factory=list)
     listener: Optional[socket.socket] = None
     notes: List[str] = field(default_factory=list)
@@ -122,7 +123,7 @@ class TrialWorkers:
 
         pool = cls(measure_here)
         path = pool._socket_path(work)
-        request = work / "workers-setup.pkl"
+        request = work / "workers-setup.pkl"   # one for all: each worker takes its own workdir below it
         try:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(path))
@@ -132,13 +133,10 @@ class TrialWorkers:
             pool.notes.append(f"--jobs: no worker processes ({exc}); every trial ran in this process")
             return pool
         pool.listener = listener
+        with open(request, "wb") as fh:
+            pickle.dump(setup, fh, protocol=pickle.HIGHEST_PROTOCOL)
         for i in range(count):
-            own = WorkerSetup(setup.model, setup.layers, setup.testset, setup.method, setup.metrics, setup.decides,
-                              setup.workdir / f"worker-{i}", setup.mode)
-            with open(request.with_name(f"workers-setup-{i}.pkl"), "wb") as fh:
-                pickle.dump(own, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            child = start_python(["-m", WORKER_MODULE, str(request.with_name(f"workers-setup-{i}.pkl")), str(path)],
-                                 "an auto-quant worker")
+            child = start_python(["-m", WORKER_MODULE, str(request), str(path), f"worker-{i}"], "an auto-quant worker")
             pool.workers.append(_Worker(child, sent=time.monotonic()))
         pool.started = count
         pool.mode = setup.mode
@@ -200,8 +198,9 @@ class TrialWorkers:
                 self._drop(worker, f"did not start within {CONNECT_TIMEOUT:g} s")
 
     def _send(self, worker: _Worker, index: int, settings, quick: bool) -> bool:
+        # a quick trial runs on this process's quick samples (they grow here, never in a worker)
         try:
-            send_message(worker.sock, ("measure", index, dict(settings), quick))
+            send_message(worker.sock, ("measure", index, dict(settings), self.quick_indices() if quick else None))
         except OSError as exc:
             self._drop(worker, f"could not be reached ({exc})")
             return False
@@ -296,6 +295,7 @@ class WorkerLauncher:
         if self.pool is None:
             self._start(rewritten, layers, fast.model.mode, fast.measure)
         self.pool.measure_here = fast.measure
+        self.pool.quick_indices = lambda: tuple(fast.quick.indices)
         return self.pool
 
     def close(self) -> None:
