@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -19,28 +20,12 @@ import numpy as np
 from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
 from mnnq.autoquant.samples import QuickSamples
-from mnnq.measure import Comparison, Measurement, compare
+from mnnq.measure import Comparison, Measurement
 from mnnq.mnn_backend.converter import weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
 from mnnq.records import Metric, WeightMethod
 from mnnq.testset import TestSet
-
-
-def run_testset(model, testset: TestSet, timings: Timings):
-    """``model``'s outputs for every sample (each run is one ``forward`` cost)."""
-    outputs = []
-    for sample in testset.samples:
-        with timings.cost("forward"):
-            outputs.append(model.run(sample.inputs))
-    return outputs
-
-
-def measure_testset(model, testset: TestSet, metrics: Mapping[str, Metric], decides: str,
-                    timings: Timings) -> Measurement:
-    outputs = run_testset(model, testset, timings)
-    with timings.cost("compare"):
-        return compare(testset, outputs, metrics, decides)
 
 
 def measure_until_miss(model, testset: TestSet, metrics: Mapping[str, Metric], metric: str,
@@ -134,7 +119,7 @@ class ExactEvaluator:
         testset = testset or self.testset
         with self.timings.cost("load"):
             model = LoadedModel(path, testset.input_names, testset.output_names, memory_mode=memory_mode)
-        return measure_testset(model, testset, self.metrics, self.decides, self.timings)
+        return measure_until_miss(model, testset, self.metrics, self.decides, math.inf, self.timings)[0]
 
     # Trials run the kept conversion itself: no copy of the file per trial.
     def measure(self, settings: Dict[str, LayerSetting], memory_mode: str, quick: bool = False) -> Measurement:

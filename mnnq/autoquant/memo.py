@@ -1,6 +1,6 @@
 """Measurements remembered by settings, so several searches over one model share their trials.
 
-``mnnq auto-quant --rates`` runs the pipeline once per rate. The screening trials (each layer
+``mnnq tradeoff --rates`` runs the pipeline once per rate. The screening trials (each layer
 alone at its probe setting) do not depend on the rate, and neither does any other measurement:
 an error is a property of the settings, the samples and the memory mode. :func:`remembering`
 wraps an :class:`~mnnq.autoquant.context.Evaluation` so that settings measured once are not
@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from mnnq.autoquant.context import Evaluation
+from mnnq.autoquant.evaluators import settings_key
 from mnnq.layers import LayerSetting
 from mnnq.measure import Measurement
 
 Key = Tuple[Tuple[Tuple[str, int, int], ...], str, tuple]
 
 
-def settings_key(settings: Mapping[str, LayerSetting], memory_mode: str, samples: tuple) -> Key:
+def memo_key(settings: Mapping[str, LayerSetting], memory_mode: str, samples: tuple) -> Key:
     """``samples``: the quick samples' names for a quick measurement, ``()`` for the whole set."""
-    return tuple(sorted((n, s.bits, s.block) for n, s in settings.items())), memory_mode, samples
+    return settings_key(settings), memory_mode, samples
 
 
 @dataclass
@@ -38,9 +39,10 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         return tuple(evaluation.quick_key()) or ("quick",) if quick else ()
 
     def measure(settings, memory_mode, quick=False) -> Measurement:
-        key = settings_key(settings, memory_mode, which(quick))
-        if key not in memory.whole and quick and settings_key(settings, memory_mode, ()) in memory.whole:
-            key = settings_key(settings, memory_mode, ())  # the whole test set answers a quick question
+        key = memo_key(settings, memory_mode, which(quick))
+        whole = (key[0], memory_mode, ())
+        if key not in memory.whole and quick and whole in memory.whole:
+            key = whole  # the whole test set answers a quick question
         if key in memory.whole:
             memory.hits += 1
             return memory.whole[key]
@@ -48,7 +50,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         return result
 
     def until_miss(settings, memory_mode, metric, limit, quick=False) -> Tuple[Measurement, bool]:
-        key = settings_key(settings, memory_mode, which(quick))
+        key = memo_key(settings, memory_mode, which(quick))
         if key in memory.whole:
             memory.hits += 1
             return memory.whole[key], True
@@ -67,7 +69,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
         results: List[Optional[Measurement]] = [None] * len(batch)
         todo = []
         for i, settings in enumerate(batch):
-            key = settings_key(settings, memory_mode, which(quick))
+            key = memo_key(settings, memory_mode, which(quick))
             if key in memory.whole:
                 memory.hits += 1
                 results[i] = memory.whole[key]
@@ -77,7 +79,7 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
             fresh = (evaluation.many([batch[i] for i in todo], memory_mode, quick) if evaluation.many is not None
                      else [evaluation.measure(batch[i], memory_mode, quick) for i in todo])
             for i, result in zip(todo, fresh):
-                results[i] = memory.whole[settings_key(batch[i], memory_mode, which(quick))] = result
+                results[i] = memory.whole[memo_key(batch[i], memory_mode, which(quick))] = result
         return results  # type: ignore[return-value]
 
     return Evaluation(evaluation.name, evaluation.exact, measure,

@@ -46,10 +46,6 @@ class QuickSamples:
         return TestSet(self.testset.root, self.testset.input_names, self.testset.output_names, samples)
 
     @property
-    def covers_all(self) -> bool:
-        return len(self.indices) == len(self.testset.samples)
-
-    @property
     def key(self) -> Tuple[str, ...]:
         """The quick samples' names (what a quick measurement means right now)."""
         return tuple(self.testset.samples[i].name for i in self.indices)
@@ -58,6 +54,13 @@ class QuickSamples:
         """Every sample index: the last worst one, the quick ones, then the rest."""
         first = ([self.worst] if self.worst is not None else []) + [i for i in self.indices if i != self.worst]
         return first + [i for i in range(len(self.testset.samples)) if i not in first]
+
+    def use(self, indices) -> None:
+        """Make ``indices`` the quick samples (a ``--jobs`` worker follows the auto-quant process's)."""
+        wanted = sorted(indices)
+        if wanted != self.indices:
+            self.indices = wanted
+            self.view = self._view()
 
     def learn(self, measurement: Measurement) -> None:
         """Remember the sample with the deciding metric's largest error in ``measurement``."""
