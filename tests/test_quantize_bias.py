@@ -118,3 +118,43 @@ def test_auto_skips_models_without_depthwise_convs(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
     assert main(["quantize", str(model), str(tmp_path / "q.mnn"), str(tmp_path / "cfg.json")]) == 0
     assert "bias correction" not in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def shuffled(tmp_path_factory):
+    """x [1,4,8,8] -> 1x1 conv (4->6) -> channel shuffle (reshape, transpose, reshape) ->
+    3x3 depthwise (6) -> 1x1 conv (6->3): the depthwise conv's input holds the first conv's values
+    in another channel order, so calibration may read it through that conv's output."""
+    folder = tmp_path_factory.mktemp("shuffle")
+    g = OnnxGraph(7)
+    h = g.conv(g.input("x", [1, 4, 8, 8]), "c1", 4, 6, 1)
+    h = g.node("Reshape", [h, g.const("s5", np.array([1, 2, 3, 8, 8], np.int64))], "r1")
+    h = g.node("Transpose", [h], "t", perm=[0, 2, 1, 3, 4])
+    h = g.node("Reshape", [h, g.const("s4", np.array([1, 6, 8, 8], np.int64))], "r2")
+    h = g.conv(h, "dw", 6, 6, 3, group=6)
+    g.node("Identity", [g.conv(h, "pw", 6, 3, 1)], "y")
+    g.output("y", [1, 3, 8, 8])
+    return export_and_convert(g, folder, "shuffled")
+
+
+def test_corrected_biases_read_each_layer_input_itself(shuffled, tmp_path):
+    """The biases written with --bias-correction are those of the per-tap means of each layer's
+    own input (the shuffled tensor for the depthwise conv), measured directly."""
+    rng = np.random.default_rng(8)
+    feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) + 0.5).astype(np.float32)} for _ in range(6)]
+    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
+    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    out = tmp_path / "q.mnn"
+    assert main(["quantize", str(shuffled), str(out), str(tmp_path / "cfg.json"), "--bias-correction"]) == 0
+    layers, _ = cal.find_layers(shuffled)
+    runner = cal.TensorRunner(shuffled, ["x"], ["y"], cal.layer_tensors(layers))
+    stats = bias.TapMeans(layers)
+    for f in feeds:
+        stats.update(runner.run(f)[1])
+    entries = json.loads((tmp_path / "q.mnn.json").read_text())["algo"][0]["quantParams"]["layer"]
+    scales = {e["weight"][0]["name"]: e["weight"][0] for e in entries}
+    written = {op.name: op for op in read_conv_ops(out)}
+    for layer in layers:
+        entry = scales[layer.name]
+        want = bias.corrected_bias(layer, np.asarray(entry["scales"]), int(entry["clampMax"]), stats.means(layer.name))
+        np.testing.assert_allclose(written[layer.name].bias, want, rtol=1e-5, atol=1e-6)

@@ -403,7 +403,11 @@ def activation_params(job: Job, tensors: List[str], notes: List[str], progress: 
     observed = list(dict.fromkeys(alias.values()))
     on_tensors = None
     if tap_means is not None:
-        on_tensors = lambda values: tap_means.update({t: values[alias[t]] for t in tensors})  # noqa: E731
+        # per-tap means need each layer input's own values: an alias holds the same values, but
+        # maybe in another order or shape (a channel shuffle before a depthwise conv)
+        observed += [t for t in dict.fromkeys(l.input for l in job.layers) if alias[t] != t]
+        on_tensors = lambda values: tap_means.update({t: values[t if t in values else alias[t]]  # noqa: E731
+                                                      for t in tensors})
     observers = cal.calibrate(model, job.input_names, job.output_names, observed, job.samples,
                               job.feature.make_observer, job.batch_size,
                               progress_step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors)
