@@ -211,7 +211,7 @@ def quantize(model: PathLike, out: PathLike, config: Union[PathLike, Mapping[str
     ``layers`` rows: ``name, kind, shape, status ("int8" | "float"), reason, input, output``
     (``{tensor, scale, zero_point}``), and cosines / overflow ratios when measured per layer.
     """
-    from mnnq.quantize.engine import QuantizeOptions, bias_correction_mode, run_quantize
+    from mnnq.quantize.engine import QuantizeOptions, run_quantize
     from mnnq.quantize.report import result_dict
 
     fixed = ("model", "out", "config")
@@ -224,8 +224,6 @@ def quantize(model: PathLike, out: PathLike, config: Union[PathLike, Mapping[str
         value = opts["eval_samples"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"eval_samples: expected a positive integer, got {value!r}")
-    if "bias_correction" in opts:  # "auto" (default), "on", "off", True, False
-        opts["bias_correction"] = bias_correction_mode(opts["bias_correction"])
     if opts.get("report_json") is not None:
         opts["report_json"] = _path(opts["report_json"], "report_json")
     pm = _manager(options.get("plugin_manager"), options.get("disable_plugins"))

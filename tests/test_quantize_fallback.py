@@ -68,7 +68,7 @@ def old_order_float_layers(chain, work: Path) -> list:
     job = engine.prepare(opts, get_plugin_manager())
     notes: list = []
     candidates = engine.make_candidates(job, work, engine.calibrate_job(job, notes, None, {}), notes, None)
-    first, _ = candidates.first(notes, None)
+    first, _ = candidates.first(notes)
     assert first.errors["cosine"] > RATE
     names, every = [l.name for l in job.layers], candidates.indices
 

@@ -41,7 +41,7 @@ class Candidates:
     def params(self, keep) -> dict:
         return build_params(self.job.layers, self.acts, self.weights, self.clamp, set(keep) | set(self.forced))
 
-    def first(self, notes: List[str], step) -> Tuple[Evaluation, Path]:
+    def first(self, notes: List[str]) -> Tuple[Evaluation, Path]:
         """Every layer INT8, measured on every sample; layers the converter left float join
         ``forced`` (measured once: a second call returns the first one's result)."""
         if self._first is not None:
@@ -53,6 +53,7 @@ class Candidates:
             note = f"the converter left layer '{name}' float (its output tensor name did not match)"
             if note not in notes:
                 notes.append(note)
+        step = progress_step(self.progress, "measuring", len(self.indices))
         self._first = self._measure(dst, self.indices, None, step), dst
         return self._first
 

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,8 +36,8 @@ from mnnq.quantize.bias import TapMeans, corrected_biases, write_with_biases
 from mnnq.quantize.config import QuantizeConfig, load_config
 from mnnq.quantize.candidates import Candidates, progress_step
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices
-from mnnq.quantize.fallback import (RANK_SAMPLES, Budget, FloatSearch, Point, all_but_zero, fallback_notes, kept_reason,
-                                    tradeoff_dict)
+from mnnq.quantize.fallback import (RANK_SAMPLES, Budget, FloatSearch, Point, all_but_zero, deciding_error,
+                                    fallback_notes, kept_reason, tradeoff_dict)
 from mnnq.quantize.inputs import Samples, make_samples
 from mnnq.quantize.writer import sanitize, weight_entry
 
@@ -136,6 +135,8 @@ class Job:
     other_float: List[Tuple[str, str]]
     batch_size: int
     notes: List[str]
+    bias_correction: str     # the option, checked: "on", "off" or "auto"
+    budget: Budget           # what a candidate must meet (--rate on --metric)
 
 
 def prepare(opts: QuantizeOptions, pm) -> Job:
@@ -152,6 +153,7 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     metrics = pm.metrics()
     if opts.metric not in metrics:
         raise BadInput(f"--metric: unknown metric '{opts.metric}'; available: {', '.join(sorted(metrics))}")
+    bias_correction_mode(opts.bias_correction)   # checked before any work
     try:
         feature = pm.feature_method(cfg.feature_quantize_method)
         weight = pm.weight_method(cfg.weight_quantize_method)
@@ -176,7 +178,8 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     if not cfg.batch_size_set and first_batch and first_batch > 0:
         batch = first_batch          # quantized.out: without batch_size, EMA uses the model's batch
     return Job(opts, cfg, feature, weight, metrics, samples, [i.name for i in inputs], output_names,
-               layers, other, batch, notes)
+               layers, other, batch, notes, bias_correction_mode(opts.bias_correction),
+               Budget(opts.metric if opts.rate is not None else "cosine", opts.rate))
 
 
 def run_quantize(opts: QuantizeOptions, pm, progress: Optional[Progress] = None) -> QuantizeResult:
@@ -217,8 +220,8 @@ def run_job(job: Job, progress: Optional[Progress] = None, started: Optional[flo
     notes = list(job.notes)
     calibrated = calibrate_job(job, notes, progress, timings)
     with tempfile.TemporaryDirectory(prefix="mnnq-quantize-") as work:
-        candidates = make_candidates(job, Path(work), calibrated, notes, progress)
         t0 = time.perf_counter()
+        candidates = make_candidates(job, Path(work), calibrated, notes, progress)
         outcome = choose_float_layers(job, candidates, notes, progress)
         layer_ev = None
         if job.opts.debug or job.cfg.debug:
@@ -257,8 +260,8 @@ def bias_correction_wanted(job: Job) -> bool:
     """Whether calibration collects the statistics for bias correction: always with ``on``; with
     ``auto`` when a layer is depthwise (a handful of taps per output, so the rounding errors of
     its weights do not average out; other models pay nothing for ``auto``)."""
-    mode = bias_correction_mode(job.opts.bias_correction)
-    return mode == "on" or (mode == "auto" and any(l.kind == "depthwise" for l in job.layers))
+    return job.bias_correction == "on" or (job.bias_correction == "auto"
+                                           and any(l.kind == "depthwise" for l in job.layers))
 
 
 def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[str], progress) -> Candidates:
@@ -277,11 +280,11 @@ def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[st
     corrected = writer(write_with_biases(Path(job.opts.model), work / "bias_corrected.mnn", job.layers,
                                          calibrated.biases), "corrected-candidate")
     count = len(calibrated.biases)
-    if bias_correction_mode(job.opts.bias_correction) == "on":
+    if job.bias_correction == "on":
         notes.append(f"bias correction: {count} layer biases corrected for their rounded weights")
         return corrected
-    metric = job.opts.metric if job.opts.rate is not None else "cosine"
-    errors = [_first_error(c, metric, notes, progress) for c in (plain, corrected)]
+    metric = job.budget.metric
+    errors = [deciding_error(c.first(notes)[0], metric) for c in (plain, corrected)]
     kept = errors[1] < errors[0]
     notes.append(f"bias correction (auto, the model has depthwise convs): {metric} {errors[1]:.6f} with "
                  f"{count} layer biases corrected, {errors[0]:.6f} without, on the calibration samples; "
@@ -289,19 +292,13 @@ def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[st
     return corrected if kept else plain
 
 
-def _first_error(candidates: Candidates, metric: str, notes: List[str], progress) -> float:
-    ev, _ = candidates.first(notes, progress_step(progress, "measuring", len(candidates.indices)))
-    error = ev.errors.get(metric) if ev.finite else math.inf
-    return math.inf if error is None else float(error)
-
-
 def choose_float_layers(job: Job, candidates: Candidates, notes: List[str], progress: Optional[Progress]) -> Outcome:
     """Every layer INT8 first; when that misses ``--rate`` (or is not finite), the fallback
     search (:mod:`fallback`) finds the layers to keep float."""
     opts = job.opts
-    first_ev, first_path = candidates.first(notes, progress_step(progress, "measuring", len(candidates.indices)))
+    first_ev, first_path = candidates.first(notes)
     _check_metric(first_ev, opts)
-    budget = Budget(opts.metric if opts.rate is not None else "cosine", opts.rate)
+    budget = job.budget
     first = Point(0, "all INT8", (), first_ev, budget.holds(first_ev))
     if first.holds:
         return Outcome(dict(candidates.forced), first_ev, first_path, True)

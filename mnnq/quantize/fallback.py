@@ -109,7 +109,7 @@ class FloatSearch:
         scored = []
         for i, (ev, path) in enumerate(self.measure_many(alone, self.ranking_samples, None)):
             path.unlink(missing_ok=True)
-            scored.append((_error(ev, self.budget.metric), i))
+            scored.append((deciding_error(ev, self.budget.metric), i))
             self.tick("ranking layers (each alone in INT8)", i + 1, len(alone))
         scored.sort(key=lambda t: (-t[0], t[1]))
         self.ranking = [Ranked(self.layers[i], err, r + 1) for r, (err, i) in enumerate(scored)]
@@ -173,10 +173,10 @@ class FloatSearch:
 
 
 def _effort_key(point: Point, budget: Budget) -> Tuple[float, int]:
-    return _error(point.evaluation, budget.metric), len(point.float_layers)
+    return deciding_error(point.evaluation, budget.metric), len(point.float_layers)
 
 
-def _error(ev: Evaluation, metric: str) -> float:
+def deciding_error(ev: Evaluation, metric: str) -> float:
     """The deciding error of a measurement for ranking: ``inf`` for non-finite outputs, 0 when
     the metric skips every output."""
     if not ev.finite:
