@@ -40,7 +40,6 @@ class Evaluation:
     tensor_overflow: Dict[str, float] = field(default_factory=dict)              # tensor -> mean ratio
     samples: int = 0
     sample_errors: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)   # index -> metric -> error
-    sample_cosine: Dict[int, float] = field(default_factory=dict)   # index -> the worst output's cosine
     complete: bool = True            # False: stopped at a sample over ``stop_above`` (``samples`` measured)
 
     @property
@@ -112,9 +111,7 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
     for done, idx in enumerate(indices):
         feeds, ref_out, ref_t = reference.get(idx)
         got_out, got_t = quant_runner.run(feeds)
-        per_sample[idx] = _sample_errors(comparison, reference.samples.names[idx], ref_out, got_out)
-        out_cos[idx] = min((cosine_similarity(ref, got_out[o]) if np.size(got_out[o]) == np.size(ref) else 0.0
-                            for o, ref in ref_out.items()), default=1.0)
+        per_sample[idx], out_cos[idx] = _sample_errors(comparison, reference.samples.names[idx], ref_out, got_out)
         for t in quant_runner.tensors:
             c = cosine_similarity(ref_t[t], got_t[t])
             cos_sum[t] = cos_sum.get(t, 0.0) + c
@@ -135,22 +132,27 @@ def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Seq
         nonfinite=measured.nonfinite,
         tensor_cosine={t: (cos_sum[t] / n, cos_min[t]) for t in cos_sum},
         tensor_overflow={t: v / n for t, v in over_sum.items()},
-        samples=len(out_cos), sample_errors=per_sample, sample_cosine=out_cos,
+        samples=len(out_cos), sample_errors=per_sample,
         complete=len(out_cos) == len(indices),
     )
 
 
-def _sample_errors(comparison: Comparison, name: str, ref_out: Feeds, got_out: Feeds) -> Dict[str, Optional[float]]:
+def _sample_errors(comparison: Comparison, name: str, ref_out: Feeds, got_out: Feeds
+                   ) -> Tuple[Dict[str, Optional[float]], float]:
     """Add one sample to ``comparison``; its error under each metric (max over its outputs,
-    ``inf`` when one is not finite, ``None`` when the metric skips them all)."""
+    ``inf`` when one is not finite, ``None`` when the metric skips them all) and its worst output's
+    cosine (0 for an output of the wrong size). The outputs are made float64 once for both."""
+    refs = {o: np.asarray(r, dtype=np.float64).ravel() for o, r in ref_out.items()}
+    got = {o: np.asarray(v, dtype=np.float64).ravel() for o, v in got_out.items()}
     before = len(comparison.details)
-    comparison.add(Sample(name, Path(name), {}, {o: np.asarray(r, dtype=np.float64).ravel()
-                                                  for o, r in ref_out.items()}), got_out)
+    comparison.add(Sample(name, Path(name), {}, refs), got)
     errors: Dict[str, Optional[float]] = {}
     for m in comparison.metrics:
         values = [row.values[m] for row in comparison.details[before:] if row.values[m] is not None]
         errors[m] = max(values) if values else None
-    return errors
+    worst = min((cosine_similarity(ref, got[o]) if got[o].size == ref.size else 0.0 for o, ref in refs.items()),
+                default=1.0)
+    return errors, worst
 
 
 def _over(error: Optional[float], bound: float) -> bool:

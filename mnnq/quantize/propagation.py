@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from mnnq.mnn_backend.inventory import read_int8_facts
-from mnnq.quantize.stats import range_params
+from mnnq.quantize.stats import ActParams, range_params
 
-ActParams = Tuple[float, int]   # (scale, zero point): real = scale * (q - zero point)
 
 # MNN.expr op types the runtime propagates params through (they become Raster, or are ReLU,
 # ReLU6, Pooling, Interp, CropAndResize, ROIPooling at run time).

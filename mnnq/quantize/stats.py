@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 FINE_BINS = 16384
+ActParams = Tuple[float, int]   # an activation's (scale, zero point): real = scale * (q - zero point)
 
 
 class AbsHistogram:
@@ -105,7 +106,9 @@ class AbsHistogram:
 
 def min_max(x: np.ndarray) -> Tuple[float, float]:
     """``(min, max)`` of the finite values of ``x`` (``(0, 0)`` when there are none)."""
-    a = np.asarray(x, dtype=np.float64)
+    a = np.asarray(x)
+    if a.dtype.kind != "f":      # the min and max of floats are exact in their own type: no copy
+        a = a.astype(np.float64)
     if a.size == 0:
         return 0.0, 0.0
     lo, hi = float(a.min()), float(a.max())

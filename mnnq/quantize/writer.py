@@ -33,10 +33,10 @@ from mnnq.errors import NativeFailure
 from mnnq.mnn_backend.converter import convert, params_rejected
 from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.quantize.calibrate import QuantLayer
+from mnnq.quantize.stats import ActParams
 
 ACTIVATION_BITS = 8
 
-ActParams = Tuple[float, int]   # (scale, zero point)
 
 
 def sanitize(scale: float, zero: int, clamp: int) -> ActParams:
@@ -44,16 +44,6 @@ def sanitize(scale: float, zero: int, clamp: int) -> ActParams:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0.0):
         return 1.0, 0
     return float(scale), int(max(-clamp, min(clamp, int(zero))))
-
-
-def symmetric(params: ActParams, clamp: int) -> ActParams:
-    """The symmetric params covering the range of ``(scale, zero)``: ``[-T, T]`` with
-    ``T = max(|(-C - z) s|, |(C - z) s|)``."""
-    scale, zero = params
-    if zero == 0:
-        return params
-    top = max(abs((-clamp - zero) * scale), abs((clamp - zero) * scale))
-    return top / clamp, 0
 
 
 def _activation(name: str, params: ActParams, clamp: int) -> dict:
