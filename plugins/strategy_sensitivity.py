@@ -331,7 +331,7 @@ def verified(ctx, steps: List[Step], guess: int, found: Screen, known: Optional[
     too optimistic (the host has then added the sample that missed to them), confirm on them
     once more below their first answer; after that, on every sample."""
     top: Optional[int] = None
-    for attempt in range(VERIFY_ROUNDS):
+    for _ in range(VERIFY_ROUNDS):
         best, best_error, count = confirm(ctx, steps, guess if top is None else top, found, quick=True, top=top,
                                           known=known if top is None else None)
         with ctx.stage("verification"):

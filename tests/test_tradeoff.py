@@ -49,3 +49,20 @@ def test_bad_rates_are_a_usage_error(tmp_path):
                                     "--rates", "0.05,-1", "--out", tmp_path / "c"])
     assert code == 2 and "comma-separated positive rates" in stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_jobs_give_the_same_curve(tmp_path, monkeypatch):
+    """--jobs workers take part of the screening (their quick samples are this process's) and
+    change nothing: the same points and the same model files as one process."""
+    monkeypatch.setenv("MNNQ_WAIT_FOR_WORKERS", "1")   # the tiny model's batches would end first
+    curves = {}
+    for jobs in ("1", "3"):
+        out = tmp_path / f"curve{jobs}"
+        code, stdout, stderr = run_cli(["tradeoff", "--model", DIGITS_MODEL, "--test_dir", DIGITS_TESTSET,
+                                        "--rates", "0.02,0.1", "--out", out, "--jobs", jobs])
+        assert code == 0, stdout + stderr
+        curves[jobs] = json.loads((out / "tradeoff.json").read_text())
+    strip = [[{k: v for k, v in p.items() if k not in ("seconds",)} for p in c["points"]] for c in curves.values()]
+    assert strip[0] == strip[1]
+    for p in curves["1"]["points"]:
+        assert (tmp_path / "curve1" / p["model"]).read_bytes() == (tmp_path / "curve3" / p["model"]).read_bytes()

@@ -102,7 +102,7 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp:
         work = Path(tmp)
         progress.stage = "reading the model"
-        with _workers(plugins, opts, pm, testset, work) as launcher:
+        with trial_workers(plugins, opts, pm, testset, work) as launcher:
             prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
                                plugins.metric, opts.evaluator, work, timings, on_read=launcher.early)
             workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
@@ -149,7 +149,7 @@ def resolve_plugins(opts: AutoQuantOptions, pm: MnnqPluginManager) -> Plugins:
 
 
 @contextlib.contextmanager
-def _workers(plugins: Plugins, opts: AutoQuantOptions, pm: MnnqPluginManager, testset, work: Path
+def trial_workers(plugins: Plugins, opts: AutoQuantOptions, pm: MnnqPluginManager, testset, work: Path
              ) -> Iterator[WorkerLauncher]:
     """The ``--jobs`` workers (``jobs - 1`` processes sharing independent simulated trials with
     this one), stopped when the block ends. Workers load plugins by entry point: a weight method

@@ -9,7 +9,6 @@ with ``mnnq apply``. The curve goes to ``tradeoff.json``, ``tradeoff.svg`` and t
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 from mnnq.autoquant.context import Trial
-from mnnq.autoquant.engine import (Progress, build_result, new_search, resolve_plugins, run_strategies,
+from mnnq.autoquant.engine import (Progress, build_result, new_search, resolve_plugins, run_strategies, trial_workers,
                                    search_evaluation, write_final)
 from mnnq.autoquant.memo import Memory, remembering
 from mnnq.autoquant.options import AutoQuantOptions, check_search_flags
@@ -80,30 +79,32 @@ def _run(opts: AutoQuantOptions, rates: List[float], out: Path, pm: MnnqPluginMa
          on_trial: Callable[[Trial], None], progress: Progress) -> Tradeoff:
     started = time.monotonic()
     opts.rate = rates[0]
-    opts.quant_model = out / point_name(rates[0])
     check_search_flags(opts)
     _check_out(out, Path(opts.model))
     plugins = resolve_plugins(opts, pm)
+    progress.metric = plugins.metric
     testset = load_testset(Path(opts.test_dir))
     model = resolve_model(Path(opts.model))
     curve = Tradeoff(model, out, plugins.metric, size_before=model.stat().st_size)
     with tempfile.TemporaryDirectory(prefix="mnnq-tradeoff-") as tmp:
         work = Path(tmp)
         timings = Timings()
-        prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics, plugins.metric,
-                           opts.evaluator, work, timings)
-        memory = Memory()
-        for evaluator in (prepared.fast, prepared.exact):
-            if evaluator is not None:
-                evaluator.quick.learning = False  # quick measurements keep one meaning across rates
-        evaluation = remembering(search_evaluation(prepared), memory)
         staged = work / "points"
         staged.mkdir()
-        for rate in rates:
-            opts.rate = rate
-            curve.points.append(_point(opts, rate, prepared, plugins, evaluation, memory, timings, on_trial,
-                                       progress, staged))
-        curve.notes = list(prepared.notes)
+        with trial_workers(plugins, opts, pm, testset, work) as launcher:
+            prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
+                               plugins.metric, opts.evaluator, work, timings, on_read=launcher.early)
+            workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
+            memory = Memory()
+            for evaluator in (prepared.fast, prepared.exact):
+                if evaluator is not None:
+                    evaluator.quick.learning = False  # quick measurements keep one meaning across rates
+            evaluation = remembering(search_evaluation(prepared, workers.many if workers.started else None), memory)
+            for rate in rates:
+                opts.rate = progress.rate = rate
+                curve.points.append(_point(opts, rate, prepared, plugins, evaluation, memory, timings, on_trial,
+                                           progress, staged))
+        curve.notes = list(prepared.notes) + workers.notes
         curve.seconds = time.monotonic() - started
         _write_curve(curve, staged, out)
     return curve
@@ -117,12 +118,11 @@ def _point(opts, rate, prepared, plugins, evaluation, memory: Memory, timings, o
     progress.search = search
     stopped = run_strategies(search, plugins.pipeline, progress)
     simulated = search.measured_error if not search.exact else None
-    final = staged / (point_name(rate) + ".tmp")
+    final = staged / point_name(rate)
     progress.stage = f"writing and measuring the model for rate {rate:g}"
     params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress, timings)
-    point_opts = AutoQuantOptions(**{**opts.__dict__, "quant_model": staged / point_name(rate)})
+    point_opts = AutoQuantOptions(**{**opts.__dict__, "quant_model": final})
     result = build_result(point_opts, prepared, plugins, search, final, measured, simulated, stopped)
-    shutil.copyfile(final, staged / point_name(rate))
     (staged / (point_name(rate) + ".json")).write_text(json.dumps(params, indent=1) + "\n")
     trials = len(search.trials)
     return TradeoffPoint(rate, result, trials, trials - (memory.hits - hits_before))
