@@ -97,13 +97,14 @@ class Row:
 # ----------------------------------------------------------------------------------- cases
 
 def image_feeds(folder: Path, config: dict, input_name: str) -> List[Dict[str, np.ndarray]]:
-    """Every image of ``folder`` preprocessed as quantized.out does (MNN's ImageProcess)."""
-    from mnnq.inputs.images import ImageConfig, preprocess, read_bgr
+    """Every image of ``folder`` preprocessed as quantized.out does (mnnq quantize's own config
+    parsing and preprocessing: MNN's ImageProcess)."""
+    from mnnq.inputs.images import read_bgr
+    from mnnq.quantize.config import parse_config
+    from mnnq.quantize.inputs import preprocess
 
-    mean, normal = list(config["mean"]) + [0.0] * 4, list(config["normal"]) + [1.0] * 4   # padded as the config is
-    prep = ImageConfig(format=config["format"], mean=tuple(mean[:4]), normal=tuple(normal[:4]),
-                       width=config["width"], height=config["height"])
-    return [{input_name: preprocess(read_bgr(p), prep)} for p in sorted(folder.glob("*.png"))]
+    cfg = parse_config(config)
+    return [{input_name: preprocess(read_bgr(p), cfg, cfg.width, cfg.height)} for p in sorted(folder.glob("*.png"))]
 
 
 def make_case(name: str, work: Path, cache: Optional[Path]) -> Case:
