@@ -134,7 +134,8 @@ def mnnq_command() -> List[str]:
 @dataclass
 class MnnqRun:
     """One ``mnnq auto-quant`` process: its arguments after the command, exit code, wall time,
-    last non-blank output line, and its JSON report (None when it wrote none)."""
+    last non-blank output line (MNN's CPU-feature line left out), and its JSON report (None when
+    it wrote none)."""
     argv: List[str]
     exit_code: int
     seconds: float
@@ -145,14 +146,16 @@ class MnnqRun:
 def run_mnnq_auto_quant(model: Path, testdir: Path, rate: float, work: Path, extra: Sequence[str] = ()) -> MnnqRun:
     """``mnnq auto-quant`` with default flags (and ``extra``) writing ``work/q.mnn``, as a user
     runs it (a new process)."""
+    from mnnq.mnn_backend.native import output_tail
+
     report = work / "report.json"
     argv = ["auto-quant", "--model", str(model), "--quant_model", str(work / "q.mnn"),
             "--test_dir", str(testdir), "--rate", str(rate), "--report_json", str(report), *extra]
     started = time.monotonic()
     run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.monotonic() - started
-    last = [line for line in run.stdout.splitlines() if line.strip()][-1:] or [""]
-    return MnnqRun(argv, run.returncode, seconds, last[0], json.loads(report.read_text()) if report.is_file() else None)
+    return MnnqRun(argv, run.returncode, seconds, output_tail(run.stdout, 1),
+                   json.loads(report.read_text()) if report.is_file() else None)
 
 
 def run_b(case: Case, testdir: Path, side: str, rate: float, work: Path) -> Outcome:

@@ -201,6 +201,8 @@ def run_native(case: Case, dst: Path, cfg: Path, timeout: float) -> Tuple[str, f
 
 
 def run_mnnq(case: Case, dst: Path, cfg: Path, flags: Sequence[str], timeout: float) -> Tuple[str, float, str]:
+    from mnnq.mnn_backend.native import output_tail
+
     report = dst.with_suffix(".report.json")
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "mnnq", "quantize", str(case.float_mnn), str(dst), str(cfg), *flags,
@@ -208,8 +210,7 @@ def run_mnnq(case: Case, dst: Path, cfg: Path, flags: Sequence[str], timeout: fl
                           capture_output=True, text=True, timeout=timeout, env=dict(os.environ, COLUMNS="200"))
     seconds = time.perf_counter() - started
     if proc.returncode not in (0, 1) or not dst.is_file():
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "device supports" not in ln]
-        return f"exit {proc.returncode}", seconds, (lines[-1] if lines else "")
+        return f"exit {proc.returncode}", seconds, output_tail(proc.stderr, 1)
     note = "" if proc.returncode == 0 else "rate missed (exit 1)"
     return "ok", seconds, "; ".join(n for n in (note, fallback_note(json.loads(report.read_text()))) if n)
 
@@ -228,6 +229,8 @@ def fallback_note(doc: dict) -> str:
 
 def run_ort(case: Case, method: str, dst: Path, work: Path, timeout: float) -> Tuple[str, float, str]:
     """onnxruntime's quantize_static in a child process (this script with --ort-child)."""
+    from mnnq.mnn_backend.native import output_tail
+
     data = work / f"{case.name}.calib.npz"
     if not data.is_file():
         name = next(iter(case.calib_feeds[0]))
@@ -240,8 +243,7 @@ def run_ort(case: Case, method: str, dst: Path, work: Path, timeout: float) -> T
         return "timeout", time.perf_counter() - started, ""
     seconds = time.perf_counter() - started
     if proc.returncode != 0 or not dst.is_file():
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        return "failed", seconds, (lines[-1] if lines else f"exit {proc.returncode}")
+        return "failed", seconds, output_tail(proc.stderr, 1) or f"exit {proc.returncode}"
     return "ok", seconds, ""
 
 
