@@ -98,20 +98,16 @@ def digits_heldout(model: Path, directory: Path, count: int = 8) -> Path:
 
 
 def load_case(name: str, scratch: Path) -> Case:
-    from mnnq.mnn_backend.converter import params_template
+    """The model, its test sets and layer counts (a pretrained model's from its info.json)."""
+    from benchmarks.pretrained import layer_counts, prepare
 
     if name == "digits":
         d = ROOT / "examples" / "digits"
-        case = Case(name, d / "digits.mnn", d / "testset", d / "testset" / "000",
-                    digits_heldout(d / "digits.mnn", scratch / "digits-heldout"))
-    else:
-        from benchmarks.pretrained import prepare
-        p = prepare(name)
-        case = Case(name, p.float_mnn, p.testset, p.testset / "000", p.heldout)
-    layers = [e for e in params_template(case.float_mnn)["algo"][0]["quantParams"]["layer"] if "conv" in e]
-    case.layers = len(layers)
-    case.layers_1x1 = sum(1 for e in layers if e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1)
-    return case
+        return Case(name, d / "digits.mnn", d / "testset", d / "testset" / "000",
+                    digits_heldout(d / "digits.mnn", scratch / "digits-heldout"), *layer_counts(d / "digits.mnn"))
+    p = prepare(name)
+    return Case(name, p.float_mnn, p.testset, p.testset / "000", p.heldout,
+                p.info["quantizable_layers"], p.info["quantizable_1x1_layers"])
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -152,7 +148,8 @@ def run_mnnq_auto_quant(model: Path, testdir: Path, rate: float, work: Path, ext
     argv = ["auto-quant", "--model", str(model), "--quant_model", str(work / "q.mnn"),
             "--test_dir", str(testdir), "--rate", str(rate), "--report_json", str(report), *extra]
     started = time.monotonic()
-    run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
     seconds = time.monotonic() - started
     return MnnqRun(argv, run.returncode, seconds, output_tail(run.stdout, 1),
                    json.loads(report.read_text()) if report.is_file() else None)
