@@ -24,6 +24,7 @@ def chain(tmp_path_factory):
     channel 30x larger than the rest, so per-tensor INT8 params lose the other channels of that
     tensor -- which only goes away when the conv and the next one are both float. 16 random
     calibration samples as test dirs."""
+    from mnnq.testing import write_calibration_config
     from mnnq.testing.models import OnnxGraph, export_and_convert, reference_outputs, write_multi_testdir
 
     root = tmp_path_factory.mktemp("qchain")
@@ -41,9 +42,7 @@ def chain(tmp_path_factory):
     data = np.random.default_rng(3)
     feeds = [{"x": data.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(16)]
     write_multi_testdir(root / "calib", [(f, reference_outputs(model, f)) for f in feeds])
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"path": str(root / "calib"), "input_type": "sequence"}))
-    return {"model": model, "config": cfg}
+    return {"model": model, "config": write_calibration_config(root / "cfg.json", root / "calib")}
 
 
 @pytest.fixture(scope="module")
