@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from mnnq.measure import compare
+from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testset import load_testset
 
@@ -17,3 +18,8 @@ def measured(model, testset_dir, pm, memory_mode="normal", decides="max_rel"):
     ts = load_testset(testset_dir)
     loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
     return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics(), decides).errors
+
+
+def int8_layers(path):
+    """The names of the conv ops of ``path`` that run INT8 (quantized, no float weight), sorted."""
+    return sorted(op.name for op in read_conv_ops(path) if op.quant is not None and op.weight is None)
