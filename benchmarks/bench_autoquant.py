@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -98,20 +98,16 @@ def digits_heldout(model: Path, directory: Path, count: int = 8) -> Path:
 
 
 def load_case(name: str, scratch: Path) -> Case:
-    from mnnq.mnn_backend.converter import params_template
+    """The model, its test sets and layer counts (a pretrained model's from its info.json)."""
+    from benchmarks.pretrained import layer_counts, prepare
 
     if name == "digits":
         d = ROOT / "examples" / "digits"
-        case = Case(name, d / "digits.mnn", d / "testset", d / "testset" / "000",
-                    digits_heldout(d / "digits.mnn", scratch / "digits-heldout"))
-    else:
-        from benchmarks.pretrained import prepare
-        p = prepare(name)
-        case = Case(name, p.float_mnn, p.testset, p.testset / "000", p.heldout)
-    layers = [e for e in params_template(case.float_mnn)["algo"][0]["quantParams"]["layer"] if "conv" in e]
-    case.layers = len(layers)
-    case.layers_1x1 = sum(1 for e in layers if e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1)
-    return case
+        return Case(name, d / "digits.mnn", d / "testset", d / "testset" / "000",
+                    digits_heldout(d / "digits.mnn", scratch / "digits-heldout"), *layer_counts(d / "digits.mnn"))
+    p = prepare(name)
+    return Case(name, p.float_mnn, p.testset, p.testset / "000", p.heldout,
+                p.info["quantizable_layers"], p.info["quantizable_1x1_layers"])
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -131,20 +127,43 @@ def mnnq_command() -> List[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "mnnq"]
 
 
+@dataclass
+class MnnqRun:
+    """One ``mnnq auto-quant`` process: its arguments after the command, exit code, wall time,
+    last non-blank output line (MNN's CPU-feature line left out), and its JSON report (None when
+    it wrote none)."""
+    argv: List[str]
+    exit_code: int
+    seconds: float
+    last_line: str
+    report: Optional[dict]
+
+
+def run_mnnq_auto_quant(model: Path, testdir: Path, rate: float, work: Path, extra: Sequence[str] = ()) -> MnnqRun:
+    """``mnnq auto-quant`` with default flags (and ``extra``) writing ``work/q.mnn``, as a user
+    runs it (a new process)."""
+    from mnnq.mnn_backend.native import output_tail
+
+    report = work / "report.json"
+    argv = ["auto-quant", "--model", str(model), "--quant_model", str(work / "q.mnn"),
+            "--test_dir", str(testdir), "--rate", str(rate), "--report_json", str(report), *extra]
+    started = time.monotonic()
+    run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    seconds = time.monotonic() - started
+    return MnnqRun(argv, run.returncode, seconds, output_tail(run.stdout, 1),
+                   json.loads(report.read_text()) if report.is_file() else None)
+
+
 def run_b(case: Case, testdir: Path, side: str, rate: float, work: Path) -> Outcome:
     """``mnnq auto-quant`` with default flags, as a user runs it (a new process)."""
-    report = work / "report.json"
-    argv = [*mnnq_command(), "auto-quant", "--model", str(case.float_mnn), "--quant_model", str(work / "q.mnn"),
-            "--test_dir", str(testdir), "--rate", str(rate), "--report_json", str(report)]
-    started = time.monotonic()
-    run = subprocess.run(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.monotonic() - started
-    if run.returncode not in (0, 1) or not report.is_file():
-        last = [line for line in run.stdout.splitlines() if line.strip()][-1:] or [""]
-        return Outcome(side, seconds, 0, 0, float("nan"), "normal", run.returncode, f"exit {run.returncode}: {last[0]}")
-    data = json.loads(report.read_text())
-    return Outcome(side, seconds, int(data["trials"]), int(data["size_after_bytes"]),
-                   float(data["errors"][data["metric"]]), data["memory_mode"], run.returncode,
+    run = run_mnnq_auto_quant(case.float_mnn, testdir, rate, work)
+    if run.exit_code not in (0, 1) or run.report is None:
+        return Outcome(side, run.seconds, 0, 0, float("nan"), "normal", run.exit_code,
+                       f"exit {run.exit_code}: {run.last_line}")
+    data = run.report
+    return Outcome(side, run.seconds, int(data["trials"]), int(data["size_after_bytes"]),
+                   float(data["errors"][data["metric"]]), data["memory_mode"], run.exit_code,
                    per_trial_s=per_trial_seconds(data))
 
 

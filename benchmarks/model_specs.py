@@ -165,16 +165,9 @@ YOLO_SETS = {
 }
 
 
-def _framed(name: str, box: Tuple[float, float, float, float], mirror: bool) -> np.ndarray:
-    img = mi.image(name)
-    h, w = img.shape[:2]
-    part = img[int(box[0] * h):int(box[1] * h), int(box[2] * w):int(box[3] * w)]
-    return part[:, ::-1] if mirror else part
-
-
 def yolo_samples(split: str, run: Runner = None) -> List[Arrays]:
     """YOLOv8's input: letterboxed to 320 (grey 114 border), RGB / 255."""
-    return [{"images": mi.nchw(mi.letterbox(_framed(*entry), 320) / 255.0)} for entry in YOLO_SETS[split]]
+    return [{"images": mi.nchw(mi.letterbox(mi.framed(*entry), 320) / 255.0)} for entry in YOLO_SETS[split]]
 
 
 # The text detector's "hard" test set: seven photos with no text (a near-zero probability map:
@@ -195,7 +188,7 @@ def det_input(rgb: np.ndarray) -> Arrays:
 
 
 def det_samples(split: str, run: Runner = None) -> List[Arrays]:
-    return [det_input(_framed(*entry)) for entry in DET_SETS[split]]
+    return [det_input(mi.framed(*entry)) for entry in DET_SETS[split]]
 
 
 def det_check(split: str, references: List[Arrays]) -> None:

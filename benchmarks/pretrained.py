@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,21 +74,23 @@ def _require(spec: Spec, name: str) -> None:
                               f"({', '.join(m for m, _ in missing)}): {commands}")
 
 
-def _census(mnn: Path) -> dict:
-    """Counts of conv op types in ``mnn`` and of the layers in the converter's params template."""
-    import MNN.expr as F
+def layer_counts(mnn: Path) -> Tuple[int, int]:
+    """(layers, layers with a 1x1 kernel) in the converter's params template of ``mnn``: the
+    layers auto-quant can quantize."""
     from mnnq.mnn_backend.converter import params_template
-    seen, ops, stack = set(), collections.Counter(), list(F.load_as_dict(str(mnn)).values())
-    while stack:
-        var = stack.pop()
-        if var.name not in seen:
-            seen.add(var.name)
-            ops[var.op_type] += 1
-            stack.extend(var.inputs)
-    layers = params_template(mnn)["algo"][0]["quantParams"]["layer"]
+    from mnnq.params import template_layers
+    layers = template_layers(params_template(mnn))
     ones = [e for e in layers if "conv" in e and e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1]
+    return len(layers), len(ones)
+
+
+def _census(mnn: Path) -> dict:
+    """Counts of conv op types in ``mnn``'s main graph and of the layers in the converter's params template."""
+    from mnnq.mnn_backend.inventory import read_conv_ops
+    ops = collections.Counter(op.type_name for op in read_conv_ops(mnn))
+    layers, ones = layer_counts(mnn)
     return {"ops": {k: ops[k] for k in ("Convolution", "ConvolutionDepthwise", "Deconvolution") if ops[k]},
-            "quantizable_layers": len(layers), "quantizable_1x1_layers": len(ones)}
+            "quantizable_layers": layers, "quantizable_1x1_layers": ones}
 
 
 def _float_runner(mnn: Path, spec: Spec):

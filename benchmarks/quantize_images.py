@@ -42,15 +42,8 @@ PHOTOS = {
 BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
-def framed(name: str, box: Tuple[float, float, float, float], mirror: bool) -> np.ndarray:
-    img = mi.image(name)
-    h, w = img.shape[:2]
-    part = img[int(box[0] * h):int(box[1] * h), int(box[2] * w):int(box[3] * w)]
-    return np.ascontiguousarray(part[:, ::-1] if mirror else part)
-
-
 def photos(split: str) -> List[Named]:
-    return [(f"{i:02d}_{name}", framed(name, box, mirror)) for i, (name, box, mirror) in enumerate(PHOTOS[split])]
+    return [(f"{i:02d}_{name}", mi.framed(name, box, mirror)) for i, (name, box, mirror) in enumerate(PHOTOS[split])]
 
 
 def _paper(rng: np.random.Generator, size: int):

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from mnnq.measure import compare
+from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.testset import load_testset
 
@@ -11,9 +12,14 @@ DIGITS_MODEL = DIGITS_DIR / "digits.mnn"            # its float model
 DIGITS_TESTSET = DIGITS_DIR / "testset"             # its 16-sample test set
 
 
-def measured(model, testset_dir, pm, memory_mode="normal", decides="max_rel"):
+def measured(model, testset_dir, pm, memory_mode="normal"):
     """Every metric's error of ``model`` on ``testset_dir``, from a run of the file itself
-    (``decides``: the metric that must count an output)."""
+    (max_rel is the metric that must count an output)."""
     ts = load_testset(testset_dir)
     loaded = LoadedModel(model, ts.input_names, ts.output_names, memory_mode=memory_mode)
-    return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics(), decides).errors
+    return compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics(), "max_rel").errors
+
+
+def int8_layers(path):
+    """The names of the conv ops of ``path`` that run INT8 (quantized, no float weight), sorted."""
+    return sorted(op.name for op in read_conv_ops(path) if op.quant is not None and op.weight is None)

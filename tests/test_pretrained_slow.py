@@ -8,10 +8,8 @@ import json
 import pytest
 
 from benchmarks.pretrained import prepare
+from common import measured
 from mnnq.cli import main
-from mnnq.measure import compare
-from mnnq.mnn_backend.runtime import LoadedModel
-from mnnq.testset import load_testset
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +23,6 @@ def test_default_flags_meet_the_rate_on_the_written_model(tmp_path, name, pm):
                  "--test_dir", str(model.testset), "--report-json", str(report)])
     assert code == 0
     data = json.loads(report.read_text())
-    ts = load_testset(model.testset)
-    loaded = LoadedModel(q, ts.input_names, ts.output_names, memory_mode=data["memory_mode"])
-    errors = compare(ts, [loaded.run(s.inputs) for s in ts.samples], pm.metrics(), "max_rel").errors
+    errors = measured(q, model.testset, pm, data["memory_mode"])
     assert errors["max_rel"] <= 0.05
     assert data["size_after_bytes"] < 0.5 * data["size_before_bytes"]

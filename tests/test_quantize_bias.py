@@ -10,6 +10,7 @@ from mnnq.cli import main
 from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.quantize import bias
 from mnnq.quantize import calibrate as cal
+from mnnq.testing import write_calibration_config
 from mnnq.testing.models import OnnxGraph, export_and_convert, write_multi_testdir
 
 
@@ -28,6 +29,15 @@ def conv2d(x, w, stride, pads, group):
                 patch = xp[g * icg:(g + 1) * icg, a:a + (ho - 1) * stride + 1:stride, b:b + (wo - 1) * stride + 1:stride]
                 out[oc] += np.tensordot(w[oc, :, a, b], patch, axes=1)
     return out[None]
+
+
+def calibration_config(folder, shape, seed, count, shift):
+    """``count`` samples of input x (standard normal + ``shift``, from ``seed``) as test dirs in
+    ``folder/calib``, and the sequence config calibrating on them (``folder/cfg.json``)."""
+    rng = np.random.default_rng(seed)
+    feeds = [{"x": (rng.standard_normal(shape) + shift).astype(np.float32)} for _ in range(count)]
+    write_multi_testdir(folder / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
+    return write_calibration_config(folder / "cfg.json", folder / "calib")
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +73,11 @@ def test_tap_means_give_the_mean_shift_of_a_weight_change(strided):
 
 
 def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
-    rng = np.random.default_rng(2)
-    feeds = [{"x": (rng.standard_normal((1, 4, 9, 7)) + 0.5).astype(np.float32)} for _ in range(8)]
-    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
-    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    cfg = calibration_config(tmp_path, (1, 4, 9, 7), seed=2, count=8, shift=0.5)
     runs = {}
     for on, flag in ((False, ["--bias-correction", "off"]), (True, ["--bias-correction"])):
         out = tmp_path / f"q{int(on)}.mnn"
-        assert main(["quantize", str(strided["model"]), str(out), str(tmp_path / "cfg.json"), *flag]) == 0
+        assert main(["quantize", str(strided["model"]), str(out), str(cfg), *flag]) == 0
         runs[on] = (out, capsys.readouterr().out)
     assert "bias correction: 3 layer biases corrected" in runs[True][1]
     assert "bias correction" not in runs[False][1]
@@ -85,11 +92,7 @@ def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
 def test_auto_keeps_the_biases_that_measure_better(strided, tmp_path, capsys):
     """The model has a depthwise conv: auto measures the INT8 model with and without corrected
     biases and keeps the better one; the written file is that one, byte for byte."""
-    rng = np.random.default_rng(5)
-    feeds = [{"x": (rng.standard_normal((1, 4, 9, 7)) + 0.5).astype(np.float32)} for _ in range(8)]
-    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
+    cfg = calibration_config(tmp_path, (1, 4, 9, 7), seed=5, count=8, shift=0.5)
     outputs = {}
     for mode in ("auto", "on", "off"):
         out = tmp_path / f"{mode}.mnn"
@@ -112,11 +115,8 @@ def test_auto_skips_models_without_depthwise_convs(tmp_path, capsys):
     g.node("Identity", [g.conv(h, "c2", 4, 2, 1)], "y")
     g.output("y", [1, 2, 6, 6])
     model = export_and_convert(g, tmp_path, "plain")
-    rng = np.random.default_rng(6)
-    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
-    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
-    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
-    assert main(["quantize", str(model), str(tmp_path / "q.mnn"), str(tmp_path / "cfg.json")]) == 0
+    cfg = calibration_config(tmp_path, (1, 3, 8, 8), seed=6, count=4, shift=0.0)
+    assert main(["quantize", str(model), str(tmp_path / "q.mnn"), str(cfg)]) == 0
     assert "bias correction" not in capsys.readouterr().out
 
 

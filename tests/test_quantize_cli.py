@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from mnnq.cli import main
-from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel
-from common import DIGITS_MODEL
+from common import DIGITS_MODEL, int8_layers
 
 
 # Held-out output cosine vs float, measured with MNN 3.6.1 (x86-64): digits KL / ADMM 0.9992-0.9993
@@ -73,10 +72,6 @@ def heldout_cosine(float_mnn, quant_mnn, feeds_list):
             worst = min(worst, float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
         cos.append(worst)
     return float(np.mean(cos)), float(np.min(cos))
-
-
-def int8_layers(path):
-    return sorted(op.name for op in read_conv_ops(path) if op.quant is not None and op.weight is None)
 
 
 @pytest.mark.parametrize("weight", ["MAX_ABS", "ADMM"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mnnq.cli import main
-from mnnq.mnn_backend.inventory import read_conv_ops
+from common import int8_layers
 
 RATE = 0.003          # cosine: this chain's all-INT8 error is ~0.05; it needs about six layers float
 OUTLIER_LAYERS = (1, 4, 6)
@@ -24,6 +24,7 @@ def chain(tmp_path_factory):
     channel 30x larger than the rest, so per-tensor INT8 params lose the other channels of that
     tensor -- which only goes away when the conv and the next one are both float. 16 random
     calibration samples as test dirs."""
+    from mnnq.testing import write_calibration_config
     from mnnq.testing.models import OnnxGraph, export_and_convert, reference_outputs, write_multi_testdir
 
     root = tmp_path_factory.mktemp("qchain")
@@ -41,9 +42,7 @@ def chain(tmp_path_factory):
     data = np.random.default_rng(3)
     feeds = [{"x": data.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(16)]
     write_multi_testdir(root / "calib", [(f, reference_outputs(model, f)) for f in feeds])
-    cfg = root / "cfg.json"
-    cfg.write_text(json.dumps({"path": str(root / "calib"), "input_type": "sequence"}))
-    return {"model": model, "config": cfg}
+    return {"model": model, "config": write_calibration_config(root / "cfg.json", root / "calib")}
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +83,6 @@ def old_order_float_layers(chain, work: Path) -> list:
     return keep
 
 
-def int8_layers(path: Path) -> set:
-    return {op.name for op in read_conv_ops(path) if op.quant is not None and op.weight is None}
-
-
 def test_keeps_no_more_layers_float_than_the_old_order(chain, fallback_run, tmp_path):
     doc = fallback_run["doc"]
     assert fallback_run["rc"] == 0 and doc["status"] == "MET" and doc["errors"]["cosine"] <= RATE
@@ -109,7 +104,7 @@ def test_the_curve_in_the_report_is_the_written_model(fallback_run):
     chosen = chosen[0]
     kept = {l["name"] for l in doc["layers"] if l["status"] == "float"}
     assert set(chosen["float"]) == kept and chosen["layers_int8"] == doc["layers_int8"] == 9 - len(kept)
-    assert int8_layers(out) == {l["name"] for l in doc["layers"]} - kept
+    assert set(int8_layers(out)) == {l["name"] for l in doc["layers"]} - kept
     assert chosen["errors"] == doc["errors"] and chosen["output_cosine"] == doc["output_cosine"]
     assert chosen["complete"] and chosen["samples"] == doc["measured_samples"] == 16
     for p in points:

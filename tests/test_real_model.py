@@ -32,7 +32,8 @@ def yolo_onnx() -> Path:
 
 
 def photos(folder: Path) -> Path:
-    """Eight 320-ish views of scikit-learn's two bundled photos (whole, crops, mirrored)."""
+    """Eight views of scikit-learn's two bundled 427x640 photos: whole, left and right halves
+    (427x320), and turned 180 degrees."""
     import cv2
     import sklearn.datasets
 

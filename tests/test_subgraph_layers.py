@@ -17,11 +17,10 @@ from mnnq.testset import load_testset
 from mnnq.weightquant import qdq_max_abs
 
 
-@pytest.fixture(scope="module")
-def lstm(tmp_path_factory):
-    from mnnq.testing import tiny_model
-
-    return tiny_model(tmp_path_factory.mktemp("lstm"), "lstm")
+@pytest.fixture
+def lstm(tiny_model):
+    """The session's shared LSTM tiny model (built once by mnnq's ``tiny_model`` fixture)."""
+    return tiny_model("lstm")
 
 
 def test_same_named_convs_in_two_subgraphs_are_two_layers(lstm, tmp_path):
