@@ -140,12 +140,11 @@ def shuffled(tmp_path_factory):
 def test_corrected_biases_read_each_layer_input_itself(shuffled, tmp_path):
     """The biases written with --bias-correction are those of the per-tap means of each layer's
     own input (the shuffled tensor for the depthwise conv), measured directly."""
-    rng = np.random.default_rng(8)
+    cfg = calibration_config(tmp_path, (1, 4, 8, 8), seed=8, count=6, shift=0.5)
+    rng = np.random.default_rng(8)   # the same inputs again, for the direct measurement
     feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) + 0.5).astype(np.float32)} for _ in range(6)]
-    write_multi_testdir(tmp_path / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
-    (tmp_path / "cfg.json").write_text(json.dumps({"path": str(tmp_path / "calib"), "input_type": "sequence"}))
     out = tmp_path / "q.mnn"
-    assert main(["quantize", str(shuffled), str(out), str(tmp_path / "cfg.json"), "--bias-correction"]) == 0
+    assert main(["quantize", str(shuffled), str(out), str(cfg), "--bias-correction"]) == 0
     layers, _ = cal.find_layers(shuffled)
     runner = cal.TensorRunner(shuffled, ["x"], ["y"], cal.layer_tensors(layers))
     stats = bias.TapMeans(layers)
