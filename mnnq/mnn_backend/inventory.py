@@ -11,9 +11,10 @@ float weight and bias, and for a weight-quantized file the ``IDSTQuan`` paramete
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -173,22 +174,49 @@ def _read_quant(buf: _Buf, table: int) -> QuantParam:
     )
 
 
+@dataclass(frozen=True)
+class ModelGraph:
+    """One graph of an MNN file: the main graph (``name`` "") or a subgraph (a While loop's
+    body, ...; ``"?"`` when unnamed), its op tables, and where its tensor names are."""
+
+    name: str
+    ops: List[int]       # positions of its Op tables
+    table: int           # its Net or SubGraph table
+    names_slot: int      # the slot of its tensor names in that table
+
+    def tensor_names(self, buf: _Buf) -> List[str]:
+        return buf.strings(self.table, self.names_slot)
+
+
+def model_graphs(buf: _Buf, subgraphs: bool = True) -> List[ModelGraph]:
+    """The main graph of ``buf``, then (with ``subgraphs``) every subgraph, in file order."""
+    net = buf.root()
+    graphs = [ModelGraph("", buf.tables(net, _NET_OPLISTS), net, _NET_TENSOR_NAME)]
+    if subgraphs:
+        graphs += [ModelGraph(buf.string(sub, _SUB_NAME) or "?", buf.tables(sub, _SUB_NODES), sub, _SUB_TENSORS)
+                   for sub in buf.tables(net, _NET_SUBGRAPHS)]
+    return graphs
+
+
+@contextmanager
+def reading_model(path: Path, what: str = "the inventory can read") -> Iterator[_Buf]:
+    """The flatbuffer of the model at ``path``; a file that cannot be read as one (a struct,
+    index or value error inside the block) is a :class:`BadInput` naming it and ``what``."""
+    path = Path(path)
+    buf = _Buf.read(path)
+    try:
+        yield buf
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BadInput(f"{path} is not an MNN model {what} ({exc})") from None
+
+
 def read_conv_ops(path: Path, subgraphs: bool = False) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
     the main graph of ``path``, in file order; with ``subgraphs``, then those of every subgraph
     (an ONNX LSTM becomes a While loop whose body holds convs), ``graph`` naming theirs."""
-    path = Path(path)
-    buf = _Buf.read(path)
-    try:
-        net = buf.root()
-        ops = _graph_conv_ops(buf, buf.tables(net, _NET_OPLISTS), buf.strings(net, _NET_TENSOR_NAME), "")
-        if subgraphs:
-            for sub in buf.tables(net, _NET_SUBGRAPHS):
-                ops += _graph_conv_ops(buf, buf.tables(sub, _SUB_NODES), buf.strings(sub, _SUB_TENSORS),
-                                       buf.string(sub, _SUB_NAME) or "?")
-    except (struct.error, IndexError, ValueError) as exc:
-        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
-    return ops
+    with reading_model(path) as buf:
+        return [op for graph in model_graphs(buf, subgraphs)
+                for op in _graph_conv_ops(buf, graph.ops, graph.tensor_names(buf), graph.name)]
 
 
 def _graph_conv_ops(buf, tables, names: List[str], graph: str) -> List[ConvOp]:
@@ -232,12 +260,11 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
     """Output tensor name -> ``"max_pool"``, ``"avg_pool"`` or ``"relu_binary"`` (a BinaryOp
     with a fused ReLU) for the ops of the main graph of ``path`` whose INT8 kernels need care
     (see :mod:`mnnq.quantize.propagation`)."""
-    buf = _Buf.read(Path(path))
     facts: Dict[str, str] = {}
-    try:
-        net = buf.root()
-        names = buf.strings(net, _NET_TENSOR_NAME)
-        for op in buf.tables(net, _NET_OPLISTS):
+    with reading_model(path) as buf:
+        [graph] = model_graphs(buf, subgraphs=False)
+        names = graph.tensor_names(buf)
+        for op in graph.ops:
             op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
             main = buf.indirect(op, _OP_MAIN)
             if op_type in (OP_POOLING, OP_POOLING3D):
@@ -250,9 +277,8 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
                 continue
             outs = buf.vector(op, _OP_OUTPUTS, "<i4")
             for i in (outs if outs is not None else ()):
-                facts[names[int(i)]] = fact
-    except (struct.error, IndexError, ValueError) as exc:
-        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
+                if 0 <= i < len(names):
+                    facts[names[int(i)]] = fact
     return facts
 
 
