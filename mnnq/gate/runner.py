@@ -232,7 +232,7 @@ def _layer_samples(testset, metric: Metric) -> List[int]:
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
     from mnnq.mnn_backend import child_run
-    from mnnq.mnn_backend.native import Limits, exit_text, output_tail, run_python
+    from mnnq.mnn_backend.native import Limits, crashed, exit_text, output_tail, run_python
 
     try:
         proc = run_python(["-m", child_run.__name__, str(work / "request.json")], "the gate's child",
@@ -243,7 +243,7 @@ def _run_child(work: Path, timeout: Optional[float]) -> str:
     if code in (0, child_run.EXIT_REPORTED):
         return ""
     # the same words as every other native child's failure (native.exit_text)
-    what = f"crashed ({exit_text(code)})" if code < 0 else f"exited with {exit_text(code)}"
+    what = f"crashed ({exit_text(code)})" if crashed(code) else f"exited with {exit_text(code)}"
     tail = output_tail(proc.stdout.decode("utf-8", "replace"), CHILD_TAIL_LINES)
     if tail:
         what += " after printing: " + " | ".join(tail.splitlines())
