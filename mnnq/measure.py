@@ -161,3 +161,13 @@ def informative_samples(testset: TestSet, metric: Metric) -> List[int]:
         if ranges:
             scored.append((-max(ranges), index))
     return [index for _, index in sorted(scored)]
+
+
+def informative_subset(testset: TestSet, metric: Metric, k: int,
+                       ranked: Optional[Sequence[int]] = None) -> List[int]:
+    """Up to ``k`` sample indices in test-set order: the ``k`` most informative samples
+    ``metric`` counts (``ranked``, or :func:`informative_samples`), or the first ``k`` samples
+    when it counts none."""
+    if ranked is None:
+        ranked = informative_samples(testset, metric)
+    return sorted(ranked[:k]) or list(range(min(k, len(testset.samples))))
