@@ -69,7 +69,7 @@ def sim(tmp_path_factory):
     convert(onnx_path, float_mnn, "ONNX")
     template = params_template(float_mnn)
     ops = read_conv_ops(float_mnn)
-    layers = layers_from_template(template, None, ops)
+    layers = layers_from_template(template, ops=ops)
     models = {mode: SwappableModel.load(float_mnn, layers, ["x"], OUTPUTS, work / mode, mode=mode)
               for mode in ("patch", "module", "module-fast")}
     x = {"x": np.random.default_rng(0).standard_normal(ONNX_INPUT).astype(np.float32)}

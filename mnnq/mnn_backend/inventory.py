@@ -14,7 +14,7 @@ import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -346,42 +346,12 @@ def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
-def _kind_and_shape(name: str, ic: int, oc: int, op: Optional[ConvOp],
-                    swappable_weights: Optional[Mapping[str, np.ndarray]]) -> Tuple[str, Tuple[int, ...]]:
-    """A template layer's kind and weight shape: from its op when known, else inferred (see
-    :func:`layers_from_template`); a swappable weight of another shape is a BadInput."""
-    shape: Tuple[int, ...] = ()
-    if op is not None:
-        kind = op.kind
-        shape = op.converter_shape()
-    else:
-        if swappable_weights is not None and name in swappable_weights:
-            shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
-        if name.endswith(MATMUL_SUFFIX):
-            kind = "matmul"
-        elif shape and shape[1] == 1 and ic == oc and ic > 1:
-            kind = "depthwise"
-        else:
-            kind = "conv"
-    if swappable_weights is not None and name in swappable_weights and shape:
-        have = tuple(int(d) for d in np.shape(swappable_weights[name]))
-        if have != tuple(shape):
-            raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
-    return kind, tuple(shape)
-
-
-def layers_from_template(
-    template: Mapping,
-    swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
-    ops: Optional[Union[Sequence[ConvOp], Mapping[str, ConvOp]]] = None,
-) -> List[Layer]:
+def layers_from_template(template: Mapping, ops: Optional[Sequence[ConvOp]] = None) -> List[Layer]:
     """The converter template's layers as :class:`Layer` records.
 
-    ``swappable_weights`` (``SwappableModel.weights``) fills ``weight_shape``; ``ops``
-    (``read_conv_ops(float_mnn)`` or ``SwappableModel.ops``) gives exact kinds and shapes.
-    Without ``ops`` the kind is inferred: ``__matmul_converted`` names are ``matmul``, a weight
-    with one input channel per group and ``in_channels == out_channels > 1`` is ``depthwise``,
-    anything else ``conv`` (a deconvolution cannot be told apart without ``ops``).
+    ``ops`` (``read_conv_ops(float_mnn, subgraphs=True)``) gives exact kinds and weight shapes.
+    A layer none of them is (or without ``ops``) gets its kind from its name (``matmul`` for
+    ``__matmul_converted`` names, else ``conv``) and an empty ``weight_shape``.
     ``weight_shape`` is the converter's quantization view ``(oc, kernelSize/kxky, kY, kX)``
     (for a deconvolution that is the stored ``[in, out, kh, kw]`` array re-viewed, not its
     semantic layout); the quantization blocks run along its second axis.
@@ -389,12 +359,7 @@ def layers_from_template(
     Entries for convs whose weights are graph inputs (the template lists them with
     ``outputChannel`` -1; the converter skips them) are left out.
     """
-    if ops is None:
-        by_name: Dict[str, ConvOp] = {}
-    elif isinstance(ops, Mapping):
-        by_name = dict(ops)
-    else:
-        by_name = {op.key: op for op in ops}
+    by_name: Dict[str, ConvOp] = {op.key: op for op in ops or ()}
     layers: List[Layer] = []
     seen = set()
     for entry in template_layers(template):
@@ -411,7 +376,9 @@ def layers_from_template(
             continue
         ks = conv.get("kernelSize", [1, 1]) or [1, 1]
         kernel = (int(ks[0]), int(ks[1]) if len(ks) > 1 else int(ks[0]))
-        kind, shape = _kind_and_shape(name, ic, oc, op, swappable_weights)
-        layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel,
-                            weight_shape=tuple(shape)))
+        if op is not None:
+            kind, shape = op.kind, tuple(op.converter_shape())
+        else:
+            kind, shape = ("matmul" if name.endswith(MATMUL_SUFFIX) else "conv"), ()
+        layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel, weight_shape=shape))
     return layers
