@@ -262,6 +262,16 @@ def test_unknown_layer_is_refused(sim, tmp_path):
         SwappableModel.load(sim["float_mnn"], [bogus], ["x"], OUTPUTS, tmp_path, prepare="none")
 
 
+@pytest.mark.parametrize("mode, where", [("patch", "float.mnn"), ("module", "the main graph of float.mnn")])
+def test_unknown_layer_message_names_the_graphs_searched(sim, tmp_path, mode, where):
+    """The patch backend reads the subgraphs too: its message does not say 'main graph'."""
+    from mnnq.mnn_backend.swap import SwappableModel
+
+    bogus = Layer(name="not_a_conv", kind="conv", in_channels=3, out_channels=3, kernel=(1, 1))
+    with pytest.raises(MnnqError, match=f"layer not_a_conv is not a conv op of {where};"):
+        SwappableModel.load(sim["float_mnn"], [bogus], ["x"], OUTPUTS, tmp_path, prepare="none", mode=mode)
+
+
 def test_c_round_and_block_rule():
     x = np.array([0.5, -0.5, 1.5, 2.5, -2.5, 0.49999997, -3.5], np.float32)
     np.testing.assert_array_equal(wq.c_round(x), [1, -1, 2, 3, -3, 0, -4])
