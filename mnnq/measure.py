@@ -103,32 +103,29 @@ class Comparison:
                                f"but the model's output '{oname}' has {out.size}; regenerate the test set")
             if out.size != ref.size or not np.all(np.isfinite(out)):
                 self.nonfinite.append(f"{sample.name}/{oname}")
-                self.details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))), float("inf"),
-                                                {m: float("inf") for m in metrics}))
-                for m in metrics:
-                    self.worst[m] = float("inf")
-                    self.counted[m] += 1
+                self._record(OutputError(sample.name, oname, float(np.max(np.abs(ref))), float("inf"),
+                                         {m: float("inf") for m in metrics}))
                 continue
-            values: Dict[str, Optional[float]] = {}
-            for mname, metric in metrics.items():
-                v = metric.per_output(ref, out)
-                values[mname] = v
-                if v is not None:
-                    self.counted[mname] += 1
-                    self.worst[mname] = max(self.worst[mname], float(v))
-            self.details.append(OutputError(sample.name, oname, float(np.max(np.abs(ref))),
-                                            float(np.max(np.abs(out - ref))), values))
+            values = {mname: metric.per_output(ref, out) for mname, metric in metrics.items()}
+            self._record(OutputError(sample.name, oname, float(np.max(np.abs(ref))),
+                                     float(np.max(np.abs(out - ref))), values))
 
     def add_recorded(self, rows: Sequence[OutputError], nonfinite: Sequence[str]) -> None:
-        """Add one sample's comparison as :meth:`add` recorded it earlier (``details`` and
-        ``nonfinite`` entries it appended): the same outcome without running the model again."""
+        """Add one sample's comparison as :meth:`add` recorded it earlier, over the same
+        metrics (``details`` and ``nonfinite`` entries it appended): the same outcome without
+        running the model again."""
         for row in rows:
-            self.details.append(row)
-            for mname, v in row.values.items():
-                if v is not None and mname in self.worst:
-                    self.counted[mname] += 1
-                    self.worst[mname] = max(self.worst[mname], float(v))
+            self._record(row)
         self.nonfinite.extend(nonfinite)
+
+    def _record(self, row: OutputError) -> None:
+        """One output's errors (``row.values``: one per metric of this comparison, ``None``
+        where the metric skips the output) into the details, counts and maxima."""
+        self.details.append(row)
+        for mname, v in row.values.items():
+            if v is not None:
+                self.counted[mname] += 1
+                self.worst[mname] = max(self.worst[mname], float(v))
 
     def result(self, testset: TestSet, complete: bool = True) -> Measurement:
         """The measurement so far. ``complete``: every sample was added; the deciding metric
@@ -164,3 +161,13 @@ def informative_samples(testset: TestSet, metric: Metric) -> List[int]:
         if ranges:
             scored.append((-max(ranges), index))
     return [index for _, index in sorted(scored)]
+
+
+def informative_subset(testset: TestSet, metric: Metric, k: int,
+                       ranked: Optional[Sequence[int]] = None) -> List[int]:
+    """Up to ``k`` sample indices in test-set order: the ``k`` most informative samples
+    ``metric`` counts (``ranked``, or :func:`informative_samples`), or the first ``k`` samples
+    when it counts none."""
+    if ranked is None:
+        ranked = informative_samples(testset, metric)
+    return sorted(ranked[:k]) or list(range(min(k, len(testset.samples))))

@@ -1,6 +1,9 @@
 """Terminal and JSON reports for auto-quant and apply."""
 from __future__ import annotations
 
+import html
+from typing import List
+
 from rich.console import Console
 from rich.table import Table
 
@@ -147,9 +150,28 @@ def print_tradeoff(data: dict, out: str, console: Console) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
+# The plot area's distance from the edges of a report SVG: left, right, top, bottom (pixels).
+SVG_MARGINS = (70, 20, 40, 50)
+
+
+def svg_frame(width: int, height: int, title: str, x_label: str, y_label: str) -> List[str]:
+    """The opening lines of a report plot (SVG): the ``<svg>`` element, the title, both axes
+    (inside :data:`SVG_MARGINS`) and their labels; the texts are escaped here."""
+    left, right, top, bottom = SVG_MARGINS
+    middle = (top + height - bottom) / 2
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+            'font-size="12">',
+            f'<text x="{left}" y="20" font-size="14">{html.escape(title)}</text>',
+            f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+            f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">{html.escape(x_label)}</text>',
+            f'<text x="16" y="{middle}" transform="rotate(-90 16 {middle})" text-anchor="middle">'
+            f'{html.escape(y_label)}</text>']
+
+
 def tradeoff_svg(data: dict, width: int = 560, height: int = 360) -> str:
     """Size of the written model against its measured error, one point per rate (SVG)."""
-    left, right, top, bottom = 70, 20, 40, 50
+    left, right, top, bottom = SVG_MARGINS
     points = sorted(data["points"], key=lambda p: p["error"])
     errors = [p["error"] for p in points] + [p["rate"] for p in points]
     sizes = [p["size_ratio"] for p in points]
@@ -162,15 +184,8 @@ def tradeoff_svg(data: dict, width: int = 560, height: int = 360) -> str:
     def y(v: float) -> float:
         return height - bottom - (height - top - bottom) * v / y_max
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             'font-size="12">',
-             f'<text x="{left}" y="20" font-size="14">size against {_esc(data["metric"])}: {_esc(data["model"])}</text>',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-             f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">'
-             f'{_esc(data["metric"])} of the written model</text>',
-             f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})"'
-             ' text-anchor="middle">size / float size</text>']
+    parts = svg_frame(width, height, f"size against {data['metric']}: {data['model']}",
+                      f"{data['metric']} of the written model", "size / float size")
     for i in range(5):
         xv, yv = x_max * i / 4, y_max * i / 4
         parts.append(f'<text x="{x(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv:.3g}</text>')
@@ -187,7 +202,3 @@ def tradeoff_svg(data: dict, width: int = 560, height: int = 360) -> str:
                      f'{p["size_ratio"]:.2f}x</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

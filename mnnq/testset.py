@@ -52,6 +52,12 @@ class TestSet:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def outside_float32(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` is not a finite float32: NaN, Inf, or beyond :data:`FLOAT32_MAX` (a
+    boolean mask of the same shape)."""
+    return ~(np.abs(values) <= FLOAT32_MAX)  # NaN fails the comparison too
+
+
 def token_line(text: str, index: int) -> int:
     """The 1-based line number of the ``index``-th whitespace-separated token of ``text``."""
     seen = 0
@@ -78,7 +84,7 @@ def read_values(path: Path, what: str) -> np.ndarray:
         raise BadInput(f"{what} file {path} holds a non-number ({exc}); write one number per value") from None
     if values.size == 0:
         raise BadInput(f"{what} file {path} is empty")
-    bad = np.flatnonzero(~(np.abs(values) <= FLOAT32_MAX))  # NaN fails the comparison too
+    bad = np.flatnonzero(outside_float32(values))
     if bad.size:
         index = int(bad[0])
         line = token_line(text, index)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mnnq.autoquant.samples import QUICK_SAMPLES, QuickSamples
-from mnnq.measure import informative_samples
+from mnnq.measure import informative_samples, informative_subset
 from mnnq.plugin_manager import get_plugin_manager
 from mnnq.testing import (
     OnnxGraph,
@@ -169,6 +169,18 @@ def test_quick_subset_skips_samples_the_metric_cannot_count(homogeneous):
     # cosine counts every sample: the largest reference ranges win, ties by order
     assert [s.name for s in QuickSamples(testset, metrics["cosine"], "cosine").view.samples] == \
         sorted(testset.samples[i].name for i in np.argsort(-np.array(max_ref), kind="stable")[:QUICK_SAMPLES])
+
+
+def test_informative_subset_is_in_test_set_order_and_falls_back_to_the_first(homogeneous):
+    """The quick samples' and the gate's per-layer samples' choice (measure.informative_subset)."""
+    model, root = homogeneous
+    metric = get_plugin_manager().metrics()["max_rel"]
+    testset = load_testset(scaled_testset(model, root / "subset", [1e-4, 1e-4, 0.5, 1e-4, 1.0, 0.8]))
+    assert informative_subset(testset, metric, 2) == [4, 5]
+    assert informative_subset(testset, metric, 9) == [2, 4, 5]
+    assert informative_subset(testset, metric, 2, ranked=[3, 1, 0]) == [1, 3]
+    blind = load_testset(scaled_testset(model, root / "blind", [1e-4, 1e-4, 1e-4]))
+    assert informative_subset(blind, metric, 2) == [0, 1] and informative_subset(blind, metric, 4) == [0, 1, 2]
 
 
 def test_auto_quant_succeeds_when_only_the_first_samples_are_blind(homogeneous, tmp_path):

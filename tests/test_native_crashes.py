@@ -204,3 +204,20 @@ def test_a_file_the_runtime_crashes_on_never_reaches_this_process(convnet, tmp_p
     assert "MNN runtime crashed (killed by SIGSEGV)" in line and "bad.mnn" in line
     assert spy.events == [], "nothing may be validated or loaded in-process"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mnn"]
+
+
+@pytest.mark.parametrize("code, what", [(-11, "crashed (killed by SIGSEGV)"), (139, "crashed (killed by SIGSEGV)"),
+                                        (137, "crashed (killed by SIGKILL)"), (1, "exited with exit status 1"),
+                                        (128, "exited with exit status 128")])
+def test_gate_child_exit_codes_read_as_every_native_child(tmp_path, monkeypatch, code, what):
+    """The gate's child is 'crashed' exactly when native.crashed says so (codes above 128 are
+    signals, as exit_text reads them)."""
+    import subprocess
+
+    from mnnq.gate import runner
+    from mnnq.mnn_backend import native
+
+    assert native.crashed(code) == what.startswith("crashed")
+    assert native.NativeRun("t", [], code, "").crashed == native.crashed(code)
+    monkeypatch.setattr(native, "run_python", lambda *a, **k: subprocess.CompletedProcess([], code, b"", b""))
+    assert runner._run_child(tmp_path, None) == what

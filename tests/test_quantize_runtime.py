@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mnnq.cli import main
+from mnnq.measure import cosine_similarity
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.quantize import calibrate as cal
 from mnnq.quantize import propagation as prop
@@ -65,8 +66,7 @@ class Probe:
         dst = self.folder / name
         write_int8(self.model, dst, build_params(self.layers, acts, self.weights, C), [])
         got = LoadedModel(dst, ["x"], ["y"])
-        cos = [float(np.dot(r.ravel(), got.run(f)["y"].ravel()) / np.linalg.norm(r) / np.linalg.norm(got.run(f)["y"]))
-               for r, f in zip(self.ref, self.feeds)]
+        cos = [cosine_similarity(r, got.run(f)["y"]) for r, f in zip(self.ref, self.feeds)]
         return float(np.mean(cos)), int8_op_types(dst)
 
 

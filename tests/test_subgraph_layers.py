@@ -72,3 +72,36 @@ def test_auto_quant_searches_the_loop_bodies_in_process(lstm, tmp_path, pm):
     code, out, err = run_cli(["apply", lstm.model, rebuilt, "--params", str(q) + ".json"])
     assert code == 0, out + err
     assert rebuilt.read_bytes() == q.read_bytes()
+
+
+def test_module_parameters_are_matched_by_layer_name():
+    """The module backend matches its parameters to ops by layer name (``<subgraph>::<op>``),
+    the name its layers carry: two same-named ops in two subgraphs are two layers."""
+    from types import SimpleNamespace
+
+    from mnnq.layers import Layer
+    from mnnq.mnn_backend.inventory import OP_CONVOLUTION, ConvOp
+
+    common = {"kernelX": 1, "kernelY": 1, "outputCount": 2, "inputCount": 2, "group": 1}
+    ops = [ConvOp(index=0, name="Convolution23", op_type=OP_CONVOLUTION, common=common, pads=(), out_pads=(),
+                  inputs=["a"], outputs=["b"], weight=np.random.default_rng(seed).standard_normal(4).astype(np.float32),
+                  bias=np.zeros(2, np.float32), graph=graph)
+           for seed, graph in enumerate(["lstm0_main0", "lstm1_main0"])]
+
+    class Param:
+        def __init__(self, value):
+            self.value = value
+
+        def read(self):
+            return self.value
+
+    model = SwappableModel()
+    # parameters come in reverse execution order, weights then biases
+    model._module = SimpleNamespace(parameters=[Param(op.weight.reshape(2, 2, 1, 1)) for op in reversed(ops)]
+                                    + [Param(op.bias) for op in ops])
+    model.ops = {op.key: op for op in ops}
+    model.weights = {op.key: op.weight.reshape(op.converter_shape()) for op in ops}
+    layers = [Layer(name=op.key, kind="conv", in_channels=2, out_channels=2, kernel=(1, 1)) for op in ops]
+    model._map_parameters(ops, layers)
+    assert model._weight_index == {"lstm1_main0::Convolution23": 0, "lstm0_main0::Convolution23": 1}
+    assert model.other_parameters == []

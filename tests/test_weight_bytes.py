@@ -188,3 +188,26 @@ def test_fp16_auto_halves_the_shared_weights_when_they_dominate(shared, tmp_path
     assert row["dtype"] == "float16" and row["bytes"] == shared_bytes(HIDDEN) // 2
     assert any("stored as fp16" in n for n in data["notes"])
     assert q.stat().st_size < shared["q"].stat().st_size
+
+
+def test_kept_float_reason_reaches_layers_inside_subgraphs(tmp_path, tiny_model):
+    """Reasons are keyed by layer name (``<subgraph>::<op>`` inside a loop body), as the engines
+    pass them; the two LSTM bodies hold convs of the same op name."""
+    from mnnq.mnn_backend.converter import params_template, weight_quantize
+    from mnnq.mnn_backend.inventory import read_conv_ops
+    from mnnq.params import with_settings
+    from mnnq.plugin import LayerSetting
+
+    lstm = tiny_model("lstm")
+    ops = read_conv_ops(lstm.model, subgraphs=True)
+    kept = "lstm1_main0::Convolution23"
+    assert kept in {op.key for op in ops}
+    settings = {op.key: LayerSetting(0 if op.key == kept else 8) for op in ops}
+    out = tmp_path / "q.mnn"
+    weight_quantize(lstm.model, out, with_settings(params_template(lstm.model), settings, False),
+                    hqq=False, asymmetric=False)
+    account = wb.account_weights(out, {kept: wb.kept_float_reason("scale underflow")})
+    [row] = [f for f in account.float if f.reason.startswith(wb.KEPT_BY_MNNQ)]
+    assert (row.kind, row.ops, row.reason) == ("Convolution", 1, wb.kept_float_reason("scale underflow"))
+    assert not [f for f in account.float if f.reason == wb.FLOAT_CONV]
+    assert sum(q.ops for q in account.quantized) == len(ops) - 1

@@ -69,7 +69,7 @@ def sim(tmp_path_factory):
     convert(onnx_path, float_mnn, "ONNX")
     template = params_template(float_mnn)
     ops = read_conv_ops(float_mnn)
-    layers = layers_from_template(template, None, ops)
+    layers = layers_from_template(template, ops=ops)
     models = {mode: SwappableModel.load(float_mnn, layers, ["x"], OUTPUTS, work / mode, mode=mode)
               for mode in ("patch", "module", "module-fast")}
     x = {"x": np.random.default_rng(0).standard_normal(ONNX_INPUT).astype(np.float32)}
@@ -260,6 +260,16 @@ def test_unknown_layer_is_refused(sim, tmp_path):
     bogus = Layer(name="not_a_conv", kind="conv", in_channels=3, out_channels=3, kernel=(1, 1))
     with pytest.raises(MnnqError, match="not_a_conv"):
         SwappableModel.load(sim["float_mnn"], [bogus], ["x"], OUTPUTS, tmp_path, prepare="none")
+
+
+@pytest.mark.parametrize("mode, where", [("patch", "float.mnn"), ("module", "the main graph of float.mnn")])
+def test_unknown_layer_message_names_the_graphs_searched(sim, tmp_path, mode, where):
+    """The patch backend reads the subgraphs too: its message does not say 'main graph'."""
+    from mnnq.mnn_backend.swap import SwappableModel
+
+    bogus = Layer(name="not_a_conv", kind="conv", in_channels=3, out_channels=3, kernel=(1, 1))
+    with pytest.raises(MnnqError, match=f"layer not_a_conv is not a conv op of {where};"):
+        SwappableModel.load(sim["float_mnn"], [bogus], ["x"], OUTPUTS, tmp_path, prepare="none", mode=mode)
 
 
 def test_c_round_and_block_rule():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from mnnq.measure import Measurement, informative_samples
+from mnnq.measure import Measurement, informative_samples, informative_subset
 from mnnq.records import Metric
 from mnnq.testset import TestSet
 
@@ -35,8 +35,7 @@ class QuickSamples:
         self._counted = set(informative)
         self._informative = informative
         self._index = {sample.name: i for i, sample in enumerate(testset.samples)}
-        self.indices: List[int] = sorted(informative[:QUICK_SAMPLES]) or list(range(min(QUICK_SAMPLES,
-                                                                                      len(testset.samples))))
+        self.indices: List[int] = informative_subset(testset, metric, QUICK_SAMPLES, informative)
         self.view = self._view()
         self.worst: Optional[int] = None  # the sample with the largest error in the last whole-set run
         self.learning = True

@@ -19,7 +19,7 @@ import numpy as np
 
 from mnnq.errors import BadInput
 from mnnq.frontend.testdir_make import ABS_MAX_FLOOR, METADATA
-from mnnq.testset import FLOAT32_MAX, INPUT_JSON, input_file, output_file, token_line
+from mnnq.testset import INPUT_JSON, input_file, output_file, outside_float32, token_line
 
 
 @dataclass
@@ -156,8 +156,8 @@ def inspect(result: ShowResult, model: Optional[Path] = None) -> ShowResult:
             if not np.all(np.isfinite(t.values)):
                 bad = int(np.sum(~np.isfinite(t.values)))
                 problems.append(f"{where}: {bad} of {t.values.size} values are NaN or Inf")
-            elif np.any(np.abs(t.values) > FLOAT32_MAX):
-                over = np.flatnonzero(np.abs(t.values) > FLOAT32_MAX)
+            elif np.any(outside_float32(t.values)):
+                over = np.flatnonzero(outside_float32(t.values))
                 line = token_line(t.path.read_text(), int(over[0])) if t.path else "?"
                 problems.append(f"{where}: {over.size} of {t.values.size} values are beyond float32's range (first at "
                                 f"line {line}); MNN would read them as inf")

@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from mnnq.errors import MnnqError, NativeFailure
-from mnnq.measure import NOT_MEASURED, OutputError, compare, informative_samples
+from mnnq.measure import NOT_MEASURED, OutputError, compare, informative_subset
 from mnnq.records import Metric
 
 LAYER_SAMPLES = 4
@@ -169,8 +169,9 @@ def _run_in_child(target: GateTarget, model: Path, testset, metrics, tensors, ti
             "model": str(model.resolve()), "test_dir": str(Path(target.test_dir).resolve()),
             "testset": str(work / "testset"),  # already parsed here: the child reads the arrays, not the text
             "memory_mode": target.memory_mode,
-            # per-layer errors on the samples the gate's metric judges (a blind sample shows nothing)
-            "layer_samples": _layer_samples(testset, metrics[target.metric]),
+            # per-layer errors on the (up to LAYER_SAMPLES) most informative samples the gate's
+            # metric judges (a blind sample shows nothing)
+            "layer_samples": informative_subset(testset, metrics[target.metric], LAYER_SAMPLES) if tensors else [],
             "float_model": str(Path(target.float_model).resolve()) if tensors else None,
             "layer_tensors": [t for _, t, _ in tensors], **files,
         }
@@ -222,17 +223,10 @@ def _judge(target: GateTarget, testset, outputs, metrics, tensors, layer_runs, n
     return result
 
 
-def _layer_samples(testset, metric: Metric) -> List[int]:
-    """Up to LAYER_SAMPLES sample indices for per-layer errors: the most informative samples
-    ``metric`` counts (:func:`mnnq.measure.informative_samples`), in test-set order."""
-    counted = sorted(informative_samples(testset, metric)[:LAYER_SAMPLES])
-    return counted or list(range(min(LAYER_SAMPLES, len(testset.samples))))
-
-
 def _run_child(work: Path, timeout: Optional[float]) -> str:
     """Run the child; return '' when it exited normally, else what happened to it."""
     from mnnq.mnn_backend import child_run
-    from mnnq.mnn_backend.native import Limits, exit_text, output_tail, run_python
+    from mnnq.mnn_backend.native import Limits, crashed, exit_text, output_tail, run_python
 
     try:
         proc = run_python(["-m", child_run.__name__, str(work / "request.json")], "the gate's child",
@@ -243,7 +237,7 @@ def _run_child(work: Path, timeout: Optional[float]) -> str:
     if code in (0, child_run.EXIT_REPORTED):
         return ""
     # the same words as every other native child's failure (native.exit_text)
-    what = f"crashed ({exit_text(code)})" if code < 0 else f"exited with {exit_text(code)}"
+    what = f"crashed ({exit_text(code)})" if crashed(code) else f"exited with {exit_text(code)}"
     tail = output_tail(proc.stdout.decode("utf-8", "replace"), CHILD_TAIL_LINES)
     if tail:
         what += " after printing: " + " | ".join(tail.splitlines())

@@ -11,9 +11,10 @@ float weight and bias, and for a weight-quantized file the ``IDSTQuan`` paramete
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -173,22 +174,49 @@ def _read_quant(buf: _Buf, table: int) -> QuantParam:
     )
 
 
+@dataclass(frozen=True)
+class ModelGraph:
+    """One graph of an MNN file: the main graph (``name`` "") or a subgraph (a While loop's
+    body, ...; ``"?"`` when unnamed), its op tables, and where its tensor names are."""
+
+    name: str
+    ops: List[int]       # positions of its Op tables
+    table: int           # its Net or SubGraph table
+    names_slot: int      # the slot of its tensor names in that table
+
+    def tensor_names(self, buf: _Buf) -> List[str]:
+        return buf.strings(self.table, self.names_slot)
+
+
+def model_graphs(buf: _Buf, subgraphs: bool = True) -> List[ModelGraph]:
+    """The main graph of ``buf``, then (with ``subgraphs``) every subgraph, in file order."""
+    net = buf.root()
+    graphs = [ModelGraph("", buf.tables(net, _NET_OPLISTS), net, _NET_TENSOR_NAME)]
+    if subgraphs:
+        graphs += [ModelGraph(buf.string(sub, _SUB_NAME) or "?", buf.tables(sub, _SUB_NODES), sub, _SUB_TENSORS)
+                   for sub in buf.tables(net, _NET_SUBGRAPHS)]
+    return graphs
+
+
+@contextmanager
+def reading_model(path: Path, what: str = "the inventory can read") -> Iterator[_Buf]:
+    """The flatbuffer of the model at ``path``; a file that cannot be read as one (a struct,
+    index or value error inside the block) is a :class:`BadInput` naming it and ``what``."""
+    path = Path(path)
+    buf = _Buf.read(path)
+    try:
+        yield buf
+    except (struct.error, IndexError, ValueError) as exc:
+        raise BadInput(f"{path} is not an MNN model {what} ({exc})") from None
+
+
 def read_conv_ops(path: Path, subgraphs: bool = False) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
     the main graph of ``path``, in file order; with ``subgraphs``, then those of every subgraph
     (an ONNX LSTM becomes a While loop whose body holds convs), ``graph`` naming theirs."""
-    path = Path(path)
-    buf = _Buf.read(path)
-    try:
-        net = buf.root()
-        ops = _graph_conv_ops(buf, buf.tables(net, _NET_OPLISTS), buf.strings(net, _NET_TENSOR_NAME), "")
-        if subgraphs:
-            for sub in buf.tables(net, _NET_SUBGRAPHS):
-                ops += _graph_conv_ops(buf, buf.tables(sub, _SUB_NODES), buf.strings(sub, _SUB_TENSORS),
-                                       buf.string(sub, _SUB_NAME) or "?")
-    except (struct.error, IndexError, ValueError) as exc:
-        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
-    return ops
+    with reading_model(path) as buf:
+        return [op for graph in model_graphs(buf, subgraphs)
+                for op in _graph_conv_ops(buf, graph.ops, graph.tensor_names(buf), graph.name)]
 
 
 def _graph_conv_ops(buf, tables, names: List[str], graph: str) -> List[ConvOp]:
@@ -232,12 +260,11 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
     """Output tensor name -> ``"max_pool"``, ``"avg_pool"`` or ``"relu_binary"`` (a BinaryOp
     with a fused ReLU) for the ops of the main graph of ``path`` whose INT8 kernels need care
     (see :mod:`mnnq.quantize.propagation`)."""
-    buf = _Buf.read(Path(path))
     facts: Dict[str, str] = {}
-    try:
-        net = buf.root()
-        names = buf.strings(net, _NET_TENSOR_NAME)
-        for op in buf.tables(net, _NET_OPLISTS):
+    with reading_model(path) as buf:
+        [graph] = model_graphs(buf, subgraphs=False)
+        names = graph.tensor_names(buf)
+        for op in graph.ops:
             op_type = buf.scalar(op, _OP_TYPE, "<i", 0)
             main = buf.indirect(op, _OP_MAIN)
             if op_type in (OP_POOLING, OP_POOLING3D):
@@ -250,9 +277,8 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
                 continue
             outs = buf.vector(op, _OP_OUTPUTS, "<i4")
             for i in (outs if outs is not None else ()):
-                facts[names[int(i)]] = fact
-    except (struct.error, IndexError, ValueError) as exc:
-        raise BadInput(f"{path} is not an MNN model the inventory can read ({exc})") from None
+                if 0 <= i < len(names):
+                    facts[names[int(i)]] = fact
     return facts
 
 
@@ -320,42 +346,12 @@ def dequantize_like_runtime(op: ConvOp) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
-def _kind_and_shape(name: str, ic: int, oc: int, op: Optional[ConvOp],
-                    swappable_weights: Optional[Mapping[str, np.ndarray]]) -> Tuple[str, Tuple[int, ...]]:
-    """A template layer's kind and weight shape: from its op when known, else inferred (see
-    :func:`layers_from_template`); a swappable weight of another shape is a BadInput."""
-    shape: Tuple[int, ...] = ()
-    if op is not None:
-        kind = op.kind
-        shape = op.converter_shape()
-    else:
-        if swappable_weights is not None and name in swappable_weights:
-            shape = tuple(int(d) for d in np.shape(swappable_weights[name]))
-        if name.endswith(MATMUL_SUFFIX):
-            kind = "matmul"
-        elif shape and shape[1] == 1 and ic == oc and ic > 1:
-            kind = "depthwise"
-        else:
-            kind = "conv"
-    if swappable_weights is not None and name in swappable_weights and shape:
-        have = tuple(int(d) for d in np.shape(swappable_weights[name]))
-        if have != tuple(shape):
-            raise BadInput(f"layer {name}: swappable weight shape {have} differs from the model's {shape}")
-    return kind, tuple(shape)
-
-
-def layers_from_template(
-    template: Mapping,
-    swappable_weights: Optional[Mapping[str, np.ndarray]] = None,
-    ops: Optional[Union[Sequence[ConvOp], Mapping[str, ConvOp]]] = None,
-) -> List[Layer]:
+def layers_from_template(template: Mapping, ops: Optional[Sequence[ConvOp]] = None) -> List[Layer]:
     """The converter template's layers as :class:`Layer` records.
 
-    ``swappable_weights`` (``SwappableModel.weights``) fills ``weight_shape``; ``ops``
-    (``read_conv_ops(float_mnn)`` or ``SwappableModel.ops``) gives exact kinds and shapes.
-    Without ``ops`` the kind is inferred: ``__matmul_converted`` names are ``matmul``, a weight
-    with one input channel per group and ``in_channels == out_channels > 1`` is ``depthwise``,
-    anything else ``conv`` (a deconvolution cannot be told apart without ``ops``).
+    ``ops`` (``read_conv_ops(float_mnn, subgraphs=True)``) gives exact kinds and weight shapes.
+    A layer none of them is (or without ``ops``) gets its kind from its name (``matmul`` for
+    ``__matmul_converted`` names, else ``conv``) and an empty ``weight_shape``.
     ``weight_shape`` is the converter's quantization view ``(oc, kernelSize/kxky, kY, kX)``
     (for a deconvolution that is the stored ``[in, out, kh, kw]`` array re-viewed, not its
     semantic layout); the quantization blocks run along its second axis.
@@ -363,12 +359,7 @@ def layers_from_template(
     Entries for convs whose weights are graph inputs (the template lists them with
     ``outputChannel`` -1; the converter skips them) are left out.
     """
-    if ops is None:
-        by_name: Dict[str, ConvOp] = {}
-    elif isinstance(ops, Mapping):
-        by_name = dict(ops)
-    else:
-        by_name = {op.key: op for op in ops}
+    by_name: Dict[str, ConvOp] = {op.key: op for op in ops or ()}
     layers: List[Layer] = []
     seen = set()
     for entry in template_layers(template):
@@ -385,7 +376,9 @@ def layers_from_template(
             continue
         ks = conv.get("kernelSize", [1, 1]) or [1, 1]
         kernel = (int(ks[0]), int(ks[1]) if len(ks) > 1 else int(ks[0]))
-        kind, shape = _kind_and_shape(name, ic, oc, op, swappable_weights)
-        layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel,
-                            weight_shape=tuple(shape)))
+        if op is not None:
+            kind, shape = op.kind, tuple(op.converter_shape())
+        else:
+            kind, shape = ("matmul" if name.endswith(MATMUL_SUFFIX) else "conv"), ()
+        layers.append(Layer(name=name, kind=kind, in_channels=ic, out_channels=oc, kernel=kernel, weight_shape=shape))
     return layers

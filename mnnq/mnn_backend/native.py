@@ -113,7 +113,7 @@ class NativeRun:
 
     @property
     def crashed(self) -> bool:
-        return self.returncode < 0 or self.returncode > 128
+        return crashed(self.returncode)
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         return output_tail(self.output, lines)
@@ -126,6 +126,12 @@ def output_tail(output: str, lines: int = TAIL_LINES) -> str:
     """The last ``lines`` non-empty lines of a child's output, without MNN's CPU-feature line."""
     kept = [ln for ln in output.splitlines() if ln.strip() and "device supports" not in ln]
     return "\n".join(kept[-lines:])
+
+
+def crashed(code: int) -> bool:
+    """A child's return code says a signal ended it: negative, or above 128 (128 + the
+    signal's number, as a shell reports it; see :func:`exit_text`)."""
+    return code < 0 or code > 128
 
 
 def exit_text(code: int) -> str:

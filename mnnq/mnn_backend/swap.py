@@ -93,8 +93,8 @@ def _checked_op(layer: Layer, op: Optional[ConvOp], mode: str, file_name: str) -
     """``op`` when it is a conv op of the file with float weights stored inline that matches
     ``layer``; else :class:`SwapMappingError` saying why the layer cannot be simulated."""
     if op is None:
-        raise SwapMappingError(f"layer {layer.name} is not a conv op of the main graph of {file_name}; "
-                               "it cannot be simulated")
+        where = file_name if mode == "patch" else f"the main graph of {file_name}"  # patch reads subgraphs too
+        raise SwapMappingError(f"layer {layer.name} is not a conv op of {where}; it cannot be simulated")
     if op.weight is None or op.weight_offset < 0:
         why = "external" if op.external else ("quantized" if op.quant is not None else "missing")
         raise SwapMappingError(f"layer {layer.name}: its weights are {why} in {file_name}")
@@ -333,8 +333,8 @@ class SwappableModel:
         for op in file_ops:
             if op.weight is None or op.bias is None:
                 continue
-            weight_keys.setdefault(_key(op.weight.reshape(_param_shape(op))), []).append(op.name)
-            bias_keys.setdefault(_key(op.bias), []).append(op.name)
+            weight_keys.setdefault(_key(op.weight.reshape(_param_shape(op))), []).append(op.key)
+            bias_keys.setdefault(_key(op.bias), []).append(op.key)
         owner: Dict[int, str] = {}
         taken = set()
         for i, value in enumerate(values):

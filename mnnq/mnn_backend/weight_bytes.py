@@ -17,15 +17,14 @@ reason, and the rest of the file (graph structure, names, integer constants).
 """
 from __future__ import annotations
 
-import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from mnnq.errors import BadInput
 from mnnq.mnn_backend.flatbuf import FlatBuffer
-from mnnq.mnn_backend.inventory import MATMUL_SUFFIX
+from mnnq.mnn_backend.inventory import MATMUL_SUFFIX, ModelGraph, model_graphs, reading_model
+from mnnq.params import layer_key
 
 # The converter turns a MatMul into a conv only when its constant weight feeds at most this
 # many ops (ConvertMatMulToConv2D, default --optimizePrefer 0).
@@ -63,8 +62,6 @@ GATHER_TYPES = {30, 31, 115, 152}
 MATMUL_KIND = "MatMul/Gemm"
 
 # Slots (a union takes two: type and value).
-_NET_OPLISTS, _NET_SUBGRAPHS = 3, 10
-_SUB_NODES = 4
 _OP_INPUTS, _OP_MAIN_TYPE, _OP_MAIN, _OP_NAME, _OP_OUTPUTS, _OP_TYPE = 0, 1, 2, 3, 4, 5
 _P_BLOB, _P_CONV2D = 7, 9
 _BLOB_DATATYPE, _BLOB_UINT8S, _BLOB_FLOAT32S, _BLOB_EXTERNAL = 2, 3, 7, 9
@@ -195,6 +192,12 @@ class _Op:
     name: str
     inputs: Tuple[int, ...]
     outputs: Tuple[int, ...]
+    graph: str = ""             # its subgraph's name ("" = the main graph)
+
+    @property
+    def layer(self) -> str:
+        """The layer name mnnq gives it (``params.layer_key``, as ``ConvOp.key``)."""
+        return layer_key(self.name, self.graph)
 
     @property
     def type_name(self) -> str:
@@ -216,14 +219,14 @@ class _Piece:
     uses: int = 0
 
 
-def _ops(buf: FlatBuffer, tables: Sequence[int], graph: int) -> List[_Op]:
+def _ops(buf: FlatBuffer, graph: ModelGraph, number: int) -> List[_Op]:
     out = []
-    for i, t in enumerate(tables):
+    for i, t in enumerate(graph.ops):
         ins, outs = buf.vector(t, _OP_INPUTS, "<i4"), buf.vector(t, _OP_OUTPUTS, "<i4")
-        out.append(_Op((graph, i), buf.scalar(t, _OP_TYPE, "<i", 0), buf.scalar(t, _OP_MAIN_TYPE, "<B", 0),
+        out.append(_Op((number, i), buf.scalar(t, _OP_TYPE, "<i", 0), buf.scalar(t, _OP_MAIN_TYPE, "<B", 0),
                        buf.indirect(t, _OP_MAIN), buf.string(t, _OP_NAME) or "",
                        tuple(int(v) for v in ins) if ins is not None else (),
-                       tuple(int(v) for v in outs) if outs is not None else ()))
+                       tuple(int(v) for v in outs) if outs is not None else (), graph.name))
     return out
 
 
@@ -272,7 +275,7 @@ def _conv_weight_count(buf: FlatBuffer, op: _Op) -> int:
 def _conv_pieces(buf: FlatBuffer, op: _Op, float_reasons: Mapping[str, str], default: str) -> List[_Piece]:
     """A conv's weight (quantized, fp16 or float32) and bias."""
     kind, ops, main = _conv_kind(op), (op.key,), op.main
-    reason = float_reasons.get(op.name, default)
+    reason = float_reasons.get(op.layer, default)
     pieces: List[_Piece] = []
     quantized = 0
     quan = buf.indirect(main, _CONV_QUAN)
@@ -439,18 +442,13 @@ def account_weights(path: Path, float_reasons: Optional[Mapping[str, str]] = Non
                     float_conv_reason: str = FLOAT_CONV) -> WeightAccount:
     """Every weight byte of the model at ``path`` (main graph and subgraphs).
 
-    ``float_reasons`` maps conv op names to the reason their weights are float (e.g. from
+    ``float_reasons`` maps layer names (``params.layer_key``: ``<subgraph>::<op>`` inside a
+    subgraph) to the reason their weights are float (e.g. from
     :func:`kept_float_reason`); other float convs get ``float_conv_reason``."""
     path = Path(path)
-    buf = FlatBuffer.read(path)
     reasons = dict(float_reasons or {})
-    try:
-        net = buf.root()
-        graphs = [buf.tables(net, _NET_OPLISTS)]
-        graphs += [buf.tables(sub, _SUB_NODES) for sub in buf.tables(net, _NET_SUBGRAPHS)]
-        pieces = [p for number, tables in enumerate(graphs)
-                  for p in _graph_pieces(buf, _ops(buf, tables, number), reasons, float_conv_reason)]
-    except (struct.error, IndexError, ValueError) as exc:
-        raise BadInput(f"{path} is not an MNN model whose weights can be read ({exc})") from None
+    with reading_model(path, "whose weights can be read") as buf:
+        pieces = [p for number, graph in enumerate(model_graphs(buf))
+                  for p in _graph_pieces(buf, _ops(buf, graph, number), reasons, float_conv_reason)]
     quantized, floats = _grouped(pieces)
     return WeightAccount(str(path), len(buf.data), quantized, floats)

@@ -1,7 +1,6 @@
 """Terminal summary and JSON report of a quantize run."""
 from __future__ import annotations
 
-import html
 import math
 from typing import List, Optional
 
@@ -10,9 +9,7 @@ from rich.table import Table
 
 from mnnq.measure import error_text
 from mnnq.quantize.engine import LayerReport, QuantizeResult
-from mnnq.report import print_weights
-
-MB = 1024.0 * 1024.0
+from mnnq.report import MB, SVG_MARGINS, print_weights, svg_frame
 
 
 def _r(v: Optional[float], digits: int = 6) -> Optional[float]:
@@ -173,7 +170,7 @@ def tradeoff_svg(tradeoff: dict, title: str, width: int = 560, height: int = 360
     """The fallback's points: layers INT8 (x) against the metric (y, log scale); filled: measured
     on every sample (green: holds), open: stopped at a sample over the rate (a lower bound);
     the rate as a dashed line, the chosen point ringed."""
-    left, right, top, bottom = 70, 20, 40, 50
+    left, right, top, bottom = SVG_MARGINS
     points = [p for p in tradeoff["points"] if p["error"] is not None and math.isfinite(p["error"])]
     values = [p["error"] for p in points if p["error"] > 0] + ([tradeoff["rate"]] if tradeoff["rate"] else [])
     lo = math.log10(min(values, default=1e-6)) - 0.2
@@ -186,16 +183,9 @@ def tradeoff_svg(tradeoff: dict, title: str, width: int = 560, height: int = 360
         v = min(max(math.log10(max(v, 10 ** lo)), lo), hi)
         return height - bottom - (height - top - bottom) * (v - lo) / (hi - lo)
 
-    metric = html.escape(tradeoff["metric"])
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             'font-size="12">',
-             f'<text x="{left}" y="20" font-size="14">layers INT8 against {metric}: {html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
-             f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">layers INT8 '
-             f'(of {tradeoff["layers"]})</text>',
-             f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})"'
-             f' text-anchor="middle">{metric} error (log scale)</text>']
+    metric = tradeoff["metric"]
+    parts = svg_frame(width, height, f"layers INT8 against {metric}: {title}",
+                      f"layers INT8 (of {tradeoff['layers']})", f"{metric} error (log scale)")
     for i in range(5):
         xv = round(tradeoff["layers"] * i / 4)
         parts.append(f'<text x="{x(xv):.1f}" y="{height - bottom + 16}" text-anchor="middle">{xv}</text>')
