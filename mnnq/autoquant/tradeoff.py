@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 from mnnq.autoquant.context import Trial
-from mnnq.autoquant.engine import (Progress, build_result, new_search, resolve_plugins, run_strategies, trial_workers,
-                                   search_evaluation, write_final)
+from mnnq.autoquant.engine import (Progress, build_result, new_search, resolve_plugins, run_strategies,
+                                   search_evaluation, trial_workers, write_final)
 from mnnq.autoquant.memo import Memory, remembering
 from mnnq.autoquant.options import AutoQuantOptions, check_search_flags
 from mnnq.autoquant.prepare import prepare
