@@ -30,7 +30,9 @@ class Evaluation:
     ``many(list of settings, memory_mode, quick)`` measures independent trials in parallel
     (None: one by one). ``exact``: trials run the written model (it alone tells runtime memory
     modes apart; the simulation computes float activations).
-    ``quick_key()`` names the samples a quick measurement runs on (the subset can grow)."""
+    ``quick_key()`` names the samples a quick measurement runs on (the subset can grow);
+    ``within_budget(settings)`` hears of each single trial that met the budget (the simulation
+    starts converting them ahead of the final write)."""
 
     name: str
     exact: bool
@@ -38,6 +40,8 @@ class Evaluation:
     until_miss: Optional[Callable[[Settings, str, str, float, bool], Tuple[Measurement, bool]]] = None
     many: Optional[Callable[[List[Settings], str, bool], List[Measurement]]] = None
     quick_key: Callable[[], tuple] = lambda: ()  # which samples a quick measurement runs on now
+    # told each settings that a single trial found within the budget: the search may end on them
+    within_budget: Callable[[Settings], None] = lambda settings: None
 
 
 class Search:
@@ -166,7 +170,10 @@ class Search:
             results = evaluation.many(guarded, self._memory_mode, quick)
         else:
             results = [evaluation.measure(s, self._memory_mode, quick) for s in guarded]
-        return self._record([note for _, note in batch], results, time.monotonic() - started, quick)
+        errors = self._record([note for _, note in batch], results, time.monotonic() - started, quick)
+        if len(batch) == 1:
+            self._tell_within_budget(guarded[0], errors[0])
+        return errors
 
     def measure_until_miss(self, settings: Settings, note: str, quick: bool = False) -> float:
         until_miss = self._evaluation.until_miss
@@ -174,9 +181,16 @@ class Search:
             return self.measure(settings, note, quick)
         self._check_deadline()
         started = time.monotonic()
-        result, complete = until_miss(self.guarded(settings), self._memory_mode, self.metric, self.target, quick)
+        guarded = self.guarded(settings)
+        result, complete = until_miss(guarded, self._memory_mode, self.metric, self.target, quick)
         suffix = "" if complete else " (stopped at a miss)"
-        return self._record([note + suffix], [result], time.monotonic() - started, quick=quick or not complete)[0]
+        error = self._record([note + suffix], [result], time.monotonic() - started, quick=quick or not complete)[0]
+        self._tell_within_budget(guarded, error)
+        return error
+
+    def _tell_within_budget(self, guarded: Dict[str, LayerSetting], error: float) -> None:
+        if self.meets(error):
+            self._evaluation.within_budget(guarded)
 
     def propose(self, changes: Settings, note: str) -> float:
         return self.measure({**self._settings, **changes}, note)

@@ -108,7 +108,8 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
             workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
             search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
             progress.search = search
-            stopped = run_strategies(search, plugins.pipeline, progress)
+            with _cancelling(prepared.exact.cancel_ahead):
+                stopped = run_strategies(search, plugins.pipeline, progress)
         for note in workers.notes:
             search.note(note)
         timings.workers = {"processes": workers.started, "trials": workers.answered}
@@ -116,8 +117,12 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         simulated = search.measured_error if not search.exact else None
         progress.stage = "writing and re-measuring the model"
         final = work / "final.mnn"
-        params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
-                                       timings)
+        try:
+            params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated,
+                                           progress, timings)
+        finally:
+            prepared.exact.cancel_ahead()
+        timings.converted_ahead = dict(prepared.exact.ahead)
         if _try_fp16(opts.fp16_float_weights, final):
             progress.stage = "storing the float weights as fp16"
             with timings.phase("fp16 float weights"):
@@ -128,6 +133,17 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         progress.stage = "writing the outputs"
         _write_outputs(opts, final, params, result)
     return result
+
+
+@contextlib.contextmanager
+def _cancelling(cancel: Callable[[], None]) -> Iterator[None]:
+    """Run the block; when it raises (an error, Ctrl-C), ``cancel`` first (a conversion
+    started ahead must not outlive the run)."""
+    try:
+        yield
+    except BaseException:
+        cancel()
+        raise
 
 
 def resolve_plugins(opts: AutoQuantOptions, pm: MnnqPluginManager) -> Plugins:
@@ -172,7 +188,8 @@ def search_evaluation(prepared: Prepared, many: Optional[Callable] = None) -> Ev
     fast = prepared.fast
     if fast is None:
         return exact_evaluation(prepared)
-    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many, lambda: fast.quick.key)
+    return Evaluation("fast", False, fast.measure, fast.measure_until_miss, many, lambda: fast.quick.key,
+                      within_budget=prepared.exact.convert_ahead)
 
 
 def new_search(prepared: Prepared, plugins: Plugins, opts: AutoQuantOptions, on_trial: Callable[[Trial], None],
@@ -304,7 +321,9 @@ def timing_report(timings: Timings, trials, search_costs: Tuple[Mapping[str, flo
     report["trials"] = {"total": len(trials), "fast": len(fast), "exact": len(trials) - len(fast),
                         "fast_seconds": round(sum(t.seconds for t in fast), 6),
                         "worker_processes": timings.workers.get("processes", 0),
-                        "in_workers": timings.workers.get("trials", 0)}
+                        "in_workers": timings.workers.get("trials", 0),
+                        "converted_ahead": timings.converted_ahead.get("started", 0),
+                        "converted_ahead_used": timings.converted_ahead.get("used", 0)}
     if fast:
         n = len(fast)
         report["per_fast_trial_s"] = {

@@ -21,7 +21,7 @@ from mnnq.autoquant.timing import Timings
 from mnnq.layers import Layer, LayerSetting, effective_block
 from mnnq.autoquant.samples import QuickSamples
 from mnnq.measure import Comparison, Measurement
-from mnnq.mnn_backend.converter import weight_quantize
+from mnnq.mnn_backend.converter import WeightQuantizeRun, start_weight_quantize
 from mnnq.mnn_backend.runtime import LoadedModel
 from mnnq.params import with_settings
 from mnnq.records import Metric, WeightMethod
@@ -77,20 +77,47 @@ class ExactEvaluator:
         self._last_key: Optional[str] = None
         # whole-test-set measurements of the last written conversion, by memory mode
         self._last_measured: Dict[str, Measurement] = {}
+        self._ahead: Optional[Tuple[str, WeightQuantizeRun]] = None  # see convert_ahead
+        self.ahead = {"started": 0, "used": 0}
+
+    def _params(self, settings: Dict[str, LayerSetting]) -> Tuple[dict, str]:
+        params = with_settings(self.template, settings, self.method.asymmetric)
+        return params, json.dumps(params, sort_keys=True)
+
+    def convert_ahead(self, settings: Dict[str, LayerSetting]) -> None:
+        """Start converting ``settings`` in a child while the search goes on (the simulated
+        search leaves a core idle between its batches): when the search ends on these settings,
+        the final write only waits for what is left of the conversion. A newer call replaces
+        an older one still running."""
+        params, key = self._params(settings)
+        if key == self._last_key or (self._ahead is not None and self._ahead[0] == key):
+            return
+        self.cancel_ahead()
+        self._ahead = (key, start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric))
+        self.ahead["started"] += 1
+
+    def cancel_ahead(self) -> None:
+        if self._ahead is not None:
+            job, self._ahead = self._ahead[1], None
+            job.cancel()
 
     def _converted(self, settings: Dict[str, LayerSetting]) -> Tuple[dict, Path]:
         """``(params, path)`` of the conversion of ``settings``. The last conversion is kept:
         the same settings again (another memory mode, the final write) reuse it instead of
         converting again (HQQ conversions are slow)."""
-        params = with_settings(self.template, settings, self.method.asymmetric)
-        key = json.dumps(params, sort_keys=True)
+        params, key = self._params(settings)
         last = self.workdir / "last-written.mnn"
         if key != self._last_key or not last.is_file():
             self._last_key = None
             self._last_measured = {}
             with self.timings.cost("convert"):
-                weight_quantize(self.float_model, last, params, hqq=self.method.hqq,
-                                asymmetric=self.method.asymmetric)
+                if self._ahead is not None and self._ahead[0] == key:
+                    job, self._ahead = self._ahead[1], None
+                    self.ahead["used"] += 1
+                else:
+                    self.cancel_ahead()
+                    job = start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric)
+                job.result(last)
             self._last_key = key
         return params, last
 

@@ -59,15 +59,20 @@ def convert(
                 "--bizCode", "mnnq", *extra]
         run = run_tool("mnnconvert", argv, cwd=work, limits=limits)
         _check_written(run, out, what)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
-        try:
-            shutil.copyfile(out, tmp_dst)
-            os.replace(tmp_dst, dst)
-        except BaseException:
-            tmp_dst.unlink(missing_ok=True)
-            raise
+        _place(out, dst)
     return run
+
+
+def _place(out: Path, dst: Path) -> None:
+    """Copy a converter's ``out`` to ``dst`` whole or not at all (through a temporary name)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
+    try:
+        shutil.copyfile(out, tmp_dst)
+        os.replace(tmp_dst, dst)
+    except BaseException:
+        tmp_dst.unlink(missing_ok=True)
+        raise
 
 
 def check_float_model(src: Path) -> NativeRun:
@@ -152,27 +157,57 @@ def weight_quantize(
     Flags follow auto_quant.py: ``--weightQuantBits 8`` as the default for listed layers,
     ``--alignDenormalizedValue 0``; ``--hqq`` when asked.
     """
-    with tempfile.TemporaryDirectory(prefix="mnnq-params-") as work:
-        pfile = Path(work) / "params.json"
-        pfile.write_text(json.dumps(params, indent=1))
-        # The converter reads only the "=" spelling of this flag: "--weightQuantAsymmetric 1"
-        # is taken as false, which also silently disables --hqq.
-        argv: List[str] = [
-            "--weightQuantBits", "8",
-            "--weightQuantAsymmetric=" + ("1" if asymmetric else "0"),
-            "--compressionParamsFile", str(pfile),
-            "--alignDenormalizedValue", "0",
-        ]
-        if hqq:
-            argv.append("--hqq")
-        run = convert(src, dst, "MNN", [*argv, *extra], what="writing the weight-quantized model")
-    if hqq and HQQ_MARKER not in run.output:
-        Path(dst).unlink(missing_ok=True)
-        raise NativeFailure("MNN converter did not apply --hqq (it needs asymmetric quantization)", tail=run.tail())
-    if params_rejected(run, Path(dst)):
-        raise BadInput("MNN converter rejected the compression params (it would write a float model): "
-                       + run.tail(3).replace("\n", " "))
-    return run
+    return start_weight_quantize(src, params, hqq, asymmetric, extra).result(Path(dst))
+
+
+class WeightQuantizeRun(ChildJob):
+    """The converter writing a weight-quantized model in a child (see
+    :func:`start_weight_quantize`): ``result(dst)`` waits, checks and moves it to ``dst``;
+    ``cancel()`` when it is no longer wanted."""
+
+    def __init__(self, src: Path, params: dict, hqq: bool, asymmetric: bool, extra: Sequence[str] = ()):
+        src = Path(src).resolve()
+        if not src.is_file():
+            raise BadInput(f"model not found: {src}")
+        self.hqq = hqq
+        self._argv: List[str] = []
+
+        def start(work: Path) -> Child:
+            pfile = work / "params.json"
+            pfile.write_text(json.dumps(params, indent=1))
+            # The converter reads only the "=" spelling of this flag: "--weightQuantAsymmetric 1"
+            # is taken as false, which also silently disables --hqq.
+            self._argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(src), "--MNNModel", str(work / "out.mnn"),
+                          "--bizCode", "mnnq", "--weightQuantBits", "8",
+                          "--weightQuantAsymmetric=" + ("1" if asymmetric else "0"),
+                          "--compressionParamsFile", str(pfile), "--alignDenormalizedValue", "0",
+                          *(["--hqq"] if hqq else []), *extra]
+            return start_tool("mnnconvert", self._argv, cwd=str(work))
+
+        super().__init__("mnnq-params-", start)
+
+    def result(self, dst: Path) -> NativeRun:
+        try:
+            run = tool_result("mnnconvert", self._argv, self._child)
+            out = self.work / "out.mnn"
+            _check_written(run, out, "writing the weight-quantized model")
+            if self.hqq and HQQ_MARKER not in run.output:
+                raise NativeFailure("MNN converter did not apply --hqq (it needs asymmetric quantization)",
+                                    tail=run.tail())
+            if params_rejected(run, out):
+                raise BadInput("MNN converter rejected the compression params (it would write a float model): "
+                               + run.tail(3).replace("\n", " "))
+            _place(out, Path(dst).resolve())
+            return run
+        finally:
+            self._work.cleanup()
+
+
+def start_weight_quantize(src: Path, params: dict, hqq: bool, asymmetric: bool, extra: Sequence[str] = ()
+                          ) -> WeightQuantizeRun:
+    """Start the converter writing a weight-quantized model from float ``src`` (see
+    :func:`weight_quantize`); the caller does other work, then takes ``.result(dst)``."""
+    return WeightQuantizeRun(src, params, hqq, asymmetric, extra)
 
 
 def store_float_weights_fp16(src: Path, dst: Path) -> NativeRun:

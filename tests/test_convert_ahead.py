@@ -1,0 +1,82 @@
+"""The final conversion started ahead: while the simulated search goes on, the settings of the
+last trial within the budget are converted in a child; the final write waits only for what is
+left, and writes the same bytes as a conversion started at the end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from common import DIGITS_DIR, DIGITS_MODEL, DIGITS_TESTSET
+from mnnq.autoquant.evaluators import with_settings
+from mnnq.autoquant.prepare import prepare
+from mnnq.autoquant.timing import Timings
+from mnnq.layers import LayerSetting
+from mnnq.mnn_backend.converter import start_weight_quantize, weight_quantize
+from mnnq.plugin_manager import get_plugin_manager
+from mnnq.testset import load_testset
+
+
+def prepared_digits(tmp_path):
+    pm = get_plugin_manager()
+    hqq = pm.weight_method("hqq")
+    work = tmp_path / "work"
+    work.mkdir()
+    return prepare(DIGITS_MODEL, load_testset(DIGITS_TESTSET), hqq, hqq, pm.metrics(), "max_rel", "fast", work,
+                   Timings())
+
+
+def at_bits(prepared, bits):
+    return {**prepared.settings, **{name: LayerSetting(bits, -1) for name in prepared.candidates}}
+
+
+def test_a_conversion_started_ahead_is_the_one_the_final_write_uses(tmp_path):
+    prepared = prepared_digits(tmp_path)
+    exact, settings = prepared.exact, at_bits(prepared, 4)
+    exact.convert_ahead(settings)
+    exact.convert_ahead(settings)  # the same settings again: still one conversion
+    assert exact.ahead == {"started": 1, "used": 0}
+    params = exact.write(settings, tmp_path / "ahead.mnn")
+    assert exact.ahead == {"started": 1, "used": 1}
+
+    direct = tmp_path / "direct.mnn"
+    weight_quantize(prepared.rewritten, direct, params, hqq=True, asymmetric=True)
+    assert (tmp_path / "ahead.mnn").read_bytes() == direct.read_bytes()
+
+
+def test_newer_settings_replace_a_conversion_and_other_settings_convert_at_once(tmp_path):
+    prepared = prepared_digits(tmp_path)
+    exact = prepared.exact
+    four, five, eight = at_bits(prepared, 4), at_bits(prepared, 5), at_bits(prepared, 8)
+    exact.convert_ahead(four)
+    exact.convert_ahead(five)
+    assert exact.ahead["started"] == 2
+    exact.write(eight, tmp_path / "eight.mnn")  # neither: the one ahead is cancelled
+    assert exact.ahead["used"] == 0 and exact._ahead is None
+    direct = tmp_path / "direct.mnn"
+    weight_quantize(prepared.rewritten, direct, with_settings(prepared.exact.template, eight, True),
+                    hqq=True, asymmetric=True)
+    assert (tmp_path / "eight.mnn").read_bytes() == direct.read_bytes()
+
+
+def test_a_cancelled_conversion_leaves_no_file_and_no_child(tmp_path):
+    prepared = prepared_digits(tmp_path)
+    params = with_settings(prepared.exact.template, at_bits(prepared, 4), True)
+    job = start_weight_quantize(prepared.rewritten, params, hqq=True, asymmetric=True)
+    work, pid = job.work, job._child.pid
+    job.cancel()
+    assert not work.exists()
+    assert pid is None or subprocess.run(["ps", "-p", str(pid), "-o", "stat="], capture_output=True,
+                                         text=True).stdout.strip() in ("", "Z")
+
+
+def test_auto_quant_reports_conversions_started_ahead(tmp_path):
+    report = tmp_path / "r.json"
+    out = tmp_path / "q.mnn"
+    run = subprocess.run([sys.executable, "-m", "mnnq", "auto-quant", "--model", str(DIGITS_MODEL),
+                          "--quant_model", str(out), "--test_dir", str(DIGITS_DIR / "testset"),
+                          "--report-json", str(report)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    trials = json.loads(report.read_text())["timing"]["trials"]
+    assert trials["converted_ahead"] >= 1
+    assert trials["converted_ahead_used"] in (0, 1)
