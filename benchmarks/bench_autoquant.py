@@ -22,7 +22,10 @@ Targets (issue 12), checked on every (b) row against (a) of the same model:
 - (b8) takes <= 1.5x the wall time of (b1);
 - per trial after a weight change, mnnq spends <= 1.5x (model load + one forward): read from the
   report's timing breakdown (``report["timing"]["per_fast_trial_s"]``: means over the simulated trials), else "n/a".
-A table of cost against model size and layer count follows. Timings on a shared machine are noisy.
+Beside each (b) wall time: its no-search floor, ``mnnq apply`` writing the same answer from the
+params file and re-measuring it (start-up, listing, conversion, measurement): what a run would
+take if its search cost nothing. A table of cost against model size and layer count follows.
+Timings on a shared machine are noisy.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ class Outcome:
     note: str = ""
     errors: Dict[str, float] = field(default_factory=dict)   # one / testset / heldout -> re-measured max_rel
     per_trial_s: Optional[float] = None                       # from the report's timing breakdown
+    floor_s: Optional[float] = None                           # (b): `mnnq apply` of its answer, no search
     crashed: bool = False                                     # (a) stopped with an exception
 
     def tuned_error(self) -> float:
@@ -164,7 +168,26 @@ def run_b(case: Case, testdir: Path, side: str, rate: float, work: Path) -> Outc
     data = run.report
     return Outcome(side, run.seconds, int(data["trials"]), int(data["size_after_bytes"]),
                    float(data["errors"][data["metric"]]), data["memory_mode"], run.exit_code,
-                   per_trial_s=per_trial_seconds(data))
+                   per_trial_s=per_trial_seconds(data), floor_s=no_search_seconds(case, testdir, data, work))
+
+
+def no_search_seconds(case: Case, testdir: Path, report: dict, work: Path) -> float:
+    """Wall time of ``mnnq apply`` writing the same answer from its params file and re-measuring
+    it on the same test dir: start-up, layer listing, the conversion (and the fp16 one when the
+    run made it) and the measurement, with no search at all. No search, however fast, makes a
+    run shorter than this."""
+    argv = ["apply", str(case.float_mnn), str(work / "floor.mnn"), "--params", str(work / "q.mnn.json"),
+            "--test_dir", str(testdir), "--memory_mode", report["memory_mode"]]
+    argv += ["--hqq"] if report.get("weight_method") == "hqq" else []
+    halved = any(note.startswith("float weights stored as fp16") for note in report.get("notes", []))
+    argv += ["--fp16_float_weights"] if halved else []
+    started = time.monotonic()
+    run = subprocess.run([*mnnq_command(), *argv], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    seconds = time.monotonic() - started
+    if run.returncode != 0 or (work / "floor.mnn").read_bytes() != (work / "q.mnn").read_bytes():
+        raise SystemExit(f"error: `mnnq apply` did not rewrite the ({report['quant_model']}) answer: {run.stdout[-400:]}")
+    return seconds
 
 
 def per_trial_seconds(report: dict) -> Optional[float]:
@@ -242,6 +265,8 @@ def budget_verdict(a: Outcome, b: Outcome, rate: float) -> tuple:
     b_text = (f"({b.side}) {'meets' if b.meets(rate) else 'MISSES'} {_err(b.tuned_error())}"
               + (f" [{b.note}]" if b.note else ""))
     times = f"time {b.seconds:.1f} s vs {a.seconds:.1f} s = {b.seconds / a.seconds:.2f}x"
+    if b.floor_s is not None:
+        times += f" (no-search floor {b.floor_s:.1f} s = {b.floor_s / a.seconds:.2f}x)"
     if a.meets(rate):
         size = b.size / a.size if a.size else float("inf")
         ok = b.meets(rate) and size <= SIZE_TARGET and b.seconds / a.seconds <= TIME_TARGET
@@ -298,7 +323,8 @@ def cost_table(rows: Dict[str, Dict[str, Outcome]], cases: Dict[str, Case], base
     from rich.table import Table
     table = Table(title="cost against model size and layer count")
     for col in ("model", "float MB", "layers (1x1)", "load+fwd ms", "(a) trials", "(a) s", "(a) s/trial",
-                "(b1) trials", "(b1) s", "(b1) s/trial", "(b8) trials", "(b8) s", "(b8) s/trial"):
+                "(b1) trials", "(b1) s", "(b1) s/trial", "(b1) floor s", "(b8) trials", "(b8) s", "(b8) s/trial",
+                "(b8) floor s"):
         table.add_column(col, justify="right")
     for name, runs in rows.items():
         case = cases[name]
@@ -307,6 +333,8 @@ def cost_table(rows: Dict[str, Dict[str, Outcome]], cases: Dict[str, Case], base
         for side in ("a", "b1", "b8"):
             o = runs[side]
             cells += [str(o.trials), f"{o.seconds:.1f}", f"{o.seconds / o.trials:.3f}" if o.trials else "-"]
+            if side != "a":
+                cells.append("-" if o.floor_s is None else f"{o.floor_s:.1f}")
         table.add_row(*cells)
     return table
 
