@@ -11,7 +11,8 @@ Two ways, both spending one converter process per trial, as ``os.popen`` does in
   over, ``skipMoreOps`` (1x1 layers from the last, float when that lowers the rate, else back to
   **8** bits); each trial one ``mnnconvert`` command through ``/bin/sh`` with its exact flags
   (``--weightQuantBits=8 --weightQuantAsymmetric=0 --hqq --thredhold 0.001
-  --alignDenormalizedValue 0 --testconfig .tmp.json``, memory 2 then 0) and the rate read by its
+  --alignDenormalizedValue 0 --testconfig .tmp.json``, memory 2 then 0: with asymmetric off the
+  converter prints "Disable Hqq currently" and converts without HQQ) and the rate read by its
   ``getRate`` (0.0 when no TESTERROR line appears; a TESTERROR line without ``absMaxV:`` makes
   auto_quant.py crash, and the replay stops the same way). The model left on disk is whatever
   the last converter run wrote, as with auto_quant.py.

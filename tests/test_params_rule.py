@@ -2,6 +2,7 @@
 (type QUANTIZE by default) with quantParams. mnnq.params.template_layers is the one rule for
 that; here it is pinned to the converter's real behaviour."""
 import copy
+import json
 
 from mnnq.mnn_backend.converter import params_template, weight_quantize
 from mnnq.params import template_layers
@@ -40,3 +41,26 @@ def test_the_converter_reads_what_template_layers_reads(tiny_convnet, tmp_path):
     pruned_first["algo"].insert(0, {"type": "PRUNE"})
     assert template_layers(pruned_first) == template_layers(four)
     assert written(tiny_convnet.model, pruned_first, tmp_path / "pruned.mnn") == four_bytes
+
+
+def test_auto_quant_py_flags_switch_hqq_off(tiny_convnet, tmp_path):
+    """auto_quant.py converts with ``--hqq`` and ``--weightQuantAsymmetric=0``: the converter
+    then disables HQQ and writes what plain asymmetric min-max (``--hqq 0``) writes, bit for
+    bit (why its trials are cheap and its files larger; benchmarks/README.md)."""
+    from mnnq.mnn_backend.converter import convert
+
+    params = with_bits(params_template(tiny_convnet.model), 4)
+    for entry in template_layers(params):
+        entry["weight"][0]["asymmetric"] = True      # as the template lists them
+    pfile = tmp_path / "params.json"
+    pfile.write_text(json.dumps(params))
+    as_auto_quant = tmp_path / "auto_quant.mnn"
+    run = convert(tiny_convnet.model, as_auto_quant, extra=[
+        "--weightQuantBits=8", "--weightQuantAsymmetric=0", "--hqq", "--thredhold", "0.001",
+        "--alignDenormalizedValue", "0", "--compressionParamsFile", str(pfile)])
+    assert "Disable Hqq" in run.output
+    min_max = tmp_path / "min_max.mnn"
+    weight_quantize(tiny_convnet.model, min_max, params, hqq=False, asymmetric=True)
+    hqq = tmp_path / "hqq.mnn"
+    weight_quantize(tiny_convnet.model, hqq, params, hqq=True, asymmetric=True)
+    assert as_auto_quant.read_bytes() == min_max.read_bytes() != hqq.read_bytes()
