@@ -251,7 +251,7 @@ class FastEvaluator:
         self._apply(settings)
         rows, nonfinite = len(comparison.details), len(comparison.nonfinite)
         with self.timings.cost("forward"):
-            produced = self.model.run(sample.inputs)
+            produced = self.model.run(sample.inputs, sample=sample.name)
         with self.timings.cost("compare"):
             comparison.add(sample, produced)
         self._sample_runs[(key, sample.name)] = (comparison.details[rows:], comparison.nonfinite[nonfinite:])

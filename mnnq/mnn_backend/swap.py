@@ -10,7 +10,10 @@ stored order, which for convolutions is the usual ``[out, in_per_group, kh, kw]`
     a change writes that copy into ``workdir`` and loads it like any model file. Every conv kind
     works and the kernels are exactly those of the converter's written model (outputs
     bit-identical). Cost per weight change: writing the file, loading it and packing the
-    weights on the first run; later runs go at native speed.
+    weights on the first run; later runs go at native speed. A run given its sample's name
+    starts at the first op whose weights changed, from that sample's float activations there
+    (:mod:`mnnq.mnn_backend.suffix`; outputs bit-identical), when a whole forward is slow
+    enough for that to pay (``CUT_MIN_FORWARD_S``).
 
 ``mode="module"`` / ``mode="module-fast"``
     ``MNN.nn.load_module(inputs, outputs, True)`` over the vars of ``F.load_as_dict`` extracts
@@ -31,6 +34,7 @@ stored order, which for convolutions is the usual ``[out, in_per_group, kh, kw]`
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -41,6 +45,14 @@ from mnnq.layers import Layer
 from mnnq.mnn_backend.converter import convert
 from mnnq.mnn_backend.inventory import ConvOp, read_conv_ops
 from mnnq.mnn_backend.runtime import _mnn, input_vars, read_output
+
+
+# Runs start from a cut (see run) only when a whole forward takes at least this long: loading
+# a suffix module costs about a millisecond more than reloading the model, which the forward
+# saved on a model of a few milliseconds does not repay (measured on the MTCNN nets and
+# silero-vad: 1.3-2.1x slower with cuts; 0.54-0.68x on a YOLOv8n and the PP-OCR detector and
+# recogniser).
+CUT_MIN_FORWARD_S = 0.005
 
 
 class SwapMappingError(MnnqError):
@@ -137,6 +149,15 @@ class SwappableModel:
         # per swap file: layers changed since that file was last written (None: write it whole)
         self._stale: List[Optional[set]] = [None, None]
         self._threads = 1
+        self._file: Optional[Path] = None   # the swap file holding the current weights
+        # runs from a cut (mnnq.mnn_backend.suffix): layers whose weights are not the float ones,
+        # the graph's cuts and float activations (None: not read yet; False: unusable), the
+        # suffix module loaded last ``(position, module)``
+        self._changed: set = set()
+        self._cuts = None
+        self._activations = None
+        self._suffix: Optional[Tuple[int, object]] = None
+        self._cut_pays: Optional[bool] = None  # whether a full forward is slow enough (CUT_MIN_FORWARD_S)
         # module backend
         self._module = None
         self._input_like: List[object] = []
@@ -379,6 +400,10 @@ class SwappableModel:
             checked[name] = arr
         if self.mode == "patch":
             for name, arr in checked.items():
+                if arr is self.weights[name]:
+                    self._changed.discard(name)
+                else:
+                    self._changed.add(name)
                 op = self.ops[name]
                 data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
                 self._buffer[op.weight_offset: op.weight_offset + len(data)] = data
@@ -400,6 +425,7 @@ class SwappableModel:
         if self.mode == "patch":
             self._buffer = bytearray(self._base)
             self._stale = [None, None]
+            self._changed = set()
             self._dirty = True
             return
         self.set_weights(self.weights)
@@ -410,10 +436,9 @@ class SwappableModel:
             raise NativeFailure("MNN refused the swapped parameters (size or layout mismatch)")
         self._params = list(self._module.parameters)
 
-    def _patched_model(self):
-        from mnnq.mnn_backend.runtime import LoadedModel
-
-        if self._dirty or self._loaded is None:
+    def _current_file(self) -> Path:
+        """The swap file holding the current weights (written when they changed)."""
+        if self._dirty or self._file is None:
             # alternate between two files so a model being replaced never reads a half-written
             # one; a file already written is brought up to date in place, only the weights of
             # the layers changed since (rewriting a whole large model per trial cost more than
@@ -422,13 +447,58 @@ class SwappableModel:
             which = self._generation % 2
             path = self._workdir / f"swapped_{which}.mnn"
             self._loaded = None
+            self._suffix = None
             with self._timings.cost("swap"):
                 self._write_swap_file(path, which)
+            self._file = path
+            self._dirty = False
+        return self._file
+
+    def _patched_model(self):
+        from mnnq.mnn_backend.runtime import LoadedModel
+
+        path = self._current_file()
+        if self._loaded is None:
             with self._timings.cost("load"):
                 self._loaded = LoadedModel(path, self.input_names, self.output_names, threads=self._threads,
                                            quick_init=True)
-            self._dirty = False
         return self._loaded
+
+    def _first_changed(self) -> Optional[int]:
+        """The main-graph position of the first op whose weights changed (None: none changed,
+        or one is in a subgraph)."""
+        if not self._changed or any(self.ops[n].graph for n in self._changed):
+            return None
+        return min(self.ops[n].index for n in self._changed)
+
+    def _run_from_cut(self, inputs: Mapping[str, np.ndarray], sample: str) -> Optional[Dict[str, np.ndarray]]:
+        """The outputs of a run starting at the first changed op, or None when no cut applies."""
+        from mnnq.mnn_backend.runtime import _mnn, quick_init_runtime, read_output
+        from mnnq.mnn_backend.suffix import FloatActivations, GraphCuts
+
+        position = self._first_changed()
+        if not position or self._cuts is False:
+            return None
+        if self._cuts is None:
+            self._cuts = GraphCuts.read(self.path, self.input_names, self.output_names) or False
+            if self._cuts is False:
+                return None
+            positions = [op.index for op in self.ops.values() if not op.graph]
+            self._activations = FloatActivations(self.path, self._cuts, positions, quick_init_runtime(self._threads))
+        frontier = self._cuts.frontier(position)
+        values = self._activations.values(sample, inputs) if frontier is not None else None
+        if values is None:
+            return None
+        F, nn = _mnn()
+        path = self._current_file()
+        if self._suffix is None or self._suffix[0] != position:
+            with self._timings.cost("load"):
+                module = nn.load_module_from_file(str(path), list(frontier), self.output_names,
+                                                  runtime_manager=quick_init_runtime(self._threads))
+            self._suffix = (position, module)
+        outs = self._suffix[1].forward([values[name] for name in frontier])
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
 
     def _write_swap_file(self, path: Path, which: int) -> None:
         """Bring swap file ``which`` up to date: whole when new, else the changed layers only."""
@@ -445,9 +515,18 @@ class SwappableModel:
                     fh.write(self._buffer[start: start + 4 * self.weights[name].size])
         self._stale[which] = set()
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], sample: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """The outputs for ``inputs``. ``sample`` names them (the same name, the same inputs):
+        in patch mode a run whose changed layers all come after some cut of the main graph then
+        starts there, from that sample's cached float activations."""
         if self.mode == "patch":
-            outs = self._patched_model().run(inputs)
+            outs = self._run_from_cut(inputs, sample) if sample is not None and self._cut_pays else None
+            if outs is None:
+                model = self._patched_model()
+                started = time.perf_counter()
+                outs = model.run(inputs)
+                if self._cut_pays is None:
+                    self._cut_pays = time.perf_counter() - started >= CUT_MIN_FORWARD_S
             if len(outs) != len(self.output_names):
                 raise NativeFailure(f"MNN failed to run the swapped copy of {self.path.name}")
             return outs

@@ -1,0 +1,134 @@
+"""Run a model from a cut in its main graph, on the float activations cached at that cut.
+
+When a trial changes only layers at op position ``p`` or later, every tensor computed before
+``p`` is the float model's: the run can start at ``p``. MNN loads a module between any named
+tensors (``nn.load_module_from_file(path, inputs, outputs)``); the suffix module's inputs are
+the cut's *frontier*: the tensors produced before ``p`` (model inputs included) that ops at
+``p`` or later read. Tensors made by ops without inputs other than the model inputs (constants)
+are left out: loading the suffix walks back to them and keeps them. The frontier's float values
+come from one run of a float module per sample whose outputs are every frontier tensor any cut
+needs, kept as MNN vars (their own memory layout: read back to numpy and fed again, the packed
+NC4HW4 tensors lose their layout). Measured on a YOLOv8n: a probe of one conv costs 0.33x of a
+full forward averaged over its convs, with bit-identical outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mnnq.mnn_backend.flatbuf import FlatBuffer
+from mnnq.mnn_backend.inventory import _OP_INPUTS, _OP_OUTPUTS, model_graphs, reading_model
+
+# Float activations kept for all samples together (a YOLOv8n at 320 px needs 22 MB a sample, the
+# PP-OCR detector 33 MB); a sample that would go over runs whole.
+MAX_CACHED_BYTES = 512 * 2 ** 20
+
+
+@dataclass
+class GraphCuts:
+    """Where the main graph of a model file can be cut. ``producer[t]``: the position of the op
+    writing tensor ``t`` (absent: nobody writes it); ``last_reader[t]``: the last position
+    reading it."""
+
+    names: List[str]
+    input_names: List[str]
+    output_names: List[str]
+    producer: Dict[int, int]
+    last_reader: Dict[int, int]
+    constant: set  # tensors computed from no model input (the suffix module rebuilds them)
+    _frontiers: Dict[int, Optional[Tuple[str, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path, input_names: Sequence[str], output_names: Sequence[str]) -> Optional["GraphCuts"]:
+        """The cuts of ``path``'s main graph; None when its ops are not in an order where every
+        tensor is written before it is read (then no cut is safe)."""
+        with reading_model(path) as buf:
+            graph = model_graphs(buf, subgraphs=False)[0]
+            names = graph.tensor_names(buf)
+            ops = [(_indexes(buf, op, _OP_INPUTS), _indexes(buf, op, _OP_OUTPUTS)) for op in graph.ops]
+        index = {name: i for i, name in enumerate(names)}
+        if any(n not in index for n in [*input_names, *output_names]):
+            return None
+        fed = {index[n] for n in input_names}
+        producer: Dict[int, int] = {}
+        last_reader: Dict[int, int] = {}
+        constant: set = set()
+        for position, (ins, outs) in enumerate(ops):
+            for t in ins:
+                if t not in producer and t not in fed:
+                    return None  # read before it is written
+                last_reader[t] = position
+            for t in outs:
+                producer.setdefault(t, position)
+                if t not in fed and all(i in constant for i in ins):
+                    constant.add(t)
+        return cls(names, list(input_names), list(output_names), producer, last_reader, constant)
+
+    def frontier(self, position: int) -> Optional[Tuple[str, ...]]:
+        """The tensors a run starting at op ``position`` is fed, model inputs first; None when
+        a model output is written before ``position`` (the suffix would not write it)."""
+        if position not in self._frontiers:
+            index = {name: i for i, name in enumerate(self.names)}
+            if any(self.producer.get(index[n], -1) < position for n in self.output_names):
+                self._frontiers[position] = None
+            else:
+                inner = [self.names[t] for t, at in sorted(self.producer.items(), key=lambda kv: kv[1])
+                         if at < position and self.last_reader.get(t, -1) >= position
+                         and t not in self.constant and self.names[t] not in self.input_names]
+                self._frontiers[position] = (*self.input_names, *inner)
+        return self._frontiers[position]
+
+
+def _indexes(buf: FlatBuffer, op: int, slot: int) -> List[int]:
+    values = buf.vector(op, slot, "<i4")
+    return [int(v) for v in values] if values is not None else []
+
+
+class FloatActivations:
+    """Per sample, the float values of every frontier tensor the given cut positions need,
+    as MNN vars (a float module over the model file, run once per sample)."""
+
+    def __init__(self, path: Path, cuts: GraphCuts, positions: Sequence[int], runtime_manager=None):
+        self.path = Path(path)
+        self.cuts = cuts
+        wanted: List[str] = []
+        for position in sorted(set(positions)):
+            for name in cuts.frontier(position) or ():
+                if name not in cuts.input_names and name not in wanted:
+                    wanted.append(name)
+        self.tensors = wanted
+        self._runtime_manager = runtime_manager
+        self._samples: Dict[str, Optional[Dict[str, object]]] = {}
+        self._keep: List[object] = []  # the float modules whose outputs are cached
+        self.cached_bytes = 0
+
+    def values(self, sample: str, inputs: Mapping[str, np.ndarray]) -> Optional[Dict[str, object]]:
+        """``{tensor: var}`` for ``sample`` (model inputs included); None when keeping them
+        would take the samples' cache over MAX_CACHED_BYTES."""
+        if sample not in self._samples:
+            self._samples[sample] = self._compute(inputs)
+        return self._samples[sample]
+
+    def _compute(self, inputs: Mapping[str, np.ndarray]) -> Optional[Dict[str, object]]:
+        from mnnq.mnn_backend.runtime import _mnn, input_vars
+
+        F, nn = _mnn()
+        module = nn.load_module_from_file(str(self.path), self.cuts.input_names, self.tensors or self.cuts.input_names,
+                                          runtime_manager=self._runtime_manager)
+        feeds = input_vars(F, inputs, self.cuts.input_names, list(module.get_info()["inputs"]))
+        values = dict(zip(self.cuts.input_names, feeds))
+        if self.tensors:
+            outs = module.forward(feeds)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            if len(outs) != len(self.tensors):
+                return None
+            size = sum(int(np.prod(v.shape)) * 4 for v in outs)
+            if self.cached_bytes + size > MAX_CACHED_BYTES:
+                return None
+            self.cached_bytes += size
+            values.update(zip(self.tensors, outs))
+            self._keep.append(module)
+        return values
