@@ -229,16 +229,35 @@ class FastEvaluator:
         order = [i for i in self.quick.order() if not quick or i in self.quick.indices]
         order = [i for i in order if (key, self.testset.samples[i].name) in self._sample_runs] + \
                 [i for i in order if (key, self.testset.samples[i].name) not in self._sample_runs]
+        # the quick samples met the budget with these settings and the whole set is asked: on a
+        # miss, they were too optimistic; while they can still grow, measure every sample so
+        # that all the samples that miss join them at once (one more round of quick decisions
+        # instead of one per sample that misses)
+        learn_all = not quick and self.quick.can_grow() and self._quick_met(key, metric, limit)
+        missed = False
         for index in order:
             self._add_sample(comparison, key, settings, self.testset.samples[index])
             if comparison.error(metric) > limit:
-                result = (comparison.result(testset, complete=False), False)
-                break
+                missed = True
+                if not learn_all:
+                    break
+        if missed and not learn_all:
+            result = (comparison.result(testset, complete=False), False)
         else:
-            result = (comparison.result(testset), True)
+            result = (comparison.result(testset), not missed)
         if not quick:
-            self.quick.learn(result[0])
+            self.quick.learn(result[0], limit if learn_all else None)
         return result
+
+    def _quick_met(self, key: tuple, metric: str, limit: float) -> bool:
+        """Whether every quick sample was run with the settings ``key`` and they met ``limit``."""
+        comparison = Comparison(self.metrics, metric)
+        for index in self.quick.indices:
+            kept = self._sample_runs.get((key, self.testset.samples[index].name))
+            if kept is None:
+                return False
+            comparison.add_recorded(*kept)
+        return comparison.error(metric) <= limit
 
     def _add_sample(self, comparison: Comparison, key: tuple, settings: Dict[str, LayerSetting], sample) -> None:
         """Compare ``sample`` under ``settings``: from memory, or by running the model."""
