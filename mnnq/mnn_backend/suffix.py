@@ -6,9 +6,9 @@ tensors (``nn.load_module_from_file(path, inputs, outputs)``); the suffix module
 the cut's *frontier*: the tensors produced before ``p`` (model inputs included) that ops at
 ``p`` or later read. Tensors made by ops without inputs other than the model inputs (constants)
 are left out: loading the suffix walks back to them and keeps them. The frontier's float values
-come from one run of a float module per sample whose outputs are every frontier tensor any cut
+come from one run per sample of a float module whose outputs are every frontier tensor any cut
 needs, kept as MNN vars (their own memory layout: read back to numpy and fed again, the packed
-NC4HW4 tensors lose their layout). Measured on a YOLOv8n: a probe of one conv costs 0.33x of a
+NC4HW4 tensors lose their layout; a module's output vars stay valid through its later runs). Measured on a YOLOv8n: a probe of one conv costs 0.33x of a
 full forward averaged over its convs, with bit-identical outputs.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _indexes(buf: FlatBuffer, op: int, slot: int) -> List[int]:
 
 class FloatActivations:
     """Per sample, the float values of every frontier tensor the given cut positions need,
-    as MNN vars (a float module over the model file, run once per sample)."""
+    as MNN vars (one float module over the model file, run once per sample)."""
 
     def __init__(self, path: Path, cuts: GraphCuts, positions: Sequence[int], runtime_manager=None):
         self.path = Path(path)
@@ -102,7 +102,7 @@ class FloatActivations:
         self.tensors = wanted
         self._runtime_manager = runtime_manager
         self._samples: Dict[str, Optional[Dict[str, object]]] = {}
-        self._keep: List[object] = []  # the float modules whose outputs are cached
+        self._module = None  # loaded at the first sample
         self.cached_bytes = 0
 
     def values(self, sample: str, inputs: Mapping[str, np.ndarray]) -> Optional[Dict[str, object]]:
@@ -116,12 +116,14 @@ class FloatActivations:
         from mnnq.mnn_backend.runtime import _mnn, input_vars
 
         F, nn = _mnn()
-        module = nn.load_module_from_file(str(self.path), self.cuts.input_names, self.tensors or self.cuts.input_names,
-                                          runtime_manager=self._runtime_manager)
-        feeds = input_vars(F, inputs, self.cuts.input_names, list(module.get_info()["inputs"]))
+        if self._module is None:
+            self._module = nn.load_module_from_file(str(self.path), self.cuts.input_names,
+                                                    self.tensors or self.cuts.input_names,
+                                                    runtime_manager=self._runtime_manager)
+        feeds = input_vars(F, inputs, self.cuts.input_names, list(self._module.get_info()["inputs"]))
         values = dict(zip(self.cuts.input_names, feeds))
         if self.tensors:
-            outs = module.forward(feeds)
+            outs = self._module.forward(feeds)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             if len(outs) != len(self.tensors):
                 return None
@@ -130,5 +132,4 @@ class FloatActivations:
                 return None
             self.cached_bytes += size
             values.update(zip(self.tensors, outs))
-            self._keep.append(module)
         return values
