@@ -90,7 +90,8 @@ def test_samples_over_the_cache_budget_run_whole(tiny_model, tmp_path, monkeypat
     name = layers[-1].name
     model.set_weights({name: qdq_hqq(model.weights[name], 4, -1).astype(np.float32)})
     first, second = testset.samples[:2]
-    model.run(first.inputs, sample=first.name)  # whole: it times a forward (CUT_MIN_FORWARD_S)
+    for _ in range(2):  # whole: they time a forward (CUT_MIN_FORWARD_S)
+        model.run(first.inputs, sample=first.name)
     model.run(first.inputs, sample=first.name)
     per_sample = model._activations.cached_bytes
     assert per_sample > 0 and model._suffix is not None
@@ -101,3 +102,20 @@ def test_samples_over_the_cache_budget_run_whole(tiny_model, tmp_path, monkeypat
     expected, _ = swappable(tiny.model, testset, tmp_path / "whole")
     expected.set_weights({name: qdq_hqq(expected.weights[name], 4, -1).astype(np.float32)})
     assert all(whole[k].tobytes() == v.tobytes() for k, v in expected.run(second.inputs).items())
+
+
+def test_a_cut_mnn_refuses_falls_back_to_whole_runs(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(swap_module, "CUT_MIN_FORWARD_S", 0.0)
+    monkeypatch.setattr(GraphCuts, "frontier", lambda self, position: ("x", "no such tensor"))
+    tiny = tiny_model("convnet")
+    testset = load_testset(tiny.test_dir)
+    model, layers = swappable(tiny.model, testset, tmp_path / "a")
+    whole, _ = swappable(tiny.model, testset, tmp_path / "b")
+    name = layers[-1].name
+    quantized = qdq_hqq(model.weights[name], 4, -1).astype(np.float32)
+    model.set_weights({name: quantized})
+    whole.set_weights({name: quantized})
+    for sample in testset.samples[:3]:
+        outs = model.run(sample.inputs, sample=sample.name)
+        assert all(outs[k].tobytes() == v.tobytes() for k, v in whole.run(sample.inputs).items())
+    assert model._cuts is False and model._suffix is None

@@ -99,17 +99,17 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
     progress.metric = plugins.metric
     testset = load_testset(Path(opts.test_dir))
     model = resolve_model(Path(opts.model))  # an ONNX / TFLite source becomes its cached float .mnn
-    with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mnnq-autoquant-") as tmp, contextlib.ExitStack() as cleanup:
         work = Path(tmp)
         progress.stage = "reading the model"
         with trial_workers(plugins, opts, pm, testset, work) as launcher:
             prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
                                plugins.metric, opts.evaluator, work, timings, on_read=launcher.early)
+            cleanup.callback(prepared.exact.cancel_ahead)  # a conversion started ahead ends with the run
             workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
             search = new_search(prepared, plugins, opts, on_trial, timings, workers.many if workers.started else None)
             progress.search = search
-            with _cancelling(prepared.exact.cancel_ahead):
-                stopped = run_strategies(search, plugins.pipeline, progress)
+            stopped = run_strategies(search, plugins.pipeline, progress)
         for note in workers.notes:
             search.note(note)
         timings.workers = {"processes": workers.started, "trials": workers.answered}
@@ -117,11 +117,8 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         simulated = search.measured_error if not search.exact else None
         progress.stage = "writing and re-measuring the model"
         final = work / "final.mnn"
-        try:
-            params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated,
-                                           progress, timings)
-        finally:
-            prepared.exact.cancel_ahead()
+        params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
+                                       timings)
         timings.converted_ahead = dict(prepared.exact.ahead)
         if _try_fp16(opts.fp16_float_weights, final):
             progress.stage = "storing the float weights as fp16"
@@ -133,17 +130,6 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         progress.stage = "writing the outputs"
         _write_outputs(opts, final, params, result)
     return result
-
-
-@contextlib.contextmanager
-def _cancelling(cancel: Callable[[], None]) -> Iterator[None]:
-    """Run the block; when it raises (an error, Ctrl-C), ``cancel`` first (a conversion
-    started ahead must not outlive the run)."""
-    try:
-        yield
-    except BaseException:
-        cancel()
-        raise
 
 
 def resolve_plugins(opts: AutoQuantOptions, pm: MnnqPluginManager) -> Plugins:

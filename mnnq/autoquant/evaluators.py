@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mnnq.autoquant.timing import Timings
+from mnnq.errors import MnnqError
 from mnnq.layers import Layer, LayerSetting, effective_block
 from mnnq.autoquant.samples import QuickSamples
 from mnnq.measure import Comparison, Measurement
@@ -93,8 +94,14 @@ class ExactEvaluator:
         if key == self._last_key or (self._ahead is not None and self._ahead[0] == key):
             return
         self.cancel_ahead()
-        self._ahead = (key, start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric))
+        try:
+            self._ahead = (key, self._start_conversion(params))
+        except (MnnqError, OSError):
+            return  # no head start: the final write converts (and reports what fails) itself
         self.ahead["started"] += 1
+
+    def _start_conversion(self, params: dict) -> WeightQuantizeRun:
+        return start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric)
 
     def cancel_ahead(self) -> None:
         if self._ahead is not None:
@@ -116,7 +123,7 @@ class ExactEvaluator:
                     self.ahead["used"] += 1
                 else:
                     self.cancel_ahead()
-                    job = start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric)
+                    job = self._start_conversion(params)
                 job.result(last)
             self._last_key = key
         return params, last
@@ -231,8 +238,7 @@ class FastEvaluator:
                 [i for i in order if (key, self.testset.samples[i].name) not in self._sample_runs]
         # the quick samples met the budget with these settings and the whole set is asked: on a
         # miss, they were too optimistic; while they can still grow, measure every sample so
-        # that all the samples that miss join them at once (one more round of quick decisions
-        # instead of one per sample that misses)
+        # that the worst samples that miss join them (see mnnq.autoquant.samples)
         learn_all = not quick and self.quick.can_grow() and self._quick_met(key, metric, limit)
         missed = False
         for index in order:
@@ -244,7 +250,7 @@ class FastEvaluator:
         if missed and not learn_all:
             result = (comparison.result(testset, complete=False), False)
         else:
-            result = (comparison.result(testset), not missed)
+            result = (comparison.result(testset), True)
         if not quick:
             self.quick.learn(result[0], limit if learn_all else None)
         return result

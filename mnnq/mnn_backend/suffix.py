@@ -4,12 +4,13 @@ When a trial changes only layers at op position ``p`` or later, every tensor com
 ``p`` is the float model's: the run can start at ``p``. MNN loads a module between any named
 tensors (``nn.load_module_from_file(path, inputs, outputs)``); the suffix module's inputs are
 the cut's *frontier*: the tensors produced before ``p`` (model inputs included) that ops at
-``p`` or later read. Tensors made by ops without inputs other than the model inputs (constants)
-are left out: loading the suffix walks back to them and keeps them. The frontier's float values
-come from one run per sample of a float module whose outputs are every frontier tensor any cut
-needs, kept as MNN vars (their own memory layout: read back to numpy and fed again, the packed
-NC4HW4 tensors lose their layout; a module's output vars stay valid through its later runs). Measured on a YOLOv8n: a probe of one conv costs 0.33x of a
-full forward averaged over its convs, with bit-identical outputs.
+``p`` or later read. Tensors computed from no model input (constants) are left out: loading the
+suffix walks back to them and keeps them. The frontier's float values come from one run per
+sample of a float module whose outputs are every frontier tensor any cut needs, kept as MNN
+vars (their own memory layout: read back to numpy and fed again, the packed NC4HW4 tensors lose
+their layout; a module's output vars stay valid through its later runs). Measured on a
+YOLOv8n: the forward of a probe of one conv costs 0.33x of a whole forward, averaged over its
+convs, with bit-identical outputs.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class GraphCuts:
     producer: Dict[int, int]
     last_reader: Dict[int, int]
     constant: set  # tensors computed from no model input (the suffix module rebuilds them)
+    index: Dict[str, int] = field(default_factory=dict)  # tensor name -> index
     _frontiers: Dict[int, Optional[Tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
@@ -65,14 +67,13 @@ class GraphCuts:
                 producer.setdefault(t, position)
                 if t not in fed and all(i in constant for i in ins):
                     constant.add(t)
-        return cls(names, list(input_names), list(output_names), producer, last_reader, constant)
+        return cls(names, list(input_names), list(output_names), producer, last_reader, constant, index)
 
     def frontier(self, position: int) -> Optional[Tuple[str, ...]]:
         """The tensors a run starting at op ``position`` is fed, model inputs first; None when
         a model output is written before ``position`` (the suffix would not write it)."""
         if position not in self._frontiers:
-            index = {name: i for i, name in enumerate(self.names)}
-            if any(self.producer.get(index[n], -1) < position for n in self.output_names):
+            if any(self.producer.get(self.index[n], -1) < position for n in self.output_names):
                 self._frontiers[position] = None
             else:
                 inner = [self.names[t] for t, at in sorted(self.producer.items(), key=lambda kv: kv[1])

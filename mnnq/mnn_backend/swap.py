@@ -157,7 +157,8 @@ class SwappableModel:
         self._cuts = None
         self._activations = None
         self._suffix: Optional[Tuple[int, object]] = None
-        self._cut_pays: Optional[bool] = None  # whether a full forward is slow enough (CUT_MIN_FORWARD_S)
+        self._cut_pays: Optional[bool] = None  # whether a whole forward is slow enough (CUT_MIN_FORWARD_S)
+        self._whole_forwards: List[float] = []  # the first whole forwards' seconds, to decide it
         # module backend
         self._module = None
         self._input_like: List[object] = []
@@ -472,8 +473,16 @@ class SwappableModel:
         return min(self.ops[n].index for n in self._changed)
 
     def _run_from_cut(self, inputs: Mapping[str, np.ndarray], sample: str) -> Optional[Dict[str, np.ndarray]]:
-        """The outputs of a run starting at the first changed op, or None when no cut applies."""
-        from mnnq.mnn_backend.runtime import _mnn, quick_init_runtime, read_output
+        """The outputs of a run starting at the first changed op, or None when no cut applies.
+        Should MNN refuse a cut, the model runs whole from then on."""
+        try:
+            return self._cut_run(inputs, sample)
+        except (MnnqError, SystemError, RuntimeError, TypeError, ValueError, AttributeError):
+            self._cuts, self._suffix = False, None
+            return None
+
+    def _cut_run(self, inputs: Mapping[str, np.ndarray], sample: str) -> Optional[Dict[str, np.ndarray]]:
+        from mnnq.mnn_backend.runtime import quick_init_runtime
         from mnnq.mnn_backend.suffix import FloatActivations, GraphCuts
 
         position = self._first_changed()
@@ -498,6 +507,8 @@ class SwappableModel:
             self._suffix = (position, module)
         outs = self._suffix[1].forward([values[name] for name in frontier])
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        if len(outs) != len(self.output_names):
+            raise NativeFailure(f"MNN ran {self.path.name} from op {position} to {len(outs)} outputs")
         return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
 
     def _write_swap_file(self, path: Path, which: int) -> None:
@@ -525,8 +536,10 @@ class SwappableModel:
                 model = self._patched_model()
                 started = time.perf_counter()
                 outs = model.run(inputs)
-                if self._cut_pays is None:
-                    self._cut_pays = time.perf_counter() - started >= CUT_MIN_FORWARD_S
+                if self._cut_pays is None:  # the faster of two (a first forward also packs weights)
+                    self._whole_forwards.append(time.perf_counter() - started)
+                    if len(self._whole_forwards) == 2:
+                        self._cut_pays = min(self._whole_forwards) >= CUT_MIN_FORWARD_S
             if len(outs) != len(self.output_names):
                 raise NativeFailure(f"MNN failed to run the swapped copy of {self.path.name}")
             return outs
