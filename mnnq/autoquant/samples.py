@@ -89,7 +89,7 @@ class QuickSamples:
             added.append(worst)  # the quick samples were too optimistic: decide on this one too
         if limit is not None:
             over = sorted(((row.values.get(self.decides), self._index.get(row.sample)) for row in measurement.details
-                           if (row.values.get(self.decides) or 0.0) > limit), reverse=True)
+                           if (row.values.get(self.decides) or 0.0) > limit), key=lambda pair: pair[0], reverse=True)
             for _, index in over:
                 if index in self._counted and index not in self.indices + added \
                         and len(self.indices) + len(added) < QUICK_LIMIT:
