@@ -41,6 +41,12 @@ def _check_written(run: NativeRun, dst: Path, what: str) -> None:
         raise NativeFailure(f"MNN converter wrote no model while {what}", tail=run.tail())
 
 
+def converter_argv(src: Path, out: Path, extra: Sequence[str] = (), source_format: str = "MNN") -> List[str]:
+    """``mnnconvert`` reading ``src`` (``source_format``) and writing ``out``, then ``extra``."""
+    return ["mnnconvert", "-f", source_format, "--modelFile", str(src), "--MNNModel", str(out),
+            "--bizCode", "mnnq", *extra]
+
+
 def convert(
     src: Path,
     dst: Path,
@@ -55,8 +61,7 @@ def convert(
         raise BadInput(f"model not found: {src}")
     with tempfile.TemporaryDirectory(prefix="mnnq-convert-") as work:
         out = Path(work) / "out.mnn"
-        argv = ["mnnconvert", "-f", source_format, "--modelFile", str(src), "--MNNModel", str(out),
-                "--bizCode", "mnnq", *extra]
+        argv = converter_argv(src, out, extra, source_format)
         run = run_tool("mnnconvert", argv, cwd=work, limits=limits)
         _check_written(run, out, what)
         _place(out, dst)
@@ -104,9 +109,8 @@ class TemplateRun(ChildJob):
         self._argv: List[str] = []
 
         def start(work: Path) -> Child:
-            self._argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(self.src.resolve()),
-                          "--MNNModel", str(work / "out.mnn"), "--bizCode", "mnnq",
-                          "--compressionParamsFile", str(work / "template.json")]
+            self._argv = converter_argv(self.src.resolve(), work / "out.mnn",
+                                        ["--compressionParamsFile", str(work / "template.json")])
             return start_tool("mnnconvert", self._argv, cwd=str(work), limits=limits)
 
         super().__init__("mnnq-template-", start)
@@ -177,11 +181,10 @@ class WeightQuantizeRun(ChildJob):
             pfile.write_text(json.dumps(params, indent=1))
             # The converter reads only the "=" spelling of this flag: "--weightQuantAsymmetric 1"
             # is taken as false, which also silently disables --hqq.
-            self._argv = ["mnnconvert", "-f", "MNN", "--modelFile", str(src), "--MNNModel", str(work / "out.mnn"),
-                          "--bizCode", "mnnq", "--weightQuantBits", "8",
-                          "--weightQuantAsymmetric=" + ("1" if asymmetric else "0"),
-                          "--compressionParamsFile", str(pfile), "--alignDenormalizedValue", "0",
-                          *(["--hqq"] if hqq else []), *extra]
+            self._argv = converter_argv(src, work / "out.mnn", [
+                "--weightQuantBits", "8", "--weightQuantAsymmetric=" + ("1" if asymmetric else "0"),
+                "--compressionParamsFile", str(pfile), "--alignDenormalizedValue", "0",
+                *(["--hqq"] if hqq else []), *extra])
             return start_tool("mnnconvert", self._argv, cwd=str(work))
 
         super().__init__("mnnq-params-", start)
