@@ -2,8 +2,8 @@
 from pathlib import Path
 
 from mnnq.measure import compare
-from mnnq.mnn_backend.inventory import read_conv_ops
 from mnnq.mnn_backend.runtime import LoadedModel
+from mnnq.quantize.writer import quantized_layers
 from mnnq.testset import load_testset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,4 +22,19 @@ def measured(model, testset_dir, pm, memory_mode="normal"):
 
 def int8_layers(path):
     """The names of the conv ops of ``path`` that run INT8 (quantized, no float weight), sorted."""
-    return sorted(op.name for op in read_conv_ops(path) if op.quant is not None and op.weight is None)
+    return sorted(quantized_layers(path))
+
+
+def prepared_digits(work):
+    """``(prepared, timings)``: auto-quant's preparation of the bundled example (HQQ, max_rel,
+    the simulation) in the new folder ``work``."""
+    from mnnq.autoquant.prepare import prepare
+    from mnnq.autoquant.timing import Timings
+    from mnnq.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    hqq = pm.weight_method("hqq")
+    timings = Timings()
+    Path(work).mkdir(parents=True)
+    return prepare(DIGITS_MODEL, load_testset(DIGITS_TESTSET), hqq, hqq, pm.metrics(), "max_rel", "fast",
+                   Path(work), timings), timings

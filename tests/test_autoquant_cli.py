@@ -25,6 +25,9 @@ def test_digits_default_flags_meet_the_rate_on_the_written_model(tmp_path, pm):
     assert q.is_file() and (tmp_path / "q.mnn.json").is_file()
     data = json.loads(report.read_text())
     assert data["status"] == "MET" and data["weight_method"] == "hqq"
+    # the final conversion was started ahead (tests/test_convert_ahead.py), at most one was used
+    assert data["timing"]["trials"]["converted_ahead"] >= 1
+    assert data["timing"]["trials"]["converted_ahead_used"] in (0, 1)
     # the claim is checked independently, by running the written file
     errors = measured(q, DIGITS_DIR / "testset", pm, memory_mode=data["memory_mode"])
     assert errors["max_rel"] <= 0.05

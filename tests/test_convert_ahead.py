@@ -3,27 +3,16 @@ last trial within the budget are converted in a child; the final write waits onl
 left, and writes the same bytes as a conversion started at the end."""
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 
-from common import DIGITS_DIR, DIGITS_MODEL, DIGITS_TESTSET
-from mnnq.autoquant.evaluators import with_settings
-from mnnq.autoquant.prepare import prepare
-from mnnq.autoquant.timing import Timings
+from common import prepared_digits as common_prepared_digits
 from mnnq.layers import LayerSetting
 from mnnq.mnn_backend.converter import start_weight_quantize, weight_quantize
-from mnnq.plugin_manager import get_plugin_manager
-from mnnq.testset import load_testset
+from mnnq.params import with_settings
 
 
 def prepared_digits(tmp_path):
-    pm = get_plugin_manager()
-    hqq = pm.weight_method("hqq")
-    work = tmp_path / "work"
-    work.mkdir()
-    return prepare(DIGITS_MODEL, load_testset(DIGITS_TESTSET), hqq, hqq, pm.metrics(), "max_rel", "fast", work,
-                   Timings())
+    return common_prepared_digits(tmp_path / "work")[0]
 
 
 def at_bits(prepared, bits):
@@ -68,15 +57,3 @@ def test_a_cancelled_conversion_leaves_no_file_and_no_child(tmp_path):
     assert not work.exists()
     assert pid is None or subprocess.run(["ps", "-p", str(pid), "-o", "stat="], capture_output=True,
                                          text=True).stdout.strip() in ("", "Z")
-
-
-def test_auto_quant_reports_conversions_started_ahead(tmp_path):
-    report = tmp_path / "r.json"
-    out = tmp_path / "q.mnn"
-    run = subprocess.run([sys.executable, "-m", "mnnq", "auto-quant", "--model", str(DIGITS_MODEL),
-                          "--quant_model", str(out), "--test_dir", str(DIGITS_DIR / "testset"),
-                          "--report-json", str(report)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    trials = json.loads(report.read_text())["timing"]["trials"]
-    assert trials["converted_ahead"] >= 1
-    assert trials["converted_ahead_used"] in (0, 1)

@@ -33,11 +33,11 @@ def conv2d(x, w, stride, pads, group):
 
 def calibration_config(folder, shape, seed, count, shift):
     """``count`` samples of input x (standard normal + ``shift``, from ``seed``) as test dirs in
-    ``folder/calib``, and the sequence config calibrating on them (``folder/cfg.json``)."""
+    ``folder/calib``: ``(the sequence config calibrating on them (folder/cfg.json), the feeds)``."""
     rng = np.random.default_rng(seed)
     feeds = [{"x": (rng.standard_normal(shape) + shift).astype(np.float32)} for _ in range(count)]
     write_multi_testdir(folder / "calib", [(f, {"y": np.zeros(1, np.float32)}) for f in feeds])
-    return write_calibration_config(folder / "cfg.json", folder / "calib")
+    return write_calibration_config(folder / "cfg.json", folder / "calib"), feeds
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_tap_means_give_the_mean_shift_of_a_weight_change(strided):
 
 
 def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
-    cfg = calibration_config(tmp_path, (1, 4, 9, 7), seed=2, count=8, shift=0.5)
+    cfg, _ = calibration_config(tmp_path, (1, 4, 9, 7), seed=2, count=8, shift=0.5)
     runs = {}
     for on, flag in ((False, ["--bias-correction", "off"]), (True, ["--bias-correction"])):
         out = tmp_path / f"q{int(on)}.mnn"
@@ -92,7 +92,7 @@ def test_cli_writes_the_corrected_biases(strided, tmp_path, capsys):
 def test_auto_keeps_the_biases_that_measure_better(strided, tmp_path, capsys):
     """The model has a depthwise conv: auto measures the INT8 model with and without corrected
     biases and keeps the better one; the written file is that one, byte for byte."""
-    cfg = calibration_config(tmp_path, (1, 4, 9, 7), seed=5, count=8, shift=0.5)
+    cfg, _ = calibration_config(tmp_path, (1, 4, 9, 7), seed=5, count=8, shift=0.5)
     outputs = {}
     for mode in ("auto", "on", "off"):
         out = tmp_path / f"{mode}.mnn"
@@ -115,7 +115,7 @@ def test_auto_skips_models_without_depthwise_convs(tmp_path, capsys):
     g.node("Identity", [g.conv(h, "c2", 4, 2, 1)], "y")
     g.output("y", [1, 2, 6, 6])
     model = export_and_convert(g, tmp_path, "plain")
-    cfg = calibration_config(tmp_path, (1, 3, 8, 8), seed=6, count=4, shift=0.0)
+    cfg, _ = calibration_config(tmp_path, (1, 3, 8, 8), seed=6, count=4, shift=0.0)
     assert main(["quantize", str(model), str(tmp_path / "q.mnn"), str(cfg)]) == 0
     assert "bias correction" not in capsys.readouterr().out
 
@@ -140,9 +140,7 @@ def shuffled(tmp_path_factory):
 def test_corrected_biases_read_each_layer_input_itself(shuffled, tmp_path):
     """The biases written with --bias-correction are those of the per-tap means of each layer's
     own input (the shuffled tensor for the depthwise conv), measured directly."""
-    cfg = calibration_config(tmp_path, (1, 4, 8, 8), seed=8, count=6, shift=0.5)
-    rng = np.random.default_rng(8)   # the same inputs again, for the direct measurement
-    feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) + 0.5).astype(np.float32)} for _ in range(6)]
+    cfg, feeds = calibration_config(tmp_path, (1, 4, 8, 8), seed=8, count=6, shift=0.5)
     out = tmp_path / "q.mnn"
     assert main(["quantize", str(shuffled), str(out), str(cfg), "--bias-correction"]) == 0
     layers, _ = cal.find_layers(shuffled)

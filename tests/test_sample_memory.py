@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from common import DIGITS_MODEL, DIGITS_TESTSET
-from mnnq.autoquant.prepare import prepare
-from mnnq.autoquant.timing import Timings
+from common import DIGITS_TESTSET
+from common import prepared_digits as common_prepared_digits
 from mnnq.layers import LayerSetting
 from mnnq.plugin_manager import get_plugin_manager
 from mnnq.testset import load_testset
 
 
 def prepared_digits(tmp_path, name):
-    pm = get_plugin_manager()
-    hqq = pm.weight_method("hqq")
-    testset = load_testset(DIGITS_TESTSET)
-    timings = Timings()
-    work = tmp_path / name
-    work.mkdir()
-    return prepare(DIGITS_MODEL, testset, hqq, hqq, pm.metrics(), "max_rel", "fast", work, timings), timings
+    return common_prepared_digits(tmp_path / name)
 
 
 @pytest.fixture
@@ -77,10 +70,7 @@ def test_a_quick_keep_or_drop_runs_only_quick_samples_and_stops_at_a_miss(low_bi
 
 
 def _measurement_with_worst(testset, worst: int):
-    from mnnq.measure import Measurement, OutputError
-    rows = [OutputError(s.name, "out", 1.0, 0.0, {"max_rel": 0.9 if i == worst else 0.01})
-            for i, s in enumerate(testset.samples)]
-    return Measurement({"max_rel": 0.9}, rows, [])
+    return _measurement_with_misses(testset, {worst: 0.9})
 
 
 def test_a_sample_that_missed_joins_a_full_quick_set_up_to_its_limit():
