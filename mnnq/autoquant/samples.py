@@ -3,10 +3,9 @@ the whole test set to confirm.
 
 The quick subset starts as the QUICK_SAMPLES samples the deciding metric counts with the largest
 reference range (:func:`mnnq.measure.informative_samples`). With ``learning`` on, a whole-set
-measurement teaches it: the DECIDE_SAMPLES most informative samples and the sample with the
-largest error join it (up to QUICK_MAX), so that quick decisions look at the samples that miss;
-a later worst sample still joins a full subset, up to QUICK_LIMIT (without it, a second round of
-quick decisions would repeat the first one's measurements and miss again). When the quick
+measurement teaches it: the sample with the largest error joins it, up to QUICK_LIMIT samples,
+so that quick decisions look at the samples that miss (without it, a second round of quick
+decisions would repeat the first one's measurements and miss again). When the quick
 samples met the budget with some settings and the whole set misses with them (a plan verified),
 the simulation runs every sample and the samples over the budget join, worst first, up to
 QUICK_LIMIT: stopping at the first miss taught the quick set whichever sample missed first, not
@@ -27,9 +26,7 @@ from mnnq.records import Metric
 from mnnq.testset import TestSet
 
 QUICK_SAMPLES = 2    # screening: the most informative samples
-DECIDE_SAMPLES = 2   # decisions, once a whole-set run has been seen: the most informative ones ...
-QUICK_MAX = 3        # ... and the samples that missed most
-QUICK_LIMIT = 4      # a sample that missed while the quick ones met still joins, up to this many
+QUICK_LIMIT = 4      # the worst samples of whole-set runs join them, up to this many
 
 
 class QuickSamples:
@@ -38,7 +35,6 @@ class QuickSamples:
         self.decides = decides
         informative = informative_samples(testset, metric)
         self._counted = set(informative)
-        self._informative = informative
         self._index = {sample.name: i for i, sample in enumerate(testset.samples)}
         self.indices: List[int] = informative_subset(testset, metric, QUICK_SAMPLES, informative)
         self.view = self._view()
@@ -82,18 +78,16 @@ class QuickSamples:
         self.worst = worst
         if not self.learning:
             return
-        wanted = [i for i in self._informative[:DECIDE_SAMPLES] if i not in self.indices]
-        wanted += [worst] if worst not in self.indices + wanted else []
-        added = wanted[:max(0, QUICK_MAX - len(self.indices))]
-        if worst not in self.indices + added and len(self.indices) + len(added) < QUICK_LIMIT:
-            added.append(worst)  # the quick samples were too optimistic: decide on this one too
+        joining = [worst]
         if limit is not None:
             over = sorted(((row.values.get(self.decides), self._index.get(row.sample)) for row in measurement.details
                            if (row.values.get(self.decides) or 0.0) > limit), key=lambda pair: pair[0], reverse=True)
-            for _, index in over:
-                if index in self._counted and index not in self.indices + added \
-                        and len(self.indices) + len(added) < QUICK_LIMIT:
-                    added.append(index)
+            joining += [index for _, index in over]
+        added: List[int] = []
+        for index in joining:
+            if index in self._counted and index not in self.indices + added \
+                    and len(self.indices) + len(added) < QUICK_LIMIT:
+                added.append(index)
         if added:
             self.indices = sorted(self.indices + added)
             self.view = self._view()
