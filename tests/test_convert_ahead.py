@@ -3,12 +3,14 @@ last trial within the budget are converted in a child; the final write waits onl
 left, and writes the same bytes as a conversion started at the end."""
 from __future__ import annotations
 
-import subprocess
+import json
 
+from common import DIGITS_MODEL, DIGITS_TESTSET
 from common import prepared_digits as common_prepared_digits
 from mnnq.layers import LayerSetting
 from mnnq.mnn_backend.converter import start_weight_quantize, weight_quantize
 from mnnq.params import with_settings
+from mnnq.testing import process_alive
 
 
 def prepared_digits(tmp_path):
@@ -55,5 +57,24 @@ def test_a_cancelled_conversion_leaves_no_file_and_no_child(tmp_path):
     work, pid = job.work, job._child.pid
     job.cancel()
     assert not work.exists()
-    assert pid is None or subprocess.run(["ps", "-p", str(pid), "-o", "stat="], capture_output=True,
-                                         text=True).stdout.strip() in ("", "Z")
+    assert pid is None or not process_alive(pid)
+
+
+def test_tradeoff_converts_ahead_through_its_memo(tmp_path, monkeypatch):
+    """mnnq tradeoff wraps the simulation in its memo (mnnq.autoquant.memo): the wrapper keeps
+    the conversion ahead, and each point's model is the one the final write would convert."""
+    from mnnq.autoquant.evaluators import ExactEvaluator
+    from mnnq.cli import main
+
+    calls = []
+    original = ExactEvaluator.convert_ahead
+    monkeypatch.setattr(ExactEvaluator, "convert_ahead", lambda self, settings: (calls.append(1), original(self, settings)))
+    out = tmp_path / "curve"
+    assert main(["tradeoff", "--model", str(DIGITS_MODEL), "--test_dir", str(DIGITS_TESTSET), "--rates", "0.02,0.1",
+                 "--out", str(out), "--jobs", "1"]) == 0
+    assert calls
+    for point in json.loads((out / "tradeoff.json").read_text())["points"]:
+        direct = tmp_path / point["model"]
+        weight_quantize(DIGITS_MODEL, direct, json.loads((out / point["params"]).read_text()), hqq=True,
+                        asymmetric=True)
+        assert (out / point["model"]).read_bytes() == direct.read_bytes()

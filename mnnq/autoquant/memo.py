@@ -9,7 +9,7 @@ bound: it answers a later question whose limit it also exceeds, and nothing else
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from mnnq.autoquant.context import Evaluation
@@ -82,5 +82,5 @@ def remembering(evaluation: Evaluation, memory: Memory) -> Evaluation:
                 results[i] = memory.whole[memo_key(batch[i], memory_mode, which(quick))] = result
         return results  # type: ignore[return-value]
 
-    return Evaluation(evaluation.name, evaluation.exact, measure,
-                      until_miss if evaluation.until_miss is not None else None, many, evaluation.quick_key)
+    return replace(evaluation, measure=measure, until_miss=until_miss if evaluation.until_miss is not None else None,
+                   many=many)

@@ -8,6 +8,7 @@ with ``mnnq apply``. The curve goes to ``tradeoff.json``, ``tradeoff.svg`` and t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -86,7 +87,7 @@ def _run(opts: AutoQuantOptions, rates: List[float], out: Path, pm: MnnqPluginMa
     testset = load_testset(Path(opts.test_dir))
     model = resolve_model(Path(opts.model))
     curve = Tradeoff(model, out, plugins.metric, size_before=model.stat().st_size)
-    with tempfile.TemporaryDirectory(prefix="mnnq-tradeoff-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mnnq-tradeoff-") as tmp, contextlib.ExitStack() as cleanup:
         work = Path(tmp)
         timings = Timings()
         staged = work / "points"
@@ -94,6 +95,7 @@ def _run(opts: AutoQuantOptions, rates: List[float], out: Path, pm: MnnqPluginMa
         with trial_workers(plugins, opts, pm, testset, work) as launcher:
             prepared = prepare(model, testset, plugins.method, plugins.noise_method, plugins.metrics,
                                plugins.metric, opts.evaluator, work, timings, on_read=launcher.early)
+            cleanup.callback(prepared.exact.cancel_ahead)  # a conversion started ahead ends with the run
             workers = launcher.ready(prepared.fast, prepared.rewritten, prepared.layers)
             memory = Memory()
             for evaluator in (prepared.fast, prepared.exact):
