@@ -26,9 +26,9 @@ def test_a_conversion_started_ahead_is_the_one_the_final_write_uses(tmp_path):
     exact, settings = prepared.exact, at_bits(prepared, 4)
     exact.convert_ahead(settings)
     exact.convert_ahead(settings)  # the same settings again: still one conversion
-    assert exact.ahead == {"started": 1, "used": 0}
+    assert exact.timings.converted_ahead == {"started": 1, "used": 0}
     params = exact.write(settings, tmp_path / "ahead.mnn")
-    assert exact.ahead == {"started": 1, "used": 1}
+    assert exact.timings.converted_ahead == {"started": 1, "used": 1}
 
     direct = tmp_path / "direct.mnn"
     weight_quantize(prepared.rewritten, direct, params, hqq=True, asymmetric=True)
@@ -41,9 +41,9 @@ def test_newer_settings_replace_a_conversion_and_other_settings_convert_at_once(
     four, five, eight = at_bits(prepared, 4), at_bits(prepared, 5), at_bits(prepared, 8)
     exact.convert_ahead(four)
     exact.convert_ahead(five)
-    assert exact.ahead["started"] == 2
+    assert exact.timings.converted_ahead["started"] == 2
     exact.write(eight, tmp_path / "eight.mnn")  # neither: the one ahead is cancelled
-    assert exact.ahead["used"] == 0 and exact._ahead is None
+    assert exact.timings.converted_ahead["used"] == 0 and exact._ahead is None
     direct = tmp_path / "direct.mnn"
     weight_quantize(prepared.rewritten, direct, with_settings(prepared.exact.template, eight, True),
                     hqq=True, asymmetric=True)

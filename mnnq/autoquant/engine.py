@@ -119,7 +119,6 @@ def _run(opts: AutoQuantOptions, pm: MnnqPluginManager, on_trial: Callable[[Tria
         final = work / "final.mnn"
         params, measured = write_final(search, prepared, plugins.pipeline, final, stopped, simulated, progress,
                                        timings)
-        timings.converted_ahead = dict(prepared.exact.ahead)
         if _try_fp16(opts.fp16_float_weights, final):
             progress.stage = "storing the float weights as fp16"
             with timings.phase("fp16 float weights"):
@@ -308,8 +307,8 @@ def timing_report(timings: Timings, trials, search_costs: Tuple[Mapping[str, flo
                         "fast_seconds": round(sum(t.seconds for t in fast), 6),
                         "worker_processes": timings.workers.get("processes", 0),
                         "in_workers": timings.workers.get("trials", 0),
-                        "converted_ahead": timings.converted_ahead.get("started", 0),
-                        "converted_ahead_used": timings.converted_ahead.get("used", 0)}
+                        "converted_ahead": timings.converted_ahead["started"],
+                        "converted_ahead_used": timings.converted_ahead["used"]}
     if fast:
         n = len(fast)
         report["per_fast_trial_s"] = {

@@ -79,7 +79,6 @@ class ExactEvaluator:
         # whole-test-set measurements of the last written conversion, by memory mode
         self._last_measured: Dict[str, Measurement] = {}
         self._ahead: Optional[Tuple[str, WeightQuantizeRun]] = None  # see convert_ahead
-        self.ahead = {"started": 0, "used": 0}
 
     def _params(self, settings: Dict[str, LayerSetting]) -> Tuple[dict, str]:
         params = with_settings(self.template, settings, self.method.asymmetric)
@@ -98,7 +97,7 @@ class ExactEvaluator:
             self._ahead = (key, self._start_conversion(params))
         except (MnnqError, OSError):
             return  # no head start: the final write converts (and reports what fails) itself
-        self.ahead["started"] += 1
+        self.timings.converted_ahead["started"] += 1
 
     def _start_conversion(self, params: dict) -> WeightQuantizeRun:
         return start_weight_quantize(self.float_model, params, self.method.hqq, self.method.asymmetric)
@@ -120,7 +119,7 @@ class ExactEvaluator:
             with self.timings.cost("convert"):
                 if self._ahead is not None and self._ahead[0] == key:
                     job, self._ahead = self._ahead[1], None
-                    self.ahead["used"] += 1
+                    self.timings.converted_ahead["used"] += 1
                 else:
                     self.cancel_ahead()
                     job = self._start_conversion(params)

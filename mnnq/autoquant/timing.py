@@ -25,8 +25,8 @@ class Timings:
         self._stack: List[List[float]] = []
         self._cost_stack: List[List[float]] = []
         self.workers: Dict[str, int] = {}  # --jobs: worker processes started, trials they measured
-        # conversions started ahead of the final write ("started") and the one it used ("used")
-        self.converted_ahead: Dict[str, int] = {}
+        # conversions started ahead of the final write ("started") and the ones it used ("used")
+        self.converted_ahead: Dict[str, int] = {"started": 0, "used": 0}
 
     def phase(self, name: str) -> ContextManager[None]:
         return _exclusive(self._stack, lambda seconds: self.add_phase(name, seconds))
