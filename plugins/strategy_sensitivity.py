@@ -10,10 +10,12 @@ buys the most bytes.
 2. Allocation: per layer, the settings form a chain from float to the smallest file along the
    lower convex hull of (bytes, error^2); all layers' steps are merged cheapest first (error^2
    added per byte saved), the greedy answer to this knapsack.
-3. Confirmation: the longest prefix of that sequence whose real error (all layers together) is
-   within the budget is found by bisection, then the next steps are tried one by one to use what
-   budget is left; both on the quick samples, after a first measurement on every sample (which
-   lets the host add the sample that misses most to the quick ones).
+3. Confirmation: when the predictions leave some layer float, every layer at its first (gentlest)
+   setting is measured first and, if it meets the budget, leads the sequence. The longest prefix
+   whose real error (all layers together) is within the budget is then found by walking down
+   from the predicted length in doubling strides and bisecting, and the next steps are tried one
+   by one to use what budget is left; both on the quick samples, after a first measurement on
+   every sample (which lets the host add the sample that misses most to the quick ones).
 4. Verification: the plan is measured on every sample. When the quick samples were too
    optimistic, confirmation runs again below the quick answer: on the quick samples (which now
    include the sample that missed), then on every sample.
