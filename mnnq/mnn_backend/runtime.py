@@ -118,9 +118,19 @@ class LoadedModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         F, _ = _mnn()
-        feeds = input_vars(F, inputs, self.input_names, self._inputs)
+        outs = self.forward_vars(self.feeds(inputs))
+        return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
+
+    def feeds(self, inputs: Mapping[str, np.ndarray]) -> List[object]:
+        """``inputs`` as the vars :meth:`forward_vars` takes."""
+        F, _ = _mnn()
+        return input_vars(F, inputs, self.input_names, self._inputs)
+
+    def forward_vars(self, feeds: Sequence[object]) -> List[object]:
+        """The output vars for input vars ``feeds`` (one per input name, in order), in MNN's
+        own layouts; they stay valid through later runs."""
         try:
-            outs = self._module.forward(feeds)
+            outs = self._module.forward(list(feeds))
         except (SystemError, RuntimeError, TypeError, ValueError):
             outs = []
         if not isinstance(outs, (list, tuple)):
@@ -128,7 +138,7 @@ class LoadedModel:
         if len(outs) != len(self.output_names):
             raise BadInput(f"MNN runtime could not run {self.path} on these inputs (it returned "
                            f"{len(outs)} of {len(self.output_names)} outputs); check input shapes and output names")
-        return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
+        return list(outs)
 
 
 def model_io_names(path: Path) -> tuple:

@@ -92,7 +92,7 @@ class FloatActivations:
     """Per sample, the float values of every frontier tensor the given cut positions need,
     as MNN vars (one float module over the model file, run once per sample)."""
 
-    def __init__(self, path: Path, cuts: GraphCuts, positions: Sequence[int], runtime_manager=None):
+    def __init__(self, path: Path, cuts: GraphCuts, positions: Sequence[int], threads: int = 1):
         self.path = Path(path)
         self.cuts = cuts
         wanted: List[str] = []
@@ -101,35 +101,32 @@ class FloatActivations:
                 if name not in cuts.input_names and name not in wanted:
                     wanted.append(name)
         self.tensors = wanted
-        self._runtime_manager = runtime_manager
+        self._threads = threads
         self._samples: Dict[str, Optional[Dict[str, object]]] = {}
-        self._module = None  # loaded at the first sample
+        self._model = None  # loaded at the first sample
         self.cached_bytes = 0
+        self._full = False  # a sample did not fit: later ones are not computed either
 
     def values(self, sample: str, inputs: Mapping[str, np.ndarray]) -> Optional[Dict[str, object]]:
         """``{tensor: var}`` for ``sample`` (model inputs included); None when keeping them
         would take the samples' cache over MAX_CACHED_BYTES."""
         if sample not in self._samples:
-            self._samples[sample] = self._compute(inputs)
+            self._samples[sample] = None if self._full else self._compute(inputs)
         return self._samples[sample]
 
     def _compute(self, inputs: Mapping[str, np.ndarray]) -> Optional[Dict[str, object]]:
-        from mnnq.mnn_backend.runtime import _mnn, input_vars
+        from mnnq.mnn_backend.runtime import LoadedModel
 
-        F, nn = _mnn()
-        if self._module is None:
-            self._module = nn.load_module_from_file(str(self.path), self.cuts.input_names,
-                                                    self.tensors or self.cuts.input_names,
-                                                    runtime_manager=self._runtime_manager)
-        feeds = input_vars(F, inputs, self.cuts.input_names, list(self._module.get_info()["inputs"]))
+        if self._model is None:
+            self._model = LoadedModel(self.path, self.cuts.input_names, self.tensors or self.cuts.input_names,
+                                      threads=self._threads, quick_init=True)
+        feeds = self._model.feeds(inputs)
         values = dict(zip(self.cuts.input_names, feeds))
         if self.tensors:
-            outs = self._module.forward(feeds)
-            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            if len(outs) != len(self.tensors):
-                return None
+            outs = self._model.forward_vars(feeds)
             size = sum(int(np.prod(v.shape)) * 4 for v in outs)
             if self.cached_bytes + size > MAX_CACHED_BYTES:
+                self._full = True
                 return None
             self.cached_bytes += size
             values.update(zip(self.tensors, outs))

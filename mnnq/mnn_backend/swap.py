@@ -478,11 +478,11 @@ class SwappableModel:
         try:
             return self._cut_run(inputs, sample)
         except (MnnqError, SystemError, RuntimeError, TypeError, ValueError, AttributeError):
-            self._cuts, self._suffix = False, None
+            self._cuts, self._suffix, self._activations = False, None, None
             return None
 
     def _cut_run(self, inputs: Mapping[str, np.ndarray], sample: str) -> Optional[Dict[str, np.ndarray]]:
-        from mnnq.mnn_backend.runtime import quick_init_runtime
+        from mnnq.mnn_backend.runtime import LoadedModel
         from mnnq.mnn_backend.suffix import FloatActivations, GraphCuts
 
         position = self._first_changed()
@@ -493,22 +493,18 @@ class SwappableModel:
             if self._cuts is False:
                 return None
             positions = [op.index for op in self.ops.values() if not op.graph]
-            self._activations = FloatActivations(self.path, self._cuts, positions, quick_init_runtime(self._threads))
+            self._activations = FloatActivations(self.path, self._cuts, positions, self._threads)
         frontier = self._cuts.frontier(position)
         values = self._activations.values(sample, inputs) if frontier is not None else None
         if values is None:
             return None
-        F, nn = _mnn()
         path = self._current_file()
         if self._suffix is None or self._suffix[0] != position:
             with self._timings.cost("load"):
-                module = nn.load_module_from_file(str(path), list(frontier), self.output_names,
-                                                  runtime_manager=quick_init_runtime(self._threads))
-            self._suffix = (position, module)
-        outs = self._suffix[1].forward([values[name] for name in frontier])
-        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        if len(outs) != len(self.output_names):
-            raise NativeFailure(f"MNN ran {self.path.name} from op {position} to {len(outs)} outputs")
+                suffix = LoadedModel(path, list(frontier), self.output_names, threads=self._threads, quick_init=True)
+            self._suffix = (position, suffix)
+        F, _ = _mnn()
+        outs = self._suffix[1].forward_vars([values[name] for name in frontier])
         return {name: read_output(F, v) for name, v in zip(self.output_names, outs)}
 
     def _write_swap_file(self, path: Path, which: int) -> None:
