@@ -156,8 +156,7 @@ def inspect(result: ShowResult, model: Optional[Path] = None) -> ShowResult:
             if not np.all(np.isfinite(t.values)):
                 bad = int(np.sum(~np.isfinite(t.values)))
                 problems.append(f"{where}: {bad} of {t.values.size} values are NaN or Inf")
-            elif np.any(outside_float32(t.values)):
-                over = np.flatnonzero(outside_float32(t.values))
+            elif (over := np.flatnonzero(outside_float32(t.values))).size:
                 line = token_line(t.path.read_text(), int(over[0])) if t.path else "?"
                 problems.append(f"{where}: {over.size} of {t.values.size} values are beyond float32's range (first at "
                                 f"line {line}); MNN would read them as inf")

@@ -69,11 +69,12 @@ def convert(
 
 
 def _place(out: Path, dst: Path) -> None:
-    """Copy a converter's ``out`` to ``dst`` whole or not at all (through a temporary name)."""
+    """Move a converter's ``out`` (in a folder about to be dropped) to ``dst``, whole or not at
+    all (through a temporary name)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp_dst = dst.with_name(f".{dst.name}.mnnq-tmp")
     try:
-        shutil.copyfile(out, tmp_dst)
+        shutil.move(str(out), str(tmp_dst))
         os.replace(tmp_dst, dst)
     except BaseException:
         tmp_dst.unlink(missing_ok=True)
