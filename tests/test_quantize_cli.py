@@ -375,3 +375,14 @@ def test_image_input_with_a_constant_second_input(two_input, digits, tmp_path, c
     no_b = write_config(tmp_path / "bad.json", path=str(tmp_path / "img"), format="RGB", width=8, height=8)
     rc, _, err = quantize(capsys, two_input["model"], tmp_path / "q2.mnn", no_b)
     assert rc == 2 and "'b'" in err and not (tmp_path / "q2.mnn").exists()
+
+
+def test_one_evaluation_sample_is_the_first(tiny_convnet, tmp_path):
+    """--eval-samples 1 measures sample 0 (it divided by zero spreading one index)."""
+    from mnnq.quantize.evaluate import _over, eval_indices
+
+    assert eval_indices(5, 1) == [0] and eval_indices(5, 2) == [0, 4] and eval_indices(3, 5) == [0, 1, 2]
+    # a non-finite error is over any bound, an infinite one included (no --rate: the bound is inf)
+    assert _over(float("inf"), float("inf")) and _over(float("nan"), float("inf")) and not _over(1.0, float("inf"))
+    config = tiny_convnet.calibration_config(tmp_path / "c.json")
+    assert main(["quantize", str(tiny_convnet.model), str(tmp_path / "q.mnn"), str(config), "--eval-samples", "1"]) == 0

@@ -14,6 +14,7 @@ that misses the budget usually costs one sample instead of all of them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -91,7 +92,7 @@ def eval_indices(n: int, limit: int) -> List[int]:
     """At most ``limit`` sample indices spread evenly over ``0..n-1``."""
     if n <= limit:
         return list(range(n))
-    return sorted({int(round(i * (n - 1) / (limit - 1))) for i in range(limit)})
+    return sorted({int(round(i * (n - 1) / max(limit - 1, 1))) for i in range(limit)})
 
 
 def evaluate(reference: FloatReference, quant_runner: TensorRunner, indices: Sequence[int],
@@ -156,4 +157,4 @@ def _sample_errors(comparison: Comparison, name: str, ref_out: Feeds, got_out: F
 
 
 def _over(error: Optional[float], bound: float) -> bool:
-    return error is not None and not error <= bound       # NaN and inf are over
+    return error is not None and not (error <= bound and math.isfinite(error))   # NaN and inf are over
