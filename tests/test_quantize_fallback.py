@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 
 from mnnq.cli import main
+from mnnq.testing import run_cli
 from common import int8_layers
 
 RATE = 0.003          # cosine: this chain's all-INT8 error is ~0.05; it needs about six layers float
 OUTLIER_LAYERS = (1, 4, 6)
-
-
-@pytest.fixture(autouse=True)
-def wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +46,9 @@ def fallback_run(chain, tmp_path_factory):
     """``mnnq quantize --rate RATE --metric cosine`` with the JSON report and the SVG."""
     work = tmp_path_factory.mktemp("qchain-run")
     out, report, svg = work / "q.mnn", work / "r.json", work / "t.svg"
-    rc = main(["quantize", str(chain["model"]), str(out), str(chain["config"]), "--rate", str(RATE),
-               "--metric", "cosine", "--report-json", str(report), "--svg", str(svg)])
-    return {"rc": rc, "out": out, "doc": json.loads(report.read_text()), "svg": svg}
+    rc, stdout, _ = run_cli(["quantize", chain["model"], out, chain["config"], "--rate", RATE,
+                             "--metric", "cosine", "--report-json", report, "--svg", svg], columns=250)
+    return {"rc": rc, "out": out, "doc": json.loads(report.read_text()), "svg": svg, "stdout": stdout}
 
 
 def old_order_float_layers(chain, work: Path) -> list:
@@ -120,10 +116,8 @@ def test_the_curve_in_the_report_is_the_written_model(fallback_run):
     assert svg.startswith("<svg") and svg.count("<circle") == len(points) + 1 and f"chosen: {chosen['layers_int8']}" in svg
 
 
-def test_the_terminal_report_has_the_tradeoff_table(chain, tmp_path, capsys):
-    rc = main(["quantize", str(chain["model"]), str(tmp_path / "q.mnn"), str(chain["config"]), "--rate", str(RATE),
-               "--metric", "cosine"])
-    stdout = capsys.readouterr().out
+def test_the_terminal_report_has_the_tradeoff_table(fallback_run):
+    rc, stdout = fallback_run["rc"], fallback_run["stdout"]
     assert rc == 0 and "trade-off: layers INT8 against cosine" in stdout and "(chosen)" in stdout
     assert "kept float: alone in INT8" in stdout and "sensitivity rank" in stdout
 
@@ -150,7 +144,7 @@ def test_svg_without_a_fallback_says_so_and_writes_nothing(chain, tmp_path, caps
 
 # ----------------------------------------------------------------------- the scan, synthetic
 
-def _search(n: int, holds_at, first_error: float = 1.0):
+def _search(n: int, holds_at):
     """A FloatSearch over ``n`` layers whose candidate with float set ``keep`` has error 0 when
     ``holds_at(keep)`` and 1 otherwise, on 4 samples."""
     from mnnq.quantize.evaluate import Evaluation

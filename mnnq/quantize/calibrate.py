@@ -126,20 +126,20 @@ def calibrate(model: Path, input_names: Sequence[str], output_names: Sequence[st
               samples: Samples, make_observer: Callable[[], ActivationObserver], batch_size: int,
               on_sample: Optional[Callable[[int], None]] = None,
               on_outputs: Optional[Callable[[int, Dict[str, np.ndarray], Dict[str, np.ndarray]], None]] = None,
-              on_tensors: Optional[Callable[[Dict[str, np.ndarray]], None]] = None
-              ) -> Dict[str, ActivationObserver]:
+              on_tensors: Optional[Callable[[Dict[str, np.ndarray]], None]] = None,
+              fetch: Sequence[str] = ()) -> Dict[str, ActivationObserver]:
     """Stream every sample through the float model; one observer per tensor gets
     ``update(x)`` per sample and ``end_batch()`` every ``batch_size`` samples. ``on_outputs(i,
     feeds, outputs)`` gets each sample's model outputs (the measurements reuse them),
     ``on_tensors(tensors)`` its calibrated tensors. Returns the observers. Memory does not
     depend on the number of samples."""
-    runner = TensorRunner(model, input_names, output_names, tensors)
+    runner = TensorRunner(model, input_names, output_names, list(tensors) + [t for t in fetch if t not in tensors])
     observers = {t: checked_observer(make_observer()) for t in tensors}
     for i in range(len(samples)):
         feeds = samples.load(i)
         outputs, values = runner.run(feeds)
-        for t, x in values.items():
-            observers[t].update(x)
+        for t, obs in observers.items():
+            obs.update(values[t])
         if on_tensors:
             on_tensors(values)
         if (i + 1) % batch_size == 0:

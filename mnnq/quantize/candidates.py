@@ -9,6 +9,7 @@ two MNN processes running at once each ran at half speed (benchmarks/README.md).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -20,20 +21,29 @@ from mnnq.quantize.writer import build_params, write_int8
 CONVERT_AHEAD = 2         # converter children at once while candidates are measured
 
 
+@dataclass
+class Calibrated:
+    """What every INT8 candidate shares: the measured samples, their float outputs and the params."""
+
+    indices: List[int]
+    reference: FloatReference
+    acts: Dict[str, Tuple[float, int]]
+    weights: Dict[str, dict]
+    biases: Dict[str, object]
+
+
 class Candidates:
     """Writes INT8 models (real or probe) for a set of float-kept layers and measures them.
     ``forced`` holds the layers the converter would not write as INT8 (float in every
     candidate, with the reason)."""
 
-    def __init__(self, job, work: Path, tensors: List[str], indices: List[int], acts, weights, clamp: int,
-                 progress, reference: FloatReference, source: Path, prefix: str = "candidate"):
-        self.job, self.work, self.tensors, self.indices = job, work, tensors, indices
-        self.acts, self.weights, self.clamp, self.progress = acts, weights, clamp, progress
-        self.float_plain = reference
+    def __init__(self, job, work: Path, calibrated: Calibrated, progress, source: Path, prefix: str = "candidate"):
+        self.job, self.work, self.progress = job, work, progress
+        self.indices, self.acts, self.weights = calibrated.indices, calibrated.acts, calibrated.weights
+        self.float_plain = calibrated.reference
+        self.clamp = job.cfg.feature_clamp_value
         self.source = source            # the float model the converter writes INT8 from
         self.prefix = prefix            # of the files it writes in ``work``
-        self.float_tensors: Optional[FloatReference] = None
-        self.probe_float: Optional[Path] = None
         self.forced: Dict[str, str] = {}
         self.written = 0
         self._first: Optional[Tuple[Evaluation, Path]] = None
@@ -82,16 +92,15 @@ class Candidates:
 
     def probe(self, keep: Sequence[str], stage: str) -> Evaluation:
         """Measure outputs and every layer tensor through the probe copy."""
-        job = self.job
-        if self.probe_float is None:
-            self.probe_float = cal.build_probe_model(self.source, self.tensors, self.work / "probe_float.mnn")
-            # every layer tensor of every sample: measured once, so not kept
-            self.float_tensors = FloatReference(
-                cal.TensorRunner(job.opts.model, job.input_names, job.output_names, self.tensors), job.samples, 0)
+        job, tensors = self.job, cal.layer_tensors(self.job.layers)
+        probe_float = cal.build_probe_model(self.source, tensors, self.work / "probe_float.mnn")
+        # every layer tensor of every sample: measured once, so not kept
+        float_tensors = FloatReference(
+            cal.TensorRunner(job.opts.model, job.input_names, job.output_names, tensors), job.samples, 0)
         dst = self.work / "probe_int8.mnn"
-        write_int8(self.probe_float, dst, self.params(keep), [])
-        quant = cal.TensorRunner(dst, job.input_names, job.output_names, self.tensors, cal.PROBE_SUFFIX)
-        return evaluate(self.float_tensors, quant, self.indices, job.metrics, self.acts, self.clamp,
+        write_int8(probe_float, dst, self.params(keep), [])
+        quant = cal.TensorRunner(dst, job.input_names, job.output_names, tensors, cal.PROBE_SUFFIX)
+        return evaluate(float_tensors, quant, self.indices, job.metrics, self.acts, self.clamp,
                         progress_step(self.progress, stage, len(self.indices)))
 
     def _path(self) -> Path:

@@ -34,9 +34,9 @@ from mnnq.quantize import calibrate as cal
 from mnnq.quantize import propagation as prop
 from mnnq.quantize.bias import TapMeans, corrected_biases, write_with_biases
 from mnnq.quantize.config import QuantizeConfig, load_config
-from mnnq.quantize.candidates import Candidates, progress_step
+from mnnq.quantize.candidates import Calibrated, Candidates, progress_step
 from mnnq.quantize.evaluate import Evaluation, FloatReference, eval_indices
-from mnnq.quantize.fallback import (RANK_SAMPLES, Budget, FloatSearch, Point, all_but_zero, deciding_error,
+from mnnq.quantize.fallback import (Budget, FloatSearch, Point, all_but_zero, deciding_error,
                                     fallback_notes, kept_reason, tradeoff_dict)
 from mnnq.quantize.inputs import Samples, make_samples
 from mnnq.quantize.writer import sanitize, weight_entry
@@ -153,7 +153,7 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     metrics = pm.metrics()
     if opts.metric not in metrics:
         raise BadInput(f"--metric: unknown metric '{opts.metric}'; available: {', '.join(sorted(metrics))}")
-    bias_correction_mode(opts.bias_correction)   # checked before any work
+    bias_correction = bias_correction_mode(opts.bias_correction)   # checked before any work
     try:
         feature = pm.feature_method(cfg.feature_quantize_method)
         weight = pm.weight_method(cfg.weight_quantize_method)
@@ -178,7 +178,7 @@ def prepare(opts: QuantizeOptions, pm) -> Job:
     if not cfg.batch_size_set and first_batch and first_batch > 0:
         batch = first_batch          # quantized.out: without batch_size, EMA uses the model's batch
     return Job(opts, cfg, feature, weight, metrics, samples, [i.name for i in inputs], output_names,
-               layers, other, batch, notes, bias_correction_mode(opts.bias_correction),
+               layers, other, batch, notes, bias_correction,
                Budget(opts.metric if opts.rate is not None else "cosine", opts.rate))
 
 
@@ -186,17 +186,6 @@ def run_quantize(opts: QuantizeOptions, pm, progress: Optional[Progress] = None)
     started = time.perf_counter()
     job = prepare(opts, pm)
     return run_job(job, progress, started)
-
-
-@dataclass
-class Calibrated:
-    """What every INT8 candidate shares: the measured samples, their float outputs and the params."""
-
-    indices: List[int]
-    reference: FloatReference
-    acts: Dict[str, Tuple[float, int]]
-    weights: Dict[str, dict]
-    biases: Dict[str, object]
 
 
 @dataclass
@@ -268,17 +257,12 @@ def make_candidates(job: Job, work: Path, calibrated: Calibrated, notes: List[st
     """The candidates writer, from the float model or from its bias-corrected copy: with
     ``--bias-correction auto``, both are measured with every layer INT8 and the one with the
     smaller error kept (the float model on a tie)."""
-    def writer(source: Path, prefix: str) -> Candidates:
-        return Candidates(job, work, cal.layer_tensors(job.layers), calibrated.indices, calibrated.acts,
-                          calibrated.weights, job.cfg.feature_clamp_value, progress, calibrated.reference, source,
-                          prefix)
-
-    plain = writer(Path(job.opts.model), "candidate")
+    plain = Candidates(job, work, calibrated, progress, Path(job.opts.model))
     if not calibrated.biases:
         return plain
     # the converter reads the biases from the float model: it converts a corrected copy
-    corrected = writer(write_with_biases(Path(job.opts.model), work / "bias_corrected.mnn", job.layers,
-                                         calibrated.biases), "corrected-candidate")
+    corrected = Candidates(job, work, calibrated, progress, write_with_biases(
+        Path(job.opts.model), work / "bias_corrected.mnn", job.layers, calibrated.biases), "corrected-candidate")
     count = len(calibrated.biases)
     if job.bias_correction == "on":
         notes.append(f"bias correction: {count} layer biases corrected for their rounded weights")
@@ -310,7 +294,7 @@ def choose_float_layers(job: Job, candidates: Candidates, notes: List[str], prog
     if not point.evaluation.finite:
         raise NativeFailure("the INT8 model gives non-finite outputs even with every layer float "
                             f"({', '.join(point.evaluation.nonfinite[:3])}); the float model may be broken")
-    reasons = {r.name: kept_reason(r, budget.metric, RANK_SAMPLES) for r in search.ranking}
+    reasons = {r.name: kept_reason(r, budget.metric, len(search.ranking_samples)) for r in search.ranking}
     notes += fallback_notes(search, point, budget, _blank_samples(job, candidates, budget))
     tradeoff = tradeoff_dict(search, point, budget, len(job.layers), list(candidates.forced),
                              [job.samples.names[i] for i in search.ranking_samples])
@@ -341,7 +325,7 @@ def write_outputs(job: Job, candidates: Candidates, outcome: Outcome) -> Path:
 def _result(job: Job, calibrated: Calibrated, outcome: Outcome, layer_ev: Optional[Evaluation], params_path: Path,
             notes: List[str], timings: Dict[str, float], started: float) -> QuantizeResult:
     opts, cfg = job.opts, job.cfg
-    layers = _layer_reports(job, calibrated.acts, outcome.keep, layer_ev, cfg.feature_clamp_value)
+    layers = _layer_reports(job, calibrated.acts, outcome.keep, layer_ev)
     ev = outcome.evaluation
     return QuantizeResult(
         model=Path(opts.model), out=Path(opts.out), params_path=params_path, config=cfg,
@@ -398,16 +382,16 @@ def activation_params(job: Job, tensors: List[str], notes: List[str], progress: 
                      "INT8 runtime's propagation rules")
     alias = prop.same_values(graph, tensors + [t for g in groups for t in g.linked])
     observed = list(dict.fromkeys(alias.values()))
-    on_tensors = None
+    on_tensors, fetch = None, []
     if tap_means is not None:
         # per-tap means need each layer input's own values: an alias holds the same values, but
         # maybe in another order or shape (a channel shuffle before a depthwise conv)
-        observed += [t for t in dict.fromkeys(l.input for l in job.layers) if alias[t] != t]
+        fetch = [t for t in dict.fromkeys(l.input for l in job.layers) if alias[t] != t]
         on_tensors = lambda values: tap_means.update({t: values[t if t in values else alias[t]]  # noqa: E731
                                                       for t in tensors})
     observers = cal.calibrate(model, job.input_names, job.output_names, observed, job.samples,
                               job.feature.make_observer, job.batch_size,
-                              progress_step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors)
+                              progress_step(progress, "calibrating", len(job.samples)), on_outputs, on_tensors, fetch)
     finished = {t: sanitize(*obs.finish(8, clamp), clamp) for t, obs in observers.items()}
     return prop.runtime_params({t: finished[a] for t, a in alias.items()}, graph, groups, tensors, clamp)
 
@@ -421,7 +405,7 @@ def _check_metric(ev: Evaluation, opts: QuantizeOptions) -> None:
                        "fail; use --metric cosine")
 
 
-def _layer_reports(job: Job, acts, keep: Dict[str, str], ev: Optional[Evaluation], clamp: int) -> List[LayerReport]:
+def _layer_reports(job: Job, acts, keep: Dict[str, str], ev: Optional[Evaluation]) -> List[LayerReport]:
     rows = []
     for layer in job.layers:
         row = LayerReport(layer.name, layer.kind, layer.shape_text, layer.input, layer.output,

@@ -152,8 +152,7 @@ class FloatSearch:
             ev, path = self.measure(keep, self.order, self.budget.stop_above)
             self.order = _failing_first(ev, self.order)
             self.tick("refining: float layers back to INT8", done, len(tries))
-            if not self._record("refine", keep, ev, path):
-                path.unlink(missing_ok=True)
+            self._record("refine", keep, ev, path)
 
     def _record(self, stage: str, keep: Sequence[str], ev: Evaluation, path: Path) -> bool:
         """Add a measured candidate; True when it is the new smallest set that holds."""
@@ -164,7 +163,7 @@ class FloatSearch:
                 self.best[1].unlink(missing_ok=True)
             self.best = (point, path)
             return True
-        if not point.holds and ev.complete and _effort_key(point, self.budget) < _effort_key(self.effort[0], self.budget):
+        if not point.holds and self.best is None and ev.complete and _effort_key(point, self.budget) < _effort_key(self.effort[0], self.budget):
             self.effort[1].unlink(missing_ok=True)
             self.effort = (point, path)
             return False

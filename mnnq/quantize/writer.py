@@ -25,7 +25,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -36,7 +36,6 @@ from mnnq.quantize.calibrate import QuantLayer
 from mnnq.quantize.stats import ActParams
 
 ACTIVATION_BITS = 8
-
 
 
 def sanitize(scale: float, zero: int, clamp: int) -> ActParams:
