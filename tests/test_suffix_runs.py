@@ -18,8 +18,8 @@ from mnnq.testset import load_testset
 from mnnq.weightquant import qdq_hqq
 
 
-def swappable(model, testset, work):
-    layers = layers_from_template(params_template(model))
+def swappable(model, testset, work, layers=None):
+    layers = layers if layers is not None else layers_from_template(params_template(model))
     return SwappableModel.load(model, layers, testset.input_names, testset.output_names, work), layers
 
 
@@ -28,12 +28,10 @@ def test_a_run_from_a_cut_gives_the_bytes_of_a_whole_run(kind, tiny_model, tmp_p
     monkeypatch.setattr(swap_module, "CUT_MIN_FORWARD_S", 0.0)
     tiny = tiny_model(kind)
     testset = load_testset(tiny.test_dir)
-    cut, _ = swappable(tiny.model, testset, tmp_path / "cut")
-    whole, layers = swappable(tiny.model, testset, tmp_path / "whole")
+    cut, layers = swappable(tiny.model, testset, tmp_path / "cut")
+    whole, _ = swappable(tiny.model, testset, tmp_path / "whole", layers)
     cut_runs = 0
     for layer in layers:
-        if layer.name not in cut.weights:
-            continue
         quantized = qdq_hqq(cut.weights[layer.name], 4, -1).astype(np.float32)
         cut.set_weights({layer.name: quantized})
         whole.set_weights({layer.name: quantized})
@@ -99,7 +97,7 @@ def test_samples_over_the_cache_budget_run_whole(tiny_model, tmp_path, monkeypat
     whole = model.run(second.inputs, sample=second.name)
     assert model._activations.values(second.name, second.inputs) is None
     assert model._activations.cached_bytes == per_sample and model._activations._full  # later samples: not computed
-    expected, _ = swappable(tiny.model, testset, tmp_path / "whole")
+    expected, _ = swappable(tiny.model, testset, tmp_path / "whole", layers)
     expected.set_weights({name: qdq_hqq(expected.weights[name], 4, -1).astype(np.float32)})
     assert all(whole[k].tobytes() == v.tobytes() for k, v in expected.run(second.inputs).items())
 
@@ -110,7 +108,7 @@ def test_a_cut_mnn_refuses_falls_back_to_whole_runs(tiny_model, tmp_path, monkey
     tiny = tiny_model("convnet")
     testset = load_testset(tiny.test_dir)
     model, layers = swappable(tiny.model, testset, tmp_path / "a")
-    whole, _ = swappable(tiny.model, testset, tmp_path / "b")
+    whole, _ = swappable(tiny.model, testset, tmp_path / "b", layers)
     name = layers[-1].name
     quantized = qdq_hqq(model.weights[name], 4, -1).astype(np.float32)
     model.set_weights({name: quantized})

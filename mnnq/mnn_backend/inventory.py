@@ -210,6 +210,12 @@ def reading_model(path: Path, what: str = "the inventory can read") -> Iterator[
         raise BadInput(f"{path} is not an MNN model {what} ({exc})") from None
 
 
+def op_tensor_indexes(buf: _Buf, op: int, slot: int) -> List[int]:
+    """An op's input (``_OP_INPUTS``) or output (``_OP_OUTPUTS``) tensor indexes ([] when absent)."""
+    values = buf.vector(op, slot, "<i4")
+    return [int(v) for v in values] if values is not None else []
+
+
 def read_conv_ops(path: Path, subgraphs: bool = False) -> List[ConvOp]:
     """All Convolution / ConvolutionDepthwise / Deconvolution / DeconvolutionDepthwise ops of
     the main graph of ``path``, in file order; with ``subgraphs``, then those of every subgraph
@@ -232,13 +238,12 @@ def _graph_conv_ops(buf, tables, names: List[str], graph: str) -> List[ConvOp]:
         weight = buf.vector(main, _CONV_WEIGHT, "<f4")
         bias = buf.vector(main, _CONV_BIAS, "<f4")
         quan_t = buf.indirect(main, _CONV_QUAN)
-        ins = buf.vector(op, _OP_INPUTS, "<i4")
-        outs = buf.vector(op, _OP_OUTPUTS, "<i4")
+        ins, outs = op_tensor_indexes(buf, op, _OP_INPUTS), op_tensor_indexes(buf, op, _OP_OUTPUTS)
         ops.append(ConvOp(
             index=i, name=buf.string(op, _OP_NAME) or "", op_type=op_type, common=common, pads=pads,
             out_pads=out_pads,
-            inputs=[names[j] for j in (ins if ins is not None else []) if 0 <= j < len(names)],
-            outputs=[names[j] for j in (outs if outs is not None else []) if 0 <= j < len(names)],
+            inputs=[names[j] for j in ins if 0 <= j < len(names)],
+            outputs=[names[j] for j in outs if 0 <= j < len(names)],
             weight=None if weight is None or weight.size == 0 else weight.astype(np.float32),
             bias=None if bias is None or bias.size == 0 else bias.astype(np.float32),
             quant=_read_quant(buf, quan_t) if quan_t else None,
@@ -275,10 +280,9 @@ def read_int8_facts(path: Path) -> Dict[str, str]:
                 fact = "relu_binary"
             else:
                 continue
-            outs = buf.vector(op, _OP_OUTPUTS, "<i4")
-            for i in (outs if outs is not None else ()):
+            for i in op_tensor_indexes(buf, op, _OP_OUTPUTS):
                 if 0 <= i < len(names):
-                    facts[names[int(i)]] = fact
+                    facts[names[i]] = fact
     return facts
 
 

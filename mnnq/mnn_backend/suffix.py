@@ -20,8 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mnnq.mnn_backend.flatbuf import FlatBuffer
-from mnnq.mnn_backend.inventory import _OP_INPUTS, _OP_OUTPUTS, model_graphs, reading_model
+from mnnq.mnn_backend.inventory import _OP_INPUTS, _OP_OUTPUTS, model_graphs, op_tensor_indexes, reading_model
 
 # Float activations kept for all samples together (a YOLOv8n at 320 px needs 22 MB a sample, the
 # PP-OCR detector 33 MB); a sample that would go over runs whole.
@@ -50,10 +49,12 @@ class GraphCuts:
         with reading_model(path) as buf:
             graph = model_graphs(buf, subgraphs=False)[0]
             names = graph.tensor_names(buf)
-            ops = [(_indexes(buf, op, _OP_INPUTS), _indexes(buf, op, _OP_OUTPUTS)) for op in graph.ops]
+            ops = [(op_tensor_indexes(buf, op, _OP_INPUTS), op_tensor_indexes(buf, op, _OP_OUTPUTS))
+                   for op in graph.ops]
         index = {name: i for i, name in enumerate(names)}
-        if any(n not in index for n in [*input_names, *output_names]):
-            return None
+        if any(n not in index for n in [*input_names, *output_names]) or \
+                any(not 0 <= t < len(names) for ins, outs in ops for t in [*ins, *outs]):
+            return None  # a tensor index outside the name table (a damaged file): no cut is safe
         fed = {index[n] for n in input_names}
         producer: Dict[int, int] = {}
         last_reader: Dict[int, int] = {}
@@ -81,11 +82,6 @@ class GraphCuts:
                          and t not in self.constant and self.names[t] not in self.input_names]
                 self._frontiers[position] = (*self.input_names, *inner)
         return self._frontiers[position]
-
-
-def _indexes(buf: FlatBuffer, op: int, slot: int) -> List[int]:
-    values = buf.vector(op, slot, "<i4")
-    return [int(v) for v in values] if values is not None else []
 
 
 class FloatActivations:

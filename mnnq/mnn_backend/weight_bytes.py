@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mnnq.mnn_backend.flatbuf import FlatBuffer
-from mnnq.mnn_backend.inventory import MATMUL_SUFFIX, ModelGraph, model_graphs, reading_model
+from mnnq.mnn_backend.inventory import MATMUL_SUFFIX, ModelGraph, model_graphs, op_tensor_indexes, reading_model
 from mnnq.params import layer_key
 
 # The converter turns a MatMul into a conv only when its constant weight feeds at most this
@@ -222,11 +222,10 @@ class _Piece:
 def _ops(buf: FlatBuffer, graph: ModelGraph, number: int) -> List[_Op]:
     out = []
     for i, t in enumerate(graph.ops):
-        ins, outs = buf.vector(t, _OP_INPUTS, "<i4"), buf.vector(t, _OP_OUTPUTS, "<i4")
         out.append(_Op((number, i), buf.scalar(t, _OP_TYPE, "<i", 0), buf.scalar(t, _OP_MAIN_TYPE, "<B", 0),
                        buf.indirect(t, _OP_MAIN), buf.string(t, _OP_NAME) or "",
-                       tuple(int(v) for v in ins) if ins is not None else (),
-                       tuple(int(v) for v in outs) if outs is not None else (), graph.name))
+                       tuple(op_tensor_indexes(buf, t, _OP_INPUTS)), tuple(op_tensor_indexes(buf, t, _OP_OUTPUTS)),
+                       graph.name))
     return out
 
 
