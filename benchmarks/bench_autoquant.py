@@ -160,7 +160,8 @@ def run_mnnq_auto_quant(model: Path, testdir: Path, rate: float, work: Path, ext
 
 
 def run_b(case: Case, testdir: Path, side: str, rate: float, work: Path) -> Outcome:
-    """``mnnq auto-quant`` with default flags, as a user runs it (a new process)."""
+    """``mnnq auto-quant`` with default flags, as a user runs it (a new process), then its
+    no-search floor (:func:`no_search_seconds`)."""
     run = run_mnnq_auto_quant(case.float_mnn, testdir, rate, work)
     if run.exit_code not in (0, 1) or run.report is None:
         return Outcome(side, run.seconds, 0, 0, float("nan"), "normal", run.exit_code,
@@ -201,7 +202,8 @@ def per_trial_seconds(report: dict) -> Optional[float]:
 
 
 def repeated(runner, repeat: int, tmp: Path, label: str) -> tuple:
-    """Run ``runner(work)`` ``repeat`` times in fresh folders; the last outcome with the median wall time."""
+    """Run ``runner(work)`` ``repeat`` times in fresh folders; the last outcome with the median wall time
+    (and the median no-search floor)."""
     runs = []
     for i in range(repeat):
         work = tmp / f"{label}{i}"
@@ -209,6 +211,8 @@ def repeated(runner, repeat: int, tmp: Path, label: str) -> tuple:
         runs.append((runner(work), work))
     outcome, work = runs[-1]
     outcome.seconds = statistics.median(o.seconds for o, _ in runs)
+    if all(o.floor_s is not None for o, _ in runs):
+        outcome.floor_s = statistics.median(o.floor_s for o, _ in runs)
     if len({o.size for o, _ in runs}) > 1:
         outcome.note += f" (repeats wrote sizes {sorted({o.size for o, _ in runs})})"
     return outcome, work / "q.mnn"

@@ -324,7 +324,8 @@ def repeated(times: int, run) -> Tuple[str, float, str]:
 def report(row: Row) -> None:
     what = (f"cos {row.cosine_mean:.5f} / {row.cosine_min:.5f}, INT8 convs {row.int8_convs}"
             if row.cosine_mean is not None else row.note[:120])
-    print(f"  {row.model:12s} {row.tool:26s} {row.status:8s} {row.seconds:7.2f} s  {what}  {row.note[:80]}",
+    note = f"  {row.note[:80]}" if row.cosine_mean is not None else ""  # a failed row's note is `what`
+    print(f"  {row.model:12s} {row.tool:26s} {row.status:8s} {row.seconds:7.2f} s  {what}{note}",
           file=sys.stderr, flush=True)
 
 

@@ -78,10 +78,9 @@ def layer_counts(mnn: Path) -> Tuple[int, int]:
     """(layers, layers with a 1x1 kernel) in the converter's params template of ``mnn``: the
     layers auto-quant can quantize."""
     from mnnq.mnn_backend.converter import params_template
-    from mnnq.params import template_layers
-    layers = template_layers(params_template(mnn))
-    ones = [e for e in layers if "conv" in e and e["conv"]["kernelSize"][0] * e["conv"]["kernelSize"][1] == 1]
-    return len(layers), len(ones)
+    from mnnq.mnn_backend.inventory import layers_from_template
+    layers = layers_from_template(params_template(mnn))
+    return len(layers), sum(1 for layer in layers if layer.kernel == (1, 1))
 
 
 def _census(mnn: Path) -> dict:
